@@ -1,0 +1,18 @@
+"""convnets: the deep convolutional network case studies, exact to their papers."""
+
+from convnets.models.base import ConvNet, InputShapeError, StageInfo
+from convnets.registry import Published, UnknownModelError, create_model, list_models, model_entry, register_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvNet",
+    "InputShapeError",
+    "Published",
+    "StageInfo",
+    "UnknownModelError",
+    "create_model",
+    "list_models",
+    "model_entry",
+    "register_model",
+]

@@ -1,0 +1,1 @@
+"""Layer tables, parameter and MAC counting, and the case studies' cost formulas."""

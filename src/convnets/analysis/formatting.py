@@ -1,0 +1,79 @@
+"""Number and table formatting shared by the summary, ``convnets list`` and ``convnets cost``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+_UNITS = ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K"))
+
+
+def human(n: int | float) -> str:
+    """A count with an SI suffix and two decimals: ``138357544 -> "138.36M"``, ``999 -> "999"``."""
+    for scale, unit in _UNITS:
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:,}" if isinstance(n, int) else f"{n:.2f}"
+
+
+def exact(n: int) -> str:
+    """An exact integer with thousands separators: ``15470264320 -> "15,470,264,320"``."""
+    return f"{n:,}"
+
+
+def both(n: int) -> str:
+    """Human-readable and exact together: ``"138.36M (138,357,544)"``; small numbers once."""
+    short = human(n)
+    return short if short == exact(n) else f"{short} ({exact(n)})"
+
+
+def shape_str(shape: tuple) -> str:
+    """A tensor shape as PyTorch prints it, ``[1, 64, 56, 56]``; nested shapes joined by spaces."""
+    if not shape:
+        return "-"
+    if isinstance(shape[0], tuple):
+        return " ".join(shape_str(s) for s in shape)
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def parse_size(text: str, n: int = 3, order: str = "CxHxW") -> tuple[int, ...]:
+    """Parse a size written ``3x224x224`` into a tuple of ``n`` positive integers.
+
+    Args:
+        text: ``n`` positive integers separated by ``x`` (``3x224x224``), or commas.
+        n: how many numbers are expected.
+        order: what the numbers mean, used in the error message only.
+
+    Raises:
+        ValueError: a message naming the expected form.
+    """
+    parts = text.lower().replace(",", "x").replace("*", "x").split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != n or min(values, default=0) < 1:
+        example = "x".join(["3", "224", "224"][:n]) if order == "CxHxW" else "x".join(["28", "28", "192"][:n])
+        raise ValueError(f"bad size {text!r}: expected {n} positive integers {order}, e.g. {example}")
+    return values
+
+
+def render_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None, indent: str = ""
+) -> list[str]:
+    """Lines of a plain-text table: a header, a rule, then the rows, columns padded to fit.
+
+    Args:
+        headers: column titles.
+        rows: cells, already formatted as strings.
+        right: per column, True to right-align (numbers); defaults to left-aligned.
+        indent: prefix of every line.
+    """
+    right = right or [False] * len(headers)
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)]
+        return (indent + "  ".join(padded)).rstrip()
+
+    rule = indent + "  ".join("-" * w for w in widths)
+    return [line(headers), rule, *(line(r) for r in rows)]

@@ -1,0 +1,32 @@
+"""The ``convnets`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from convnets.analysis import cli as analysis_cli
+from convnets.data import cli as data_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convnets", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    analysis_cli.add_parsers(sub)
+    data_cli.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        # Errors the user can act on get one line, not a traceback.
+        print(f"convnets {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

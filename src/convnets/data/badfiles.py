@@ -1,0 +1,58 @@
+"""The record of files skipped because they could not be read as images."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+logger = logging.getLogger("convnets.data")
+
+
+class BadFileLog:
+    """Files that were skipped, each with the reason, in the order they were found.
+
+    An image folder scraped from the web always holds a few broken files; training skips
+    them rather than dying mid-epoch, and this log is how the user finds out which. A path
+    is recorded once even when a later epoch meets it again.
+    """
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: dict[str, str] = {}
+        self.extend(items)
+
+    def add(self, path: str | Path, reason: str) -> None:
+        """Record one skipped file and log a warning the first time it is seen."""
+        key = str(path)
+        if key not in self._items:
+            self._items[key] = reason
+            logger.warning("skipped %s: %s", key, reason)
+
+    def extend(self, items: Iterable[tuple[str, str]]) -> None:
+        """Record several (path, reason) pairs."""
+        for path, reason in items:
+            self.add(path, reason)
+
+    @property
+    def items(self) -> list[tuple[str, str]]:
+        """(path, reason) pairs, in the order they were found."""
+        return list(self._items.items())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def summary(self) -> str:
+        """One line for the end of a run, e.g. ``3 bad files skipped (see bad_files.tsv)``."""
+        n = len(self)
+        return f"{n} bad file{'s' if n != 1 else ''} skipped" + (" (see bad_files.tsv)" if n else "")
+
+    def write(self, run_dir: str | Path, name: str = "bad_files.tsv") -> Path:
+        """Write ``path<TAB>reason`` lines (with a header) to ``run_dir/name`` and return the file."""
+        out = Path(run_dir) / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lines = ["path\treason"] + [f"{p}\t{r.replace(chr(9), ' ').replace(chr(10), ' ')}" for p, r in self.items]
+        out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return out

@@ -1,0 +1,206 @@
+"""Building blocks shared by several families.
+
+Each block here is used by more than one architecture; a block used by one family lives in
+that family's file.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ActFactory = Callable[[], nn.Module]
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round a channel count to a multiple of ``divisor`` without losing more than 10%.
+
+    The rule of the MobileNet v2 / EfficientNet reference code: hardware runs channel counts
+    that are multiples of 8 faster, and a width multiplier gives arbitrary floats.
+    """
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def relu() -> nn.Module:
+    """ReLU applied in place: it always follows a layer whose output nothing else reads."""
+    return nn.ReLU(inplace=True)
+
+
+class ConvBNAct(nn.Sequential):
+    """conv -> BatchNorm -> activation, with "same" padding for odd kernels.
+
+    Submodules are named ``conv``, ``bn``, ``act`` so checkpoint keys read ``stem.conv.weight``.
+    ``norm=False`` gives conv (with bias) -> activation, the pre-BatchNorm style of AlexNet, VGG,
+    GoogLeNet and NiN. The conv has a bias only without BatchNorm (BN's shift replaces it) unless
+    ``bias`` says otherwise. ``act=None`` leaves the output linear (MobileNet v2's projection).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        *,
+        padding: int | None = None,
+        groups: int = 1,
+        norm: bool = True,
+        bias: bool | None = None,
+        act: ActFactory | None = relu,
+    ) -> None:
+        padding = (kernel_size - 1) // 2 if padding is None else padding
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        layers["conv"] = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=not norm if bias is None else bias
+        )
+        if norm:
+            layers["bn"] = nn.BatchNorm2d(out_channels)
+        if act is not None:
+            layers["act"] = act()
+        super().__init__(layers)
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+
+
+def local_response_norm(size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> nn.Module:
+    """Local response normalization with the hyperparameters as Krizhevsky et al. 2012 write them.
+
+    The paper divides by ``(k + alpha * sum(a^2))^beta``; PyTorch's ``LocalResponseNorm``
+    divides ``alpha`` by the window size, so the paper's alpha is multiplied by ``size`` here.
+    """
+    return nn.LocalResponseNorm(size, alpha=alpha * size, beta=beta, k=k)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): channel weights from the global average.
+
+    ``reduce`` and ``expand`` are 1x1 convolutions with bias, as in EfficientNet.
+    """
+
+    def __init__(self, channels: int, squeeze_channels: int, act: ActFactory = nn.SiLU) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, squeeze_channels, 1)
+        self.act = act()
+        self.expand = nn.Conv2d(squeeze_channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = F.adaptive_avg_pool2d(x, 1)
+        scale = torch.sigmoid(self.expand(self.act(self.reduce(scale))))
+        return x * scale
+
+
+class DropPath(nn.Module):
+    """Drop a residual branch for whole samples with probability ``p`` during training.
+
+    Stochastic depth (Huang et al. 2016), called drop-connect in EfficientNet's code. The kept
+    samples are scaled by 1/(1-p) so that evaluation needs no rescaling.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop-path probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype)
+        return x * keep.bernoulli_(1.0 - self.p) / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class ZeroPadShortcut(nn.Module):
+    """He et al. 2015 shortcut option A: identity, subsampled by ``stride``, zero-padded in channels.
+
+    It has no parameters, which is why the CIFAR plain and residual nets have equal counts.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError("a zero-padding shortcut cannot reduce channels; use a projection (option B)")
+        self.extra_channels = out_channels - in_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.extra_channels:
+            x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+        return x
+
+
+class ClassifierHead(nn.Module):
+    """pool -> flatten -> hidden fully connected layers -> dropout -> ``fc``.
+
+    One head for every family: ResNet's is pool + ``fc``; VGG's and AlexNet's pool to a fixed
+    map, flatten and run two 4096-wide hidden layers; LeNet-5's flattens and runs 120 and 84.
+
+    Args:
+        in_features: length of the flattened, pooled feature map.
+        num_classes: outputs of ``fc``; 0 leaves ``fc`` an identity (features out).
+        pool: the pooling before flattening (global average by default).
+        hidden: widths of the hidden fully connected layers, each linear -> act -> dropout.
+        hidden_dropout: dropout after each hidden layer.
+        dropout: dropout right before ``fc``.
+        act: activation of the hidden layers.
+        classifier: builds the final layer from (in, out); a linear layer unless the family
+            says otherwise (LeNet-5's RBF units).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        *,
+        pool: nn.Module | None = None,
+        hidden: Sequence[int] = (),
+        hidden_dropout: float = 0.0,
+        dropout: float = 0.0,
+        act: ActFactory = relu,
+        classifier: Callable[[int, int], nn.Module] = nn.Linear,
+    ) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool is None else pool
+        self.flatten = nn.Flatten(1)
+        layers = []
+        width = in_features
+        for out in hidden:
+            block = OrderedDict(fc=nn.Linear(width, out), act=act())
+            if hidden_dropout:
+                block["drop"] = nn.Dropout(hidden_dropout)
+            layers.append(nn.Sequential(block))
+            width = out
+        self.hidden = nn.Sequential(*layers)
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.num_features = width
+        self._classifier = classifier
+        self.num_classes = 0
+        self.fc: nn.Module = nn.Identity()
+        self.reset(num_classes)
+
+    def reset(self, num_classes: int) -> None:
+        """Put a freshly initialised final layer with ``num_classes`` outputs (0: identity)."""
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        like = next(self.hidden.parameters(), None) if len(self.hidden) else None
+        like = like if like is not None else next(self.fc.parameters(), None)
+        fc = self._classifier(self.num_features, num_classes) if num_classes else nn.Identity()
+        if like is not None:
+            fc = fc.to(device=like.device, dtype=like.dtype)
+        self.fc = fc
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(self.hidden(self.flatten(self.pool(x))))
+        return x if pre_logits else self.fc(x)

@@ -1,0 +1,122 @@
+"""The model registry: a name -> builder dict filled by a decorator.
+
+Builders live next to their family (``convnets/models/<family>.py``) and are registered with
+``@register_model(...)``, which also records the facts a user wants before building anything:
+the default input size and the published parameter / MAC figures to compare against.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from convnets.models.base import ConvNet
+
+
+@dataclass(frozen=True)
+class Published:
+    """A figure from a paper or a peer library, shown beside our own count.
+
+    Attributes:
+        params: published trainable-parameter count (None where the source gives none).
+        macs: published multiply-accumulates at the default input (None where none is given).
+        source: where the figure comes from ("He et al. 2015, Table 1", "torchvision 0.28").
+        approx: the figures the source only gives rounded ("4.2M", "~0.724G"): ``"params"``,
+            ``"macs"``. Others are exact counts our build must equal.
+    """
+
+    params: int | None
+    macs: int | None
+    source: str
+    approx: tuple[str, ...] = ()
+
+    def is_exact(self, figure: str) -> bool:
+        """Whether ``figure`` ("params" or "macs") is an exact count."""
+        return figure not in self.approx
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its builder and what is known about it before it is built."""
+
+    name: str
+    builder: Callable[..., ConvNet]
+    family: str
+    input_size: tuple[int, int, int]
+    published: Published | None
+    summary: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    *, family: str, input_size: tuple[int, int, int], published: Published | None = None
+) -> Callable[[Callable[..., ConvNet]], Callable[..., ConvNet]]:
+    """Register a builder under its function name. Refuses duplicates.
+
+    Args:
+        family: the family the model belongs to ("resnet", "vgg", ...).
+        input_size: default (channels, height, width) the paper uses.
+        published: the published params / MACs at that input, shown by ``convnets list``.
+    """
+
+    def decorator(builder: Callable[..., ConvNet]) -> Callable[..., ConvNet]:
+        name = builder.__name__
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        doc = (builder.__doc__ or "").strip().splitlines()
+        _REGISTRY[name] = ModelEntry(name, builder, family, input_size, published, doc[0] if doc else "")
+        return builder
+
+    return decorator
+
+
+def _canonical(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, e.g. ``list_models("resnet*")``."""
+    _load_families()
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, _canonical(pattern)))
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``; an unknown name gets an error suggesting close names."""
+    _load_families()
+    key = _canonical(name)
+    if key not in _REGISTRY:
+        close = difflib.get_close_matches(key, _REGISTRY, n=4, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownModelError(f"Unknown model {name!r}.{hint} `convnets list` shows all {len(_REGISTRY)} models.")
+    return _REGISTRY[key]
+
+
+def create_model(name: str, **kwargs) -> ConvNet:
+    """Build a registered model: ``create_model("resnet50", num_classes=3, in_chans=1)``.
+
+    Every builder accepts ``num_classes`` and ``in_chans``; family-specific options (``width``,
+    ``shortcut``, ``small_input``...) are documented on each builder.
+    """
+    entry = model_entry(name)
+    model = entry.builder(**kwargs)
+    model.name = entry.name
+    return model
+
+
+class UnknownModelError(KeyError):
+    """Raised for a model name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0])
+
+
+def _load_families() -> None:
+    # Importing the models package registers every family; done lazily so that importing the
+    # registry alone stays cheap and free of import cycles.
+    import convnets.models  # noqa: F401
