@@ -58,9 +58,8 @@ class ConvBNAct(nn.Sequential):
     ) -> None:
         padding = (kernel_size - 1) // 2 if padding is None else padding
         layers: OrderedDict[str, nn.Module] = OrderedDict()
-        layers["conv"] = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=not norm if bias is None else bias
-        )
+        bias = not norm if bias is None else bias
+        layers["conv"] = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
         if norm:
             layers["bn"] = nn.BatchNorm2d(out_channels)
         if act is not None:
@@ -204,3 +203,48 @@ class ClassifierHead(nn.Module):
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.drop(self.hidden(self.flatten(self.pool(x))))
         return x if pre_logits else self.fc(x)
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expand -> kxk depthwise -> [squeeze-excite] -> 1x1 linear projection, + x when shapes match.
+
+    MobileNet v2's bottleneck (Sandler et al. 2018, Table 1) and EfficientNet's MBConv (Tan & Le
+    2019, with squeeze-excite, swish and drop-path) are this one block with different settings.
+    The projection has no activation: a ReLU on the narrow output would destroy information
+    (Sandler et al. Section 3.2). With ``expand_ratio`` 1 there is no expansion conv.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: depthwise kernel.
+        stride: depthwise stride.
+        expand_ratio: expansion factor t of the hidden width.
+        act: activation after the expansion and depthwise convs.
+        se_ratio: squeeze-excite width as a fraction of ``in_channels`` (0: none).
+        drop_path: probability of dropping the residual branch (only where there is a shortcut).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        expand_ratio: int,
+        *,
+        act: ActFactory = nn.ReLU6,
+        se_ratio: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        hidden = in_channels * expand_ratio
+        self.expand = ConvBNAct(in_channels, hidden, 1, act=act) if expand_ratio != 1 else nn.Identity()
+        self.dw = ConvBNAct(hidden, hidden, kernel_size, stride, groups=hidden, act=act)
+        self.se = SqueezeExcite(hidden, max(1, int(in_channels * se_ratio))) if se_ratio else nn.Identity()
+        self.project = ConvBNAct(hidden, out_channels, 1, act=None)
+        self.use_residual = stride == 1 and in_channels == out_channels
+        self.drop_path = DropPath(drop_path) if self.use_residual and drop_path else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.se(self.dw(self.expand(x))))
+        return x + self.drop_path(out) if self.use_residual else out

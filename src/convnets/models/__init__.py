@@ -1,3 +1,3 @@
 """One module per family; importing this package registers every model."""
 
-from convnets.models import alexnet, lenet, nin, resnet, vgg  # noqa: F401
+from convnets.models import alexnet, efficientnet, inception, lenet, mobilenet, nin, resnet, vgg  # noqa: F401
