@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from convnets.layers import ClassifierHead, ConvBNAct, local_response_norm, relu
+from convnets.layers import ClassifierHead, ConvBNAct
 from convnets.models.base import ConvNet, StageInfo
 from convnets.registry import Published, register_model
 
@@ -115,7 +115,8 @@ class AuxClassifier(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, *, batch_norm: bool = False) -> None:
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(4) if batch_norm else nn.Sequential(nn.AvgPool2d(5, 3), nn.AdaptiveAvgPool2d(4))
+        paper_pool = nn.Sequential(nn.AvgPool2d(5, 3), nn.AdaptiveAvgPool2d(4))
+        self.pool = nn.AdaptiveAvgPool2d(4) if batch_norm else paper_pool
         self.conv = ConvBNAct(in_channels, 128, 1, norm=batch_norm)
         self.head = ClassifierHead(128 * 4 * 4, num_classes, pool=nn.Identity(), hidden=(1024,), hidden_dropout=0.7)
 
