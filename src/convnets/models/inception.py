@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from convnets.layers import ClassifierHead, ConvBNAct
-from convnets.models.base import ConvNet, StageInfo
+from convnets.models.base import ConvNet, InputShapeError, StageInfo
 from convnets.registry import Published, register_model
 
 AUX_LOSS_WEIGHT = 0.3  # Szegedy et al. 2014 Section 5: auxiliary losses weighted by 0.3 in training.
@@ -121,6 +121,12 @@ class AuxClassifier(nn.Module):
         self.head = ClassifierHead(128 * 4 * 4, num_classes, pool=nn.Identity(), hidden=(1024,), hidden_dropout=0.7)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.pool, nn.Sequential) and min(x.shape[-2:]) < 5:
+            raise InputShapeError(
+                f"GoogLeNet's auxiliary classifiers average 5x5 windows of the 4a/4d maps, which are only "
+                f"{x.shape[-2]}x{x.shape[-1]} for this input: use images of at least 80x80, or build the model "
+                "with small_input=True"
+            )
         return self.head(self.conv(self.pool(x)))
 
 
