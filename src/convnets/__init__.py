@@ -1,6 +1,8 @@
 """convnets: the deep convolutional network case studies, exact to their papers."""
 
+from convnets.analysis import count, summary
 from convnets.models.base import ConvNet, InputShapeError, StageInfo
+from convnets.models.efficientnet import efficientnet_scaled
 from convnets.registry import Published, UnknownModelError, create_model, list_models, model_entry, register_model
 
 __version__ = "0.1.0"
@@ -11,8 +13,11 @@ __all__ = [
     "Published",
     "StageInfo",
     "UnknownModelError",
+    "count",
     "create_model",
+    "efficientnet_scaled",
     "list_models",
     "model_entry",
     "register_model",
+    "summary",
 ]

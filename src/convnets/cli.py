@@ -1,4 +1,4 @@
-"""The ``convnets`` command line."""
+"""convnets: the deep convolutional network case studies, exact to their papers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import sys
 
 from convnets.analysis import cli as analysis_cli
 from convnets.data import cli as data_cli
+from convnets.train import cli as train_cli
+from convnets.train.loop import TrainingDiverged
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     analysis_cli.add_parsers(sub)
     data_cli.add_parsers(sub)
+    train_cli.add_parsers(sub)
     return parser
 
 
@@ -22,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, KeyError, FileNotFoundError) as err:
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, TrainingDiverged) as err:
         # Errors the user can act on get one line, not a traceback.
         print(f"convnets {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -7,6 +7,6 @@
 """
 
 from convnets.analysis.counting import COUNTING_RULE, Counts, LayerCount, count
-from convnets.analysis.summary import Summary, SummaryRow, StageRow, summary
+from convnets.analysis.table import StageRow, Summary, SummaryRow, summary
 
 __all__ = ["COUNTING_RULE", "Counts", "LayerCount", "StageRow", "Summary", "SummaryRow", "count", "summary"]

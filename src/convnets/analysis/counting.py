@@ -101,7 +101,7 @@ class Counts:
     frozen_params: int = 0
     unused_params: int = 0
     output_shape: tuple = ()
-    layers: list[LayerCount] = field(default_factory=list)
+    layers: list[LayerCount] = field(default_factory=list, repr=False)  # hundreds of records
 
     @property
     def flops(self) -> int:
@@ -143,21 +143,26 @@ def count(
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     try:
-        return _count_on(meta_copy(model), model, size, batch, forward_kwargs)
-    except (NotImplementedError, RuntimeError):
-        # A forward pass that reads buffer values (a boolean mask used as an index) cannot run
-        # on meta tensors, which have shapes but no values. Small models like that are counted
-        # on a CPU copy instead; a model that only exists on meta has nothing to fall back on.
-        if _on_meta(model):
+        return _count_on(meta_copy(model), "meta", model, size, batch, forward_kwargs)
+    except (NotImplementedError, RuntimeError) as err:
+        # A forward pass that reads values (a boolean mask used as an index, .item()) cannot run
+        # on meta tensors, which have shapes but no values. Such a model is counted on a CPU copy
+        # instead; an ordinary error (a shape mismatch) is raised as is, and a model that only
+        # exists on meta has nothing to fall back on.
+        if _on_meta(model) or not (isinstance(err, NotImplementedError) or "meta" in str(err)):
             raise
-        return _count_on(cpu_copy(model), model, size, batch, forward_kwargs)
+        return _count_on(cpu_copy(model), "cpu", model, size, batch, forward_kwargs)
 
 
 def _count_on(
-    shadow: nn.Module, model: nn.Module, size: tuple[int, ...], batch: int, forward_kwargs: dict[str, Any] | None
+    shadow: nn.Module,
+    device: str,
+    model: nn.Module,
+    size: tuple[int, ...],
+    batch: int,
+    forward_kwargs: dict[str, Any] | None,
 ) -> Counts:
     counter = _Counter(shadow)
-    device = next(iter([*shadow.parameters(), *shadow.buffers()]), torch.empty(0, device="meta")).device
     x = torch.zeros(batch, *size, device=device, dtype=_float_dtype(model))
     with counter.recording(), torch.no_grad():
         out = shadow(x, **(forward_kwargs or {}))
@@ -259,6 +264,16 @@ _MAC_RULES = {
 }
 
 
+def _batch_norm_shapes(args: tuple) -> tuple[torch.Tensor, ...]:
+    x, channels = args[0], args[0].shape[1]
+    return torch.empty_like(x), x.new_empty(channels), x.new_empty(channels)
+
+
+# Ops whose meta kernel is a slow Python decomposition (BatchNorm: ~2 ms a call, most of the time
+# of `convnets list`) but whose output shapes are plain; none of them has MACs.
+_SHAPE_ONLY = {aten.native_batch_norm.default: _batch_norm_shapes}
+
+
 class _MacMode(TorchDispatchMode):
     """Sees every ATen op of the forward pass and hands the MAC-bearing ones to the counter."""
 
@@ -267,6 +282,9 @@ class _MacMode(TorchDispatchMode):
         self.counter = counter
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        shapes = _SHAPE_ONLY.get(func)
+        if shapes is not None and args[0].is_meta:
+            return shapes(args)
         out = func(*args, **(kwargs or {}))
         rule = _MAC_RULES.get(func)
         if rule is not None:
@@ -281,7 +299,9 @@ class _Counter:
         self.model = model
         self.paths = {id(m): (p or ROOT) for p, m in model.named_modules()}
         self.records = {
-            p or ROOT: LayerCount(p or ROOT, type(m).__name__, len(p.split(".")) if p else 0, leaf=not any(m.children()))
+            p or ROOT: LayerCount(
+                p or ROOT, type(m).__name__, len(p.split(".")) if p else 0, leaf=not any(m.children())
+            )
             for p, m in model.named_modules()
         }
         self.stack: list[str] = []
@@ -334,24 +354,40 @@ class _Counter:
     def result(self, original: nn.Module, size: tuple[int, ...], batch: int, output_shape: tuple) -> Counts:
         # Params are read from the user's model (reading has no side effect); the copy has the
         # same module paths and the same requires_grad flags.
+        held = _params_by_module(original)
+        for path, rec in self.records.items():
+            params = held[path].values()
+            rec.params = sum(p.numel() for p in params)
+            rec.trainable_params = sum(p.numel() for p in params if p.requires_grad)
         for path, module in original.named_modules():
-            rec = self.records[path or ROOT]
-            seen = {id(p): p for p in module.parameters()}
-            rec.params = sum(p.numel() for p in seen.values())
-            rec.trainable_params = sum(p.numel() for p in seen.values() if p.requires_grad)
-            rec.own_params = sum(p.numel() for p in module.parameters(recurse=False))
-        params = list(original.parameters())
-        unused = _unused_params(original, self.records)
+            self.records[path or ROOT].own_params = sum(p.numel() for p in module.parameters(recurse=False))
+        everything = held[ROOT].values()
         return Counts(
-            params=sum(p.numel() for p in params if p.requires_grad),
+            params=sum(p.numel() for p in everything if p.requires_grad),
             macs=self.records[ROOT].macs,
             input_size=size,
             batch=batch,
-            frozen_params=sum(p.numel() for p in params if not p.requires_grad),
-            unused_params=unused,
+            frozen_params=sum(p.numel() for p in everything if not p.requires_grad),
+            unused_params=_unused_params(original, self.records),
             output_shape=output_shape,
             layers=sorted(self.records.values(), key=lambda r: r.order if r.order >= 0 else len(self.records)),
         )
+
+
+def _params_by_module(model: nn.Module) -> dict[str, dict[int, nn.Parameter]]:
+    """For every module path, the parameters it holds with its children, each tensor once.
+
+    One pass that credits each module's own parameters to all its ancestors: calling
+    ``module.parameters()`` on every module instead costs O(modules x depth) generator calls.
+    """
+    held: dict[str, dict[int, nn.Parameter]] = {}
+    for path, module in model.named_modules():
+        held[path or ROOT] = {}
+        own = {id(p): p for p in module.parameters(recurse=False)}
+        parts = path.split(".") if path else []
+        for i in range(len(parts) + 1):
+            held[".".join(parts[:i]) or ROOT].update(own)
+    return held
 
 
 def _unused_params(model: nn.Module, records: dict[str, LayerCount]) -> int:

@@ -15,6 +15,14 @@ def human(n: int | float) -> str:
     return f"{n:,}" if isinstance(n, int) else f"{n:.2f}"
 
 
+def rounded(n: int) -> str:
+    """A published rounded figure with its own digits only: ``724_000_000 -> "724M"``, ``3_858_000_000 -> "3.858G"``."""
+    for scale, unit in _UNITS:
+        if abs(n) >= scale:
+            return f"{n / scale:.6f}".rstrip("0").rstrip(".") + unit
+    return str(n)
+
+
 def exact(n: int) -> str:
     """An exact integer with thousands separators: ``15470264320 -> "15,470,264,320"``."""
     return f"{n:,}"

@@ -28,8 +28,17 @@ from convnets.data.badfiles import BadFileLog
 from convnets.data.idx import read_idx
 
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # SHA-256 of the *decompressed* files: mirrors (Debian's package among them) recompress the
 # archives, so a checksum of the .gz bytes would reject identical data.
@@ -248,8 +257,9 @@ def load_idx_pair(images_path: str | Path, labels_path: str | Path) -> tuple[np.
     """
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise ValueError(f"{images_path}: expected uint8 images (N, H, W) or (N, H, W, C), got {images.dtype} "
-                         f"{images.shape}")  # fmt: skip
+        raise ValueError(
+            f"{images_path}: expected uint8 images (N, H, W) or (N, H, W, C), got {images.dtype} {images.shape}"
+        )
     if labels.ndim != 1:
         raise ValueError(f"{labels_path}: expected one label per image (1 dimension), got shape {labels.shape}")
     if len(images) != len(labels):
@@ -323,9 +333,15 @@ def load_idx_dataset(
     for split, (_, labels) in zip(("train", "test"), (train, test), strict=True):
         _check_labels(labels, len(classes), files[split][1])
     return _in_memory_dataset(
-        name or directory.name, classes, train, test,
-        image_size=_as_size(image_size), channels=channels, resize=resize, source=str(directory),
-    )  # fmt: skip
+        name or directory.name,
+        classes,
+        train,
+        test,
+        image_size=_as_size(image_size),
+        channels=channels,
+        resize=resize,
+        source=str(directory),
+    )
 
 
 def _sha256_of_content(path: Path) -> str:
@@ -333,7 +349,7 @@ def _sha256_of_content(path: Path) -> str:
     with open(path, "rb") as f:
         gz = f.read(2) == b"\x1f\x8b"
     digest = hashlib.sha256()
-    with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if gz else open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -372,13 +388,19 @@ def download_file(url: str, dest: str | Path, sha256: str | None = None, *, time
 
 
 def download_fashion_mnist(
-    dest: str | Path, *, base_url: str = FASHION_MNIST_URL, checksums: dict[str, str] | None = None
+    dest: str | Path, *, base_url: str | None = None, checksums: dict[str, str] | None = None
 ) -> Path:
-    """Download the four Fashion-MNIST files into ``dest`` (skipping those present) and verify them."""
-    dest = Path(dest)
+    """Download the four Fashion-MNIST files into ``dest`` (skipping those present) and verify them.
+
+    Args:
+        dest: Target directory.
+        base_url: Where the files are; :data:`FASHION_MNIST_URL` by default.
+        checksums: File name -> SHA-256 of its decompressed content; :data:`FASHION_MNIST_SHA256` by default.
+    """
+    dest, base_url = Path(dest), (base_url or FASHION_MNIST_URL).rstrip("/")
     for filename, sha in (checksums or FASHION_MNIST_SHA256).items():
         if not (dest / filename).is_file():
-            download_file(base_url.rstrip("/") + "/" + filename, dest / filename, sha)
+            download_file(f"{base_url}/{filename}", dest / filename, sha)
     return dest
 
 
@@ -444,10 +466,15 @@ def load_digits(**kwargs) -> Dataset:
     labels = bunch.target.astype(np.int64)
     train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=360, stratify=labels, random_state=0)
     return _in_memory_dataset(
-        "digits", [str(c) for c in bunch.target_names], (images[train_idx], labels[train_idx]),
-        (images[test_idx], labels[test_idx]), image_size=_as_size(kwargs.get("image_size")),
-        channels=kwargs.get("channels"), resize=kwargs.get("resize", "auto"), source="sklearn.datasets.load_digits",
-    )  # fmt: skip
+        "digits",
+        [str(c) for c in bunch.target_names],
+        (images[train_idx], labels[train_idx]),
+        (images[test_idx], labels[test_idx]),
+        image_size=_as_size(kwargs.get("image_size")),
+        channels=kwargs.get("channels"),
+        resize=kwargs.get("resize", "auto"),
+        source="sklearn.datasets.load_digits",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,8 +485,13 @@ def _cifar_layout(root: Path) -> tuple[str, list[str], list[str], str, str] | No
     """(name, train files, test files, meta file, label key) of a CIFAR folder, or None."""
     for folder in (root, root / "cifar-10-batches-py", root / "cifar-100-python"):
         if (folder / "batches.meta").is_file() and (folder / "test_batch").is_file():
-            return "cifar10", [str(folder / f"data_batch_{i}") for i in range(1, 6)], [str(folder / "test_batch")], \
-                str(folder / "batches.meta"), "labels"  # fmt: skip
+            return (
+                "cifar10",
+                [str(folder / f"data_batch_{i}") for i in range(1, 6)],
+                [str(folder / "test_batch")],
+                str(folder / "batches.meta"),
+                "labels",
+            )
         if (folder / "meta").is_file() and (folder / "train").is_file() and (folder / "test").is_file():
             return "cifar100", [str(folder / "train")], [str(folder / "test")], str(folder / "meta"), "fine_labels"
     return None
@@ -497,16 +529,24 @@ def load_cifar(root: str | Path, **kwargs) -> Dataset:
             batch = _unpickle(path)
             data, lab = np.asarray(batch["data"]), np.asarray(batch[key], dtype=np.int64)
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(lab):
-                raise ValueError(f"{path}: expected uint8 data (N, 3072) and N labels, got {data.dtype} {data.shape} "
-                                 f"and {len(lab)} labels")  # fmt: skip
+                raise ValueError(
+                    f"{path}: expected uint8 data (N, 3072) and N labels, got {data.dtype} {data.shape} "
+                    f"and {len(lab)} labels"
+                )
             _check_labels(lab, len(classes), path)
             images.append(data.reshape(-1, 3, 32, 32))
             labels.append(lab)
         splits.append((np.concatenate(images), np.concatenate(labels)))
     return _in_memory_dataset(
-        name, classes, splits[0], splits[1], image_size=_as_size(kwargs.get("image_size")),
-        channels=kwargs.get("channels"), resize=kwargs.get("resize", "auto"), source=str(root),
-    )  # fmt: skip
+        name,
+        classes,
+        splits[0],
+        splits[1],
+        image_size=_as_size(kwargs.get("image_size")),
+        channels=kwargs.get("channels"),
+        resize=kwargs.get("resize", "auto"),
+        source=str(root),
+    )
 
 
 # --------------------------------------------------------------------------------------------

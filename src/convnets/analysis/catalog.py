@@ -1,0 +1,135 @@
+"""Every registered model counted at its default input, beside its published figures."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from convnets.analysis.counting import COUNTING_RULE, count
+from convnets.analysis.formatting import exact, human, render_table, rounded
+from convnets.models.base import ConvNet
+from convnets.registry import Published, create_model, list_models, model_entry
+
+MARKS = {"exact": "=", "rounded": "~", "differs": "!=", "none": ""}
+
+
+def build_for_counting(name: str, **kwargs) -> ConvNet:
+    """Build a registered model on the meta device (no memory, no initialisation cost).
+
+    A builder that needs real values while building (a boolean-mask index) cannot run on meta;
+    it is built on the CPU instead, which only such small models need.
+    """
+    try:
+        with torch.device("meta"):
+            return create_model(name, **kwargs)
+    except NotImplementedError:
+        return create_model(name, **kwargs)
+
+
+def agreement(ours: int, published: int | None, is_exact: bool) -> str:
+    """How our count compares with a published figure: "exact", "rounded", "differs" or "none".
+
+    A rounded figure (``724_000_000`` for "0.724G") matches when ours rounds to it: the
+    tolerance is half a unit of its last nonzero digit.
+    """
+    if published is None:
+        return "none"
+    if is_exact:
+        return "exact" if ours == published else "differs"
+    digits = str(abs(published))
+    unit = 10 ** (len(digits) - len(digits.rstrip("0")))
+    return "rounded" if 2 * abs(ours - published) <= unit else "differs"
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    """One model of ``convnets list``.
+
+    Attributes:
+        name: registry name.
+        family: model family.
+        input_size: default (C, H, W).
+        params: our trainable-parameter count.
+        macs: our MACs at ``input_size``.
+        published: the registry's published figures, if any.
+        params_match: :func:`agreement` of the parameter counts.
+        macs_match: :func:`agreement` of the MACs.
+    """
+
+    name: str
+    family: str
+    input_size: tuple[int, int, int]
+    params: int
+    macs: int
+    published: Published | None
+    params_match: str
+    macs_match: str
+
+    @property
+    def differs(self) -> bool:
+        return "differs" in (self.params_match, self.macs_match)
+
+
+def catalog_row(name: str) -> CatalogRow:
+    """Count one registered model at its default input and compare with its published figures."""
+    entry = model_entry(name)
+    counts = count(build_for_counting(name), entry.input_size)
+    pub = entry.published
+    params_match = agreement(counts.params, pub and pub.params, bool(pub) and pub.is_exact("params"))
+    macs_match = agreement(counts.macs, pub and pub.macs, bool(pub) and pub.is_exact("macs"))
+    return CatalogRow(name, entry.family, entry.input_size, counts.params, counts.macs, pub, params_match, macs_match)
+
+
+def catalog(pattern: str = "*") -> list[CatalogRow]:
+    """:func:`catalog_row` for every registered model matching ``pattern``."""
+    return [catalog_row(name) for name in list_models(pattern)]
+
+
+def render_catalog(rows: Sequence[CatalogRow]) -> str:
+    """The ``convnets list`` table, a legend, and the exact figures of every difference."""
+    table = [_cells(r) for r in rows]
+    headers = ["Model", "Family", "Input", "Params", "MACs", "Published params", "Published MACs"]
+    lines = render_table(headers, table, [False, False, False, True, True, True, True])
+    lines += [
+        "",
+        f"{len(rows)} models; params and MACs at each model's default input (C x H x W), batch 1.",
+        "Published figures: = equal to ours, ~ ours rounds to the published (rounded) figure, != differs.",
+        *_differences(rows),
+    ]
+    lines += textwrap.wrap(f"Counting rule: {COUNTING_RULE}", width=100, subsequent_indent="  ")
+    return "\n".join(lines)
+
+
+def _cells(r: CatalogRow) -> list[str]:
+    pub = r.published
+    size = "x".join(str(d) for d in r.input_size)
+    return [
+        r.name,
+        r.family,
+        size,
+        human(r.params),
+        human(r.macs),
+        _published_cell(pub and pub.params, r.params_match, pub and pub.is_exact("params")),
+        _published_cell(pub and pub.macs, r.macs_match, pub and pub.is_exact("macs")),
+    ]
+
+
+def _published_cell(value: int | None, match: str, is_exact: bool) -> str:
+    if value is None:
+        return "-"
+    return f"{human(value) if is_exact else rounded(value)} {MARKS[match]}"
+
+
+def _differences(rows: Sequence[CatalogRow]) -> list[str]:
+    lines = []
+    for r in rows:
+        for figure, ours, match in (("params", r.params, r.params_match), ("MACs", r.macs, r.macs_match)):
+            if match == "differs":
+                theirs = getattr(r.published, figure.lower())
+                lines.append(
+                    f"  {r.name} {figure}: ours {exact(ours)}, published {exact(theirs)} ({r.published.source})"
+                )
+    return ["Differences:", *lines] if lines else []

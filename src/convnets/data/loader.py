@@ -1,0 +1,212 @@
+"""The training and evaluation loader: normalised (x, y) batches on a device, reproducible and resumable.
+
+The order of an epoch and the augmentation of every batch are functions of
+(seed, epoch, rank, batch index) alone, never of the state of a random generator that
+lives across batches. That makes three things exact: two runs with one seed see the same
+batches; a run resumed at batch k of an epoch sees batches k.. of that epoch as the
+uninterrupted run did; and the number of decoding workers changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from convnets.data.augment import AugmentConfig, Augmenter
+from convnets.data.badfiles import BadFileLog
+from convnets.data.datasets import Dataset, ImageFolderSplit, TensorSplit, collate_images
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from several integers (numpy's SeedSequence hashing)."""
+    state = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+class BatchLoader:
+    """Yields (x, y): float32 normalised images (B, C, H, W) and int64 labels (B,), on ``device``.
+
+    In-memory splits are indexed and augmented as whole batches on ``device`` (the GPU when
+    training there); image folders are decoded by ``num_workers`` processes and augmented the
+    same way once a batch arrives.
+
+    Distributed training: each of ``world_size`` ranks gets a disjoint shard of one shared
+    permutation (padded by repeating indices so every rank has as many batches, as
+    ``torch.utils.data.DistributedSampler`` does). Call :meth:`set_epoch` before each epoch.
+
+    Exact resume: ``set_epoch(epoch, start_batch=k)`` makes the next iteration yield batches
+    k, k+1, ... of that epoch, identical to those of an uninterrupted run. Save
+    :attr:`position` (batches of the epoch consumed) in a checkpoint and pass it back as ``start_batch``.
+
+    Args:
+        split: A :class:`TensorSplit` or :class:`ImageFolderSplit`.
+        batch_size: Images per batch (per rank).
+        mean, std: Per-channel normalisation (``Dataset.mean``/``Dataset.std``).
+        augment: An :class:`Augmenter`, or None for evaluation.
+        device: Where batches (and augmentation) go; CPU by default.
+        shuffle: Shuffle every epoch (training) or keep file order (evaluation).
+        drop_last: Drop the last incomplete batch (and, distributed, the uneven tail instead of padding).
+        seed: Base seed of the order and the augmentation.
+        rank, world_size: This process's shard.
+        num_workers: Decoding processes for image folders; ``min(4, cpu count)`` by default.
+        preload: Move an in-memory split to ``device`` once (default), instead of batch by batch.
+    """
+
+    def __init__(
+        self,
+        split: TensorSplit | ImageFolderSplit,
+        *,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        augment: Augmenter | None = None,
+        device: torch.device | str | None = None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int | None = None,
+        preload: bool = True,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.split = split
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.augment = augment
+        self.num_workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.bad_files = BadFileLog()
+        self.epoch, self.start_batch, self.position = 0, 0, 0
+        self._images = self._labels = None
+        if isinstance(split, TensorSplit):
+            target = self.device if preload else torch.device("cpu")
+            self._images, self._labels = split.images.to(target), split.labels.to(target)
+
+    # ---- order and sharding
+
+    def _shard(self) -> torch.Tensor:
+        """This rank's sample indices for the current epoch."""
+        n = len(self.split)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(self.seed, self.epoch)))
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            if self.drop_last:
+                order = order[: n - n % self.world_size]
+            elif n % self.world_size:
+                extra = self.world_size - n % self.world_size
+                order = torch.cat([order, order.repeat(extra // n + 1)[:extra]])
+            order = order[self.rank :: self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (including any already consumed when resuming)."""
+        n = len(self.split)
+        per_rank = n // self.world_size if self.drop_last else -(-n // self.world_size)
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Choose the epoch the next iteration yields, starting at batch ``start_batch`` of it."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} is outside 0..{len(self)}")
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def batch_indices(self) -> list[torch.Tensor]:
+        """Sample indices of every batch of the current epoch on this rank."""
+        batches = list(self._shard().split(self.batch_size))
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
+
+    # ---- iteration
+
+    def _finish(self, images: torch.Tensor, labels: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move, augment and normalise one uint8 batch."""
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        if self.augment is not None:
+            generator = torch.Generator(device=images.device)
+            generator.manual_seed(derive_seed(self.seed, self.epoch, self.rank, batch))
+            return self.augment(images, generator, self.mean, self.std), labels
+        # (x / 255 - mean) / std as one fused pass.
+        return torch.addcmul(-self.mean / self.std, images.float(), 1 / (255 * self.std)), labels
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = self.batch_indices()
+        start = self.start_batch
+        self.position = start
+        if self._images is not None:
+            for b in range(start, len(batches)):
+                idx = batches[b].to(self._images.device)
+                x, y = self._finish(self._images[idx], self._labels[idx], b)
+                self.position = b + 1
+                yield x, y
+            return
+        loader = torch.utils.data.DataLoader(
+            self.split,
+            batch_sampler=[batch.tolist() for batch in batches[start:]],
+            num_workers=self.num_workers,
+            collate_fn=collate_images,
+            pin_memory=self.device.type == "cuda",
+        )
+        for b, (images, labels, bad) in enumerate(loader, start):
+            self.bad_files.extend(bad)
+            self.position = b + 1
+            if len(labels):  # a batch of nothing but broken files is skipped, not yielded empty
+                yield self._finish(images, labels, b)
+
+
+def make_loader(
+    dataset: Dataset,
+    split: str = "train",
+    *,
+    batch_size: int,
+    augment: AugmentConfig | str | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int | None = None,
+    shuffle: bool | None = None,
+    drop_last: bool = False,
+) -> BatchLoader:
+    """A :class:`BatchLoader` over one split of a dataset, normalised with its training statistics.
+
+    Args:
+        dataset: From :func:`convnets.data.load_dataset`.
+        split: ``train`` or ``test``.
+        batch_size: Images per batch per rank.
+        augment: A config or preset name (``none``, ``light``, ``standard``, ``heavy``); None for no augmentation.
+        device: Where batches go.
+        seed, rank, world_size, num_workers, drop_last: As for :class:`BatchLoader`.
+        shuffle: Default: shuffle the training split, not the test split.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    augmenter = None
+    if augment is not None and augment != "none":
+        augmenter = Augmenter(augment, dataset.pixel_cov)
+    return BatchLoader(
+        getattr(dataset, split),
+        batch_size=batch_size,
+        mean=dataset.mean,
+        std=dataset.std,
+        augment=augmenter,
+        device=device,
+        shuffle=split == "train" if shuffle is None else shuffle,
+        drop_last=drop_last,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+    )

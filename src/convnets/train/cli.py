@@ -1,0 +1,80 @@
+"""``convnets train``: the command-line face of :func:`convnets.train.train`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from convnets.train.config import AUGMENT_PRESETS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """``["small_input=true", "width=0.5"]`` -> ``{"small_input": True, "width": 0.5}`` (JSON values)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-arg takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value.lower() if value.lower() in ("true", "false", "null") else value)
+        except json.JSONDecodeError:
+            out[key] = value  # a bare string such as shortcut=A
+    return out
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model (LeNet-5 on Fashion-MNIST by default recipe)",
+        description="Train MODEL on --data and write a run directory: config, metrics, weights, curves, report. "
+        "Unset options take the model's recipe. Under torchrun, trains on every process (DDP).",
+    )
+    p.add_argument("model", help="registered model name (convnets list)")
+    p.add_argument("--data", default=None, help="fashion-mnist (default), digits, cifar10, or an image folder")
+    p.add_argument("--data-dir", help="where named datasets are looked up")
+    p.add_argument("--config", help="JSON or TOML file with TrainConfig fields (options given here win)")
+    p.add_argument("--out", help="run directory (default runs/MODEL-DATA)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="per process")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float, help="L2 penalty on conv/linear weights")
+    p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    p.add_argument("--augment", choices=AUGMENT_PRESETS)
+    p.add_argument("--precision", choices=PRECISIONS)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--image-size", type=int, help="resize or pad images to this side")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="builder argument, e.g. small_input=true, width=0.5, shortcut=A (repeatable)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels (slower)")
+    p.add_argument("--nan-policy", choices=("stop", "skip"))
+    p.add_argument("--max-steps", type=int, help="stop with a checkpoint after this many steps")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    p.add_argument("--workers", dest="num_workers", type=int, help="decoding processes for image folders")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.set_defaults(func=run_train)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    fields = {f for f in TrainConfig.__dataclass_fields__} - {"model", "model_kwargs"}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    model_kwargs = parse_model_args(args.model_arg)
+    if args.config:
+        config = TrainConfig.from_file(args.config, model=args.model, **given)
+        config.model_kwargs.update(model_kwargs)
+        return config
+    return TrainConfig(model=args.model, model_kwargs=model_kwargs, **given)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from convnets.train.loop import train
+
+    train(config_from_args(args))
+    return 0

@@ -1,0 +1,460 @@
+"""The training loop: one function, ``train(config)``, from data to a finished run directory.
+
+Run directory (``config.out``)::
+
+    config.json       the resolved configuration (every default filled in)
+    metrics.jsonl     one line per epoch; metrics.csv the same as a table
+    state.pt          training state: model, optimizer, scheduler, scaler, epoch, batch
+                      position, step, RNG state (written atomically; --resume reads it)
+    best.safetensors  weights of the best test accuracy, last.safetensors the final ones
+    curves.png        learning curves; report.md a short summary; bad_files.tsv if any
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import convnets
+from convnets.data.datasets import load_dataset
+from convnets.data.loader import BatchLoader, make_loader
+from convnets.models.base import ConvNet
+from convnets.models.inception import AUX_LOSS_WEIGHT
+from convnets.train import distributed
+from convnets.train.config import TrainConfig, resolve
+from convnets.train.report import MetricsLog, write_report
+from convnets.weights import atomic_write, save_weights
+
+STATE_FILE = "state.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the checkpoint kept."""
+
+
+class ConfigMismatchError(ValueError):
+    """Model and data (or a run being resumed) do not fit; the message says what to change."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reached."""
+
+    out: Path
+    test_accuracy: float
+    best_accuracy: float
+    epochs: int
+    steps: int
+    seconds: float
+    images_per_second: float
+    stopped_early: bool = False
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train ``config.model`` on ``config.data`` and write the run directory.
+
+    Under torchrun each process trains on its shard of every batch order and gradients are
+    averaged (DistributedDataParallel); rank 0 alone prints and writes.
+    """
+    ctx = distributed.setup(config.device)
+    try:
+        return _Run(config, ctx).run()
+    finally:
+        distributed.teardown(ctx)
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, ctx: distributed.Context) -> None:
+        self.ctx = ctx
+        out = Path(resolve(config).out)
+        if config.resume:
+            config = _resumed_config(config, out)
+        self.cfg = cfg = resolve(config)
+        self.out = out
+        if ctx.is_main and not cfg.resume and (out / STATE_FILE).exists():
+            raise ConfigMismatchError(
+                f"{out} already holds a run: pass --resume to continue it, or --out for a new directory"
+            )
+        if cfg.deterministic:
+            _make_deterministic()
+        torch.manual_seed(cfg.seed)
+
+        probe = _probe_model(cfg)
+        image_size = cfg.image_size or (probe.fixed_input_size[0] if probe.fixed_input_size else None)
+        self.dataset = load_dataset(cfg.data, data_dir=cfg.data_dir, image_size=image_size,
+                                    num_workers=cfg.num_workers)
+        _check_fit(cfg, probe, self.dataset)
+        self.model = convnets.create_model(cfg.model, num_classes=self.dataset.num_classes,
+                                           in_chans=self.dataset.channels, **cfg.model_kwargs)
+        self.model.to(ctx.device)
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else ctx.device.type == "cuda"
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.net: nn.Module = self.model
+        if ctx.distributed:
+            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+        loader_kw = dict(device=ctx.device, seed=cfg.seed, num_workers=cfg.num_workers)
+        self.train_loader: BatchLoader = make_loader(
+            self.dataset, "train", batch_size=cfg.batch_size, augment=cfg.augment, rank=ctx.rank,
+            world_size=ctx.world_size, drop_last=True, **loader_kw)
+        self.test_loader = make_loader(self.dataset, "test", batch_size=max(256, cfg.batch_size), **loader_kw)
+        if len(self.train_loader) == 0:
+            raise ConfigMismatchError(
+                f"{len(self.dataset.train)} training images make no full batch of {cfg.batch_size} per process: "
+                "lower --batch-size"
+            )
+        self.steps_per_epoch = len(self.train_loader)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.optimizer = _optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(cfg, self.total_steps,
+                                                                                       self.steps_per_epoch))
+        self.autocast_dtype = _autocast_dtype(cfg.precision, ctx.device)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.autocast_dtype == torch.float16)
+        self.aux = getattr(self.model, "aux", None) is not None
+        self.epoch, self.position, self.step, self.best = 0, 0, 0, 0.0
+        self.skipped_steps, self.elapsed = 0, 0.0
+        self.log = MetricsLog(out, enabled=ctx.is_main)
+        if cfg.resume:
+            self._load_state()
+        elif ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            self._say(self.dataset.describe())
+            self._say(f"{cfg.model}: {sum(p.numel() for p in self.model.parameters()):,} params on "
+                      f"{ctx.device}" + (f" x {ctx.world_size} processes" if ctx.distributed else ""))
+
+    # ---- the loop
+
+    def run(self) -> TrainResult:
+        cfg, stopped = self.cfg, False
+        start = time.perf_counter() - self.elapsed
+        self._last_save = time.perf_counter()
+        try:
+            while self.epoch < cfg.epochs and not stopped:
+                stopped = self._train_epoch()
+                if stopped:
+                    break
+                self.epoch, self.position = self.epoch + 1, 0
+                self.elapsed = time.perf_counter() - start
+                self._save_state()
+        except KeyboardInterrupt:
+            self.elapsed = time.perf_counter() - start
+            self._save_state()
+            self._say(f"\ninterrupted at step {self.step}; continue with: convnets train {cfg.model} "
+                      f"--out {self.out} --resume")
+            raise
+        self.elapsed = time.perf_counter() - start
+        if stopped:
+            self._save_state()
+        # The last epoch was evaluated already unless the run stopped mid-epoch (or had no epoch left).
+        finished_epoch = self.log.rows and self.log.rows[-1]["epoch"] == self.epoch and not stopped
+        test_acc = self.log.rows[-1]["test_acc"] if finished_epoch else self.evaluate()[1]
+        images = self.step * cfg.batch_size * self.ctx.world_size
+        result = TrainResult(self.out, test_acc, max(self.best, test_acc), self.epoch, self.step, self.elapsed,
+                             images / max(self.elapsed, 1e-9), stopped)
+        if self.ctx.is_main:
+            meta = self._weights_metadata(test_acc)
+            save_weights(self.model, self.out / "last.safetensors", meta)
+            if not (self.out / "best.safetensors").exists():
+                save_weights(self.model, self.out / "best.safetensors", meta)
+            self.dataset.bad_files.extend(self.train_loader.bad_files.items)
+            if self.dataset.bad_files.items:
+                self.dataset.bad_files.write(self.out)
+                self._say(self.dataset.bad_files.summary())
+            write_report(self.out, cfg, result, self.log.rows)
+            status = "stopped at --max-steps" if stopped else f"{self.epoch} epochs"
+            self._say(f"{cfg.model} on {self.dataset.name}: test accuracy {test_acc:.4f} "
+                      f"(best {result.best_accuracy:.4f}) · {status} in {self.elapsed:.0f} s · "
+                      f"{result.images_per_second:,.0f} images/s · {self.out}")
+        distributed.barrier(self.ctx)
+        return result
+
+    def _train_epoch(self) -> bool:
+        """One epoch from ``self.position``; True when ``max_steps`` stopped it."""
+        cfg, ctx = self.cfg, self.ctx
+        self.net.train()
+        self.train_loader.set_epoch(self.epoch, start_batch=self.position)
+        sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss * n, correct, n
+        t0, seen = time.perf_counter(), 0
+        bar = self._progress(self.steps_per_epoch - self.position)
+        for x, y in self.train_loader:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss, logits = self._step(x, y)
+            with torch.no_grad():
+                sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                                     torch.tensor(float(len(y)), dtype=torch.float64, device=ctx.device)])
+            self.position = self.train_loader.position
+            seen += len(y)
+            if bar is not None:
+                rate = seen * ctx.world_size / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(sums[1] / sums[2]).item():.3f}",
+                                img_s=f"{rate:,.0f}", refresh=False)
+                bar.update()
+            if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                if bar is not None:
+                    bar.close()
+                return True
+            if time.perf_counter() - self._last_save > cfg.checkpoint_minutes * 60:
+                self._save_state()
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        loss_sum, correct, n = distributed.all_sum(ctx, *sums.tolist())
+        test_loss, test_acc = self.evaluate()
+        row = dict(epoch=self.epoch + 1, step=self.step, lr=self.scheduler.get_last_lr()[0],
+                   train_loss=loss_sum / max(n, 1), train_acc=correct / max(n, 1), test_loss=test_loss,
+                   test_acc=test_acc, seconds=round(seconds, 3), images_per_s=round(n / max(seconds, 1e-9), 1))
+        self.log.append(row)
+        if ctx.is_main:
+            self._say(f"epoch {row['epoch']}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc "
+                      f"{row['train_acc']:.4f} · test loss {test_loss:.4f} acc {test_acc:.4f} · "
+                      f"{row['images_per_s']:,.0f} images/s")
+            if test_acc > self.best:
+                self.best = test_acc
+                save_weights(self.model, self.out / "best.safetensors", self._weights_metadata(test_acc))
+        return False
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        autocast = (torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else nullcontext())
+        with autocast:
+            if self.aux:
+                # Szegedy et al. 2014: the auxiliary losses are added with weight 0.3 in training.
+                logits, aux_logits = self.net(x, return_aux=True)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                for aux in aux_logits:
+                    loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)
+            else:
+                logits = self.net(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        finite = bool(distributed.all_sum(self.ctx, float(torch.isfinite(loss).item()))[0] == self.ctx.world_size)
+        if not finite:
+            self._diverged(loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss.detach().nan_to_num(0.0), logits.float()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        return loss, logits.float()
+
+    def _diverged(self, loss: torch.Tensor) -> None:
+        where = f"step {self.step + 1} (epoch {self.epoch + 1}, batch {self.position + 1})"
+        if self.cfg.nan_policy == "skip":
+            self.skipped_steps += 1
+            self._say(f"warning: loss is {loss.item()} at {where}; step skipped ({self.skipped_steps} so far)")
+            if self.skipped_steps <= 20:
+                return
+            where += f" after {self.skipped_steps} skipped steps"
+        kept = self.out / STATE_FILE
+        kept_text = f"the last good checkpoint is {kept}" if kept.exists() else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"loss became {loss.item()} at {where}; {kept_text}. Lower --lr (now {self.cfg.lr}), add "
+            "--grad-clip 1.0, or pass --nan-policy skip to skip such steps"
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Test loss and accuracy over the whole test split (every rank computes the same)."""
+        self.model.eval()
+        loss_sum = correct = n = 0.0
+        autocast = (torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else nullcontext())
+        self.test_loader.set_epoch(0)
+        for x, y in self.test_loader:
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                logits = self.model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            n += len(y)
+        self.model.train()
+        return loss_sum / max(n, 1), correct / max(n, 1)
+
+    # ---- state
+
+    def _save_state(self) -> None:
+        self._last_save = time.perf_counter()
+        if not self.ctx.is_main:
+            return
+        state = {
+            "model_name": self.cfg.model,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "position": self.position,
+            "step": self.step,
+            "best": self.best,
+            "elapsed": self.elapsed,
+            "skipped_steps": self.skipped_steps,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "metrics": self.log.rows,
+        }
+        atomic_write(self.out / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+    def _load_state(self) -> None:
+        path = self.out / STATE_FILE
+        try:
+            state = torch.load(path, map_location=self.ctx.device, weights_only=True)
+        except Exception as err:
+            raise ConfigMismatchError(f"{path}: cannot read the training state ({err})") from err
+        if state["model_name"] != self.cfg.model:
+            raise ConfigMismatchError(f"{path} is a run of {state['model_name']}, not {self.cfg.model}")
+        from convnets.weights import check_state_dict
+
+        check_state_dict(self.model, state["model"], source=f"checkpoint {path}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.position, self.step = state["epoch"], state["position"], state["step"]
+        self.best, self.elapsed, self.skipped_steps = state["best"], state["elapsed"], state["skipped_steps"]
+        torch.set_rng_state(state["rng"].cpu())
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        self.log.restore(state["metrics"])
+        self._say(f"resumed {self.out} at epoch {self.epoch + 1}, batch {self.position} (step {self.step})")
+
+    def _weights_metadata(self, accuracy: float) -> dict[str, Any]:
+        ds = self.dataset
+        return {
+            "model": self.cfg.model,
+            "model_kwargs": self.cfg.model_kwargs,
+            "num_classes": ds.num_classes,
+            "in_chans": ds.channels,
+            "input_size": [ds.channels, *ds.image_size],
+            "mean": list(ds.mean),
+            "std": list(ds.std),
+            "classes": ds.classes,
+            "dataset": ds.name,
+            "test_accuracy": round(accuracy, 5),
+            "epochs": self.epoch,
+            "command": shlex.join(["convnets", *sys.argv[1:]]) if sys.argv and "convnets" in sys.argv[0] else "",
+        }
+
+    # ---- output
+
+    def _say(self, text: str) -> None:
+        if self.ctx.is_main:
+            print(text, flush=True)
+
+    def _progress(self, total: int) -> Any:
+        if not (self.ctx.is_main and self.cfg.progress):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False,
+                    mininterval=0.5, dynamic_ncols=True, file=sys.stderr)
+
+
+def _resumed_config(config: TrainConfig, out: Path) -> TrainConfig:
+    """The saved config of the run in ``out``; only ``epochs`` and ``max_steps`` may change."""
+    saved = out / "config.json"
+    if not (out / STATE_FILE).exists() or not saved.exists():
+        raise FileNotFoundError(f"nothing to resume in {out}: no {STATE_FILE} there")
+    values = json.loads(saved.read_text())
+    if values["model"] != config.model:
+        raise ConfigMismatchError(f"{out} is a run of {values['model']}, not {config.model}")
+    values.update(resume=True, max_steps=config.max_steps, progress=config.progress, device=config.device)
+    if config.epochs is not None:
+        values["epochs"] = config.epochs
+    return TrainConfig(**values)
+
+
+def _probe_model(cfg: TrainConfig) -> ConvNet:
+    with torch.device("meta"):
+        return convnets.create_model(cfg.model, **cfg.model_kwargs)
+
+
+def _check_fit(cfg: TrainConfig, probe: ConvNet, dataset: Any) -> None:
+    """Model/data mismatches, reported before any training, each in one sentence."""
+    h, w = dataset.image_size
+    if probe.fixed_input_size is not None and (h, w) != probe.fixed_input_size:
+        fh, fw = probe.fixed_input_size
+        raise ConfigMismatchError(f"{cfg.model} takes only {fh}x{fw} images but --image-size gives {h}x{w}: "
+                                  f"use --image-size {fh}")
+    if min(h, w) < probe.min_input_size:
+        hint = f"--image-size {probe.min_input_size}"
+        if hasattr(probe, "small_input") and not probe.small_input:
+            hint += " or --model-arg small_input=true"
+        raise ConfigMismatchError(f"{cfg.model} needs images of at least {probe.min_input_size}x"
+                                  f"{probe.min_input_size} but {dataset.name} gives {h}x{w}: pass {hint}")
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # Weight decay on conv and linear weights only: decaying BatchNorm scales and biases just
+    # shrinks them toward zero without regularising anything.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _lr_factor(cfg: TrainConfig, total: int, per_epoch: int) -> Any:
+    """The learning-rate multiplier at each optimizer step: warm-up, then the schedule."""
+    warmup = int(cfg.warmup_epochs * per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.1 + 0.9 * step / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        if cfg.schedule == "step":  # x0.1 at 50% and 75%, as He et al. at 32k and 48k of 64k iterations
+            return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+        if cfg.schedule == "onecycle":  # 25% linear ramp from lr/25, then cosine down to ~0
+            ramp = 0.25
+            if t < ramp:
+                return 0.04 + 0.96 * t / ramp
+            return 0.5 * (1 + math.cos(math.pi * min((t - ramp) / (1 - ramp), 1.0)))
+        return 1.0
+
+    return factor
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    # auto: bf16 where the GPU computes it natively; fp32 on CPU, where bf16 is emulated and slower.
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def _make_deterministic() -> None:
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True

@@ -1,0 +1,92 @@
+"""What a run leaves for a reader: per-epoch metrics, learning curves and a short report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Per-epoch rows, kept in memory and mirrored to ``metrics.jsonl`` and ``metrics.csv``."""
+
+    def __init__(self, out: Path, *, enabled: bool = True) -> None:
+        self.out, self.enabled = out, enabled
+        self.rows: list[dict[str, Any]] = []
+
+    def restore(self, rows: list[dict[str, Any]]) -> None:
+        """Continue from the rows of a checkpoint (a resumed run rewrites both files from them)."""
+        self.rows = [dict(r) for r in rows]
+        self._write()
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self._write()
+
+    def _write(self) -> None:
+        if not self.enabled:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in self.rows)
+        if self.rows:
+            with open(self.out / "metrics.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> Path | None:
+    """Loss and accuracy against epochs, train and test, as a PNG."""
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-"), ("test", "--")):
+        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, marker="o", label=split)
+        ax_acc.plot(epochs, [r[f"{split}_acc"] for r in rows], style, marker="o", label=split)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(out: Path, cfg: Any, result: Any, rows: list[dict[str, Any]]) -> Path:
+    """``report.md``: the result, the recipe and the per-epoch table; plus ``curves.png``."""
+    plot_curves(rows, out / "curves.png", f"{cfg.model} on {cfg.data}")
+    lines = [
+        f"# {cfg.model} on {cfg.data}",
+        "",
+        f"Test accuracy **{result.test_accuracy:.4f}** (best epoch {result.best_accuracy:.4f}) after "
+        f"{result.epochs} epochs / {result.steps} steps in {result.seconds:.0f} s "
+        f"({result.images_per_second:,.0f} training images/s).",
+        "",
+        f"Recipe: {cfg.optimizer} lr {cfg.lr}, {cfg.schedule} schedule, warm-up {cfg.warmup_epochs} epochs, "
+        f"batch {cfg.batch_size}, weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}, "
+        f"augmentation {cfg.augment}, precision {cfg.precision}, seed {cfg.seed}.",
+        "",
+        "| epoch | train loss | train acc | test loss | test acc | images/s |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['epoch']} | {r['train_loss']:.4f} | {r['train_acc']:.4f} | {r['test_loss']:.4f} | "
+        f"{r['test_acc']:.4f} | {r['images_per_s']:,.0f} |"
+        for r in rows
+    ]
+    if rows:
+        lines += ["", "![learning curves](curves.png)"]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

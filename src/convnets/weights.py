@@ -1,0 +1,150 @@
+"""Saving and loading model weights as safetensors, with the metadata needed to use them again.
+
+A weights file holds the state dict and, in its safetensors header, the model name, the
+number of classes, input size, normalisation and where the weights came from, so that
+``load_weights(path)`` rebuilds the right model without the user repeating any of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import convnets
+
+
+class WeightsMismatchError(ValueError):
+    """A state dict that does not fit the model; the message lists the keys that differ."""
+
+
+def atomic_write(path: str | Path, write: Any) -> Path:
+    """Write a file so that a crash at any moment leaves either the old file or the new one.
+
+    ``write(tmp_path)`` writes the content; the temporary file is fsynced and renamed over
+    ``path`` (an atomic operation on POSIX and Windows), then the directory is fsynced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):
+        dir_fd = os.open(path.parent, os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+    """Save ``model``'s state dict as safetensors (atomically) with JSON-encoded metadata."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": "pt", "convnets": convnets.__version__}
+    meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata stored with a weights file (decoded from JSON)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for damaged headers
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file, or of a .pt/.pth file loaded without unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty (an interrupted download or copy?)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:
+            raise ValueError(f"{path}: damaged or truncated safetensors file ({err})") from err
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: cannot be read as a plain tensor checkpoint ({err})") from err
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise :class:`WeightsMismatchError` listing missing, unexpected and mis-shaped keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} in the {source}, {tuple(v.shape)} in the model"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+
+    def listing(title: str, items: list[str]) -> str:
+        shown = "\n    ".join(items[:10]) + (f"\n    ... and {len(items) - 10} more" if len(items) > 10 else "")
+        return f"\n  {title} ({len(items)}):\n    {shown}" if items else ""
+
+    name = getattr(model, "name", "") or type(model).__name__
+    raise WeightsMismatchError(
+        f"the {source} does not fit {name}:"
+        + listing("missing from the " + source, missing)
+        + listing("not in the model", unexpected)
+        + listing("different shapes", shapes)
+    )
+
+
+def load_weights(path: str | Path, model: nn.Module | None = None, **model_kwargs: Any) -> nn.Module:
+    """Load a weights file into ``model``, or into the model its metadata names.
+
+    Raises:
+        WeightsMismatchError: the file was saved from another architecture or head size.
+    """
+    state = read_state_dict(path)
+    if model is None:
+        meta = read_metadata(path)
+        if "model" not in meta:
+            raise ValueError(f"{path}: no model name in its metadata; pass the model to load into")
+        kwargs = {"num_classes": meta.get("num_classes", 1000), "in_chans": meta.get("in_chans", 3)}
+        kwargs.update(meta.get("model_kwargs", {}))
+        kwargs.update(model_kwargs)
+        model = convnets.create_model(meta["model"], **kwargs)
+    check_state_dict(model, state, source=f"weights file {Path(path).name}")
+    model.load_state_dict(state)
+    return model

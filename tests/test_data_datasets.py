@@ -1,0 +1,202 @@
+"""Digits, CIFAR batches, image folders and their bad files, in-memory resizing and statistics."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convnets.data import (
+    BadFileLog,
+    channel_stats,
+    convert_channels,
+    load_dataset,
+    load_image_folder,
+    make_loader,
+    resize_images,
+)
+
+# ------------------------------------------------------------------ in-memory helpers
+
+
+def test_resize_pad_centres_and_interpolate_resizes():
+    x = torch.full((2, 1, 28, 28), 200, dtype=torch.uint8)
+    padded = resize_images(x, (32, 32))  # auto: within 25% -> pad
+    assert padded.shape == (2, 1, 32, 32)
+    assert padded[:, :, 2:30, 2:30].eq(200).all() and padded.sum() == x.sum()
+    big = resize_images(x, (64, 48))  # auto: too far -> interpolate, a constant stays constant
+    assert big.shape == (2, 1, 64, 48) and big.eq(200).all()
+    with pytest.raises(ValueError, match="cannot pad"):
+        resize_images(x, (20, 20), "pad")
+
+
+def test_convert_channels_and_stats():
+    grey = torch.tensor([[[[0, 255]]]], dtype=torch.uint8)
+    rgb = convert_channels(grey, 3)
+    assert rgb.shape == (1, 3, 1, 2) and rgb[0, :, 0, 1].tolist() == [255, 255, 255]
+    red = torch.zeros(1, 3, 1, 1, dtype=torch.uint8)
+    red[0, 0] = 255
+    assert convert_channels(red, 1).item() == 76  # ITU-R 601-2: 0.299 * 255
+    images = torch.stack([torch.zeros(3, 2, 2), torch.ones(3, 2, 2)]).mul(255).to(torch.uint8)
+    images[:, 2] = 51  # channel 2 constant at 0.2
+    mean, std, cov = channel_stats(images, chunk=1)
+    assert mean == pytest.approx((0.5, 0.5, 0.2)) and std[:2] == pytest.approx((0.5, 0.5))
+    assert cov[0, 1].item() == pytest.approx(0.25) and cov[2].abs().max().item() < 1e-6
+
+
+# ------------------------------------------------------------------ digits
+
+
+def test_digits_split_is_fixed_and_stratified():
+    pytest.importorskip("sklearn")
+    a, b = load_dataset("digits", seed=0), load_dataset("digits", seed=123)
+    assert (len(a.train), len(a.test)) == (1437, 360) and a.num_classes == 10
+    assert torch.equal(a.test.labels, b.test.labels) and torch.equal(a.test.images, b.test.images)
+    counts = torch.bincount(a.test.labels, minlength=10)
+    assert counts.min() >= 35 and counts.max() <= 37  # 10% of every class, within rounding
+    assert a.train.images.max() == 255 and a.train.images.shape[1:] == (1, 8, 8)
+
+
+# ------------------------------------------------------------------ CIFAR
+
+
+def _write_cifar10(root: Path, n: int = 6, bad_label: int | None = None) -> Path:
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (root / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = list(rng.integers(0, 10, n))
+        if bad_label is not None and name == "data_batch_3":
+            labels[0] = bad_label
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        (root / name).write_bytes(pickle.dumps({"data": data, "labels": labels}))
+    return root
+
+
+def test_cifar10_batches_from_a_local_folder(tmp_path):
+    root = _write_cifar10(tmp_path / "cifar-10-batches-py")
+    for spec, kwargs in ((tmp_path, {}), ("cifar10", {"data_dir": tmp_path})):
+        data = load_dataset(spec, **kwargs)
+        assert data.name == "cifar10" and data.classes[3] == "cat"
+        assert (len(data.train), len(data.test)) == (30, 6) and data.train.images.shape[1:] == (3, 32, 32)
+    first = pickle.loads((root / "data_batch_1").read_bytes())["data"][0]
+    assert torch.equal(data.train.images[0], torch.from_numpy(first.reshape(3, 32, 32)))
+
+
+def test_cifar_label_out_of_range_names_the_batch(tmp_path):
+    _write_cifar10(tmp_path / "c", bad_label=10)
+    with pytest.raises(ValueError, match=r"data_batch_3: labels must lie in 0..9"):
+        load_dataset(tmp_path / "c")
+
+
+# ------------------------------------------------------------------ image folders
+
+
+def _image(mode: str, size=(12, 9), value: int = 100) -> Image.Image:
+    if mode == "P":
+        image = Image.new("P", size, 1)
+        image.putpalette([0, 0, 0, value, value, value] + [0] * 762)
+        return image
+    fill = {"L": value, "RGB": (value, value, value), "RGBA": (value, value, value, 255)}[mode]
+    return Image.new(mode, size, fill)
+
+
+def make_folder(root: Path, per_class: int = 5, classes=("cat", "dog"), size=(12, 9)) -> Path:
+    """Class k's images have pixel value 60*(k+1), in assorted modes and formats."""
+    modes = [("RGB", ".jpg"), ("L", ".png"), ("RGBA", ".png"), ("P", ".gif"), ("RGB", ".bmp")]
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            mode, ext = modes[i % len(modes)]
+            _image(mode, size, 60 * (k + 1)).save(root / name / f"{i}{ext}")
+    return root
+
+
+def test_image_folder_classes_modes_and_seeded_split(tmp_path):
+    root = make_folder(tmp_path / "pets")
+    data = load_image_folder(root, image_size=8, num_workers=0)
+    assert data.classes == ["cat", "dog"] and data.channels == 3 and data.image_size == (8, 8)
+    assert (len(data.train), len(data.test)) == (8, 2)  # one of five per class held out
+    assert sorted(y for _, y in data.test.samples) == [0, 1]
+    for i in range(len(data.train)):
+        image, label, error = data.train[i]
+        assert error is None and image.shape == (3, 8, 8) and image.dtype == torch.uint8
+        # Every mode (grey, RGBA, palette, JPEG) decodes to the class's grey level (JPEG within rounding).
+        assert (image.float().mean() - 60 * (label + 1)).abs() < 3
+    again = load_image_folder(root, image_size=8, num_workers=0)
+    other = load_image_folder(root, image_size=8, num_workers=0, seed=5)
+    assert again.test.samples == data.test.samples
+    assert other.test.samples != data.test.samples  # a different seed holds out other files
+    grey = load_image_folder(root, image_size=(6, 10), channels=1, num_workers=0)
+    assert grey.train[0][0].shape == (1, 6, 10) and len(grey.mean) == 1
+
+
+def test_image_folder_train_val_subfolders(tmp_path):
+    make_folder(tmp_path / "d" / "train", per_class=3)
+    make_folder(tmp_path / "d" / "val", per_class=2)
+    data = load_dataset(tmp_path / "d", image_size=8, num_workers=0)
+    assert (len(data.train), len(data.test)) == (6, 4) and not data.in_memory
+    make_folder(tmp_path / "e" / "train", per_class=2)
+    make_folder(tmp_path / "e" / "val", per_class=2, classes=("cat", "owl"))
+    with pytest.raises(ValueError, match="has classes"):
+        load_dataset(tmp_path / "e", image_size=8)
+
+
+def test_empty_class_and_imageless_folders_are_clear_errors(tmp_path):
+    root = make_folder(tmp_path / "a")
+    (root / "zebra").mkdir()
+    with pytest.raises(ValueError, match=r"class folder .*zebra has no images"):
+        load_image_folder(root)
+    (tmp_path / "b" / "x").mkdir(parents=True)
+    (tmp_path / "b" / "x" / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match=r"class folder .*x has no images"):
+        load_image_folder(tmp_path / "b")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "readme.md").write_text("no classes")
+    with pytest.raises(ValueError, match="no class folders"):
+        load_image_folder(tmp_path / "c")
+
+
+def add_bad_files(root: Path) -> dict[str, str]:
+    """Put one of each kind of broken file into class ``cat``; return name -> expected reason fragment."""
+    cat = root / "cat"
+    (cat / "empty.jpg").write_bytes(b"")
+    (cat / "notes.txt").write_text("not an image")
+    (cat / "text.png").write_text("this is text with an image extension")
+    _image("RGB", (64, 64), 90).save(cat / "big.jpg", quality=95)
+    (cat / "truncated.jpg").write_bytes((cat / "big.jpg").read_bytes()[:300])
+    return {
+        "empty.jpg": "empty file",
+        "notes.txt": "not an image file",
+        "text.png": "UnidentifiedImageError",
+        "truncated.jpg": "OSError",
+    }
+
+
+def test_bad_files_are_skipped_reported_and_written(tmp_path):
+    root = make_folder(tmp_path / "pets", per_class=5)
+    expected = add_bad_files(root)
+    data = load_image_folder(root, image_size=8, val_fraction=0, num_workers=2)
+    scanned = dict((Path(p).name, r) for p, r in data.bad_files)
+    assert set(scanned) >= {"empty.jpg", "notes.txt"}  # found by the scan, before any decoding
+    loader = make_loader(data, batch_size=4, augment="standard", num_workers=2)
+    seen = sum(len(y) for _, y in loader)
+    assert seen == len(data.train) - 2  # the epoch finished; only the two undecodable files are missing
+    log = BadFileLog(data.bad_files.items + loader.bad_files.items)
+    reasons = {Path(p).name: r for p, r in log}
+    assert set(reasons) == set(expected)
+    for name, fragment in expected.items():
+        assert fragment in reasons[name], (name, reasons[name])
+    written = log.write(tmp_path / "run").read_text().splitlines()
+    assert written[0] == "path\treason" and len(written) == 5
+    assert any(line.startswith(str(root / "cat" / "truncated.jpg") + "\t") for line in written)
+    assert log.summary().startswith("4 bad files skipped")
+    # A second epoch meets the same files again but does not report them twice.
+    loader.set_epoch(1)
+    list(loader)
+    assert len(loader.bad_files) == 2
