@@ -63,6 +63,17 @@ def test_batches_are_normalised_and_every_sample_appears_once():
     assert sorted(order) == list(range(50)) and torch.equal(y, split.labels[order])
 
 
+def test_cpu_thread_setting_is_restored_after_every_batch():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for _ in _loader(_split(), cpu_threads=1):
+            assert torch.get_num_threads() == 2  # the training step between batches keeps its threads
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_same_seed_same_batches_other_epoch_or_seed_differs():
     split = _split()
     a, b = _epoch(_loader(split, seed=3), 2), _epoch(_loader(split, seed=3), 2)

@@ -431,30 +431,49 @@ def find_fashion_mnist(data_dir: str | Path | None = None, *, download: bool = T
         raise FileNotFoundError(f"Fashion-MNIST not found in {looked} and the download failed ({err}); {hint}") from err
 
 
-def load_fashion_mnist(data_dir: str | Path | None = None, *, download: bool = True, **kwargs) -> Dataset:
+def load_fashion_mnist(
+    data_dir: str | Path | None = None,
+    *,
+    download: bool = True,
+    image_size: int | Sequence[int] | None = None,
+    channels: int | None = None,
+    resize: str = "auto",
+) -> Dataset:
     """Fashion-MNIST (Xiao et al. 2017): 60,000 + 10,000 grey 28x28 images of 10 clothing classes.
 
     Args:
         data_dir: Where to look first (see :func:`find_fashion_mnist`).
         download: Download when no local copy exists.
-        **kwargs: ``image_size``, ``channels``, ``resize`` as for :func:`load_idx_dataset`.
+        image_size, channels, resize: As for :func:`load_idx_dataset`.
     """
     directory = find_fashion_mnist(data_dir, download=download)
-    return load_idx_dataset(directory, name="fashion-mnist", classes=list(FASHION_MNIST_CLASSES), **kwargs)
+    return load_idx_dataset(
+        directory,
+        name="fashion-mnist",
+        classes=list(FASHION_MNIST_CLASSES),
+        image_size=image_size,
+        channels=channels,
+        resize=resize,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # scikit-learn digits
 
 
-def load_digits(**kwargs) -> Dataset:
+def load_digits(
+    *,
+    image_size: int | Sequence[int] | None = None,
+    channels: int | None = None,
+    resize: str = "auto",
+) -> Dataset:
     """scikit-learn's 1,797 8x8 handwritten digits, split 1,437 / 360, stratified, always the same.
 
     The 0..16 intensities are scaled to 0..255. The split uses a fixed seed (not the run's)
     so that results from different runs are measured on the same test images.
 
     Args:
-        **kwargs: ``image_size``, ``channels``, ``resize`` as for :func:`load_idx_dataset`.
+        image_size, channels, resize: As for :func:`load_idx_dataset`.
     """
     try:
         from sklearn.datasets import load_digits as sk_load_digits
@@ -470,9 +489,9 @@ def load_digits(**kwargs) -> Dataset:
         [str(c) for c in bunch.target_names],
         (images[train_idx], labels[train_idx]),
         (images[test_idx], labels[test_idx]),
-        image_size=_as_size(kwargs.get("image_size")),
-        channels=kwargs.get("channels"),
-        resize=kwargs.get("resize", "auto"),
+        image_size=_as_size(image_size),
+        channels=channels,
+        resize=resize,
         source="sklearn.datasets.load_digits",
     )
 
@@ -508,12 +527,18 @@ def _unpickle(path: str) -> dict:
             raise ValueError(f"{path}: not a CIFAR python batch ({type(err).__name__}: {err})") from err
 
 
-def load_cifar(root: str | Path, **kwargs) -> Dataset:
+def load_cifar(
+    root: str | Path,
+    *,
+    image_size: int | Sequence[int] | None = None,
+    channels: int | None = None,
+    resize: str = "auto",
+) -> Dataset:
     """CIFAR-10 or CIFAR-100 (fine labels) from the python-format batches in a local folder.
 
     Args:
         root: The extracted ``cifar-10-batches-py`` / ``cifar-100-python`` folder or its parent.
-        **kwargs: ``image_size``, ``channels``, ``resize`` as for :func:`load_idx_dataset`.
+        image_size, channels, resize: As for :func:`load_idx_dataset`.
     """
     root = Path(root)
     layout = _cifar_layout(root)
@@ -542,9 +567,9 @@ def load_cifar(root: str | Path, **kwargs) -> Dataset:
         classes,
         splits[0],
         splits[1],
-        image_size=_as_size(kwargs.get("image_size")),
-        channels=kwargs.get("channels"),
-        resize=kwargs.get("resize", "auto"),
+        image_size=_as_size(image_size),
+        channels=channels,
+        resize=resize,
         source=str(root),
     )
 

@@ -135,6 +135,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
     for key, value in recipe.items():
         if values[key] is None:
             values[key] = value
+            if key == "warmup_epochs":  # a recipe's warm-up never takes more than a fifth of a short run
+                values[key] = min(value, (values["epochs"] or recipe["epochs"]) / 5)
     if values["out"] is None:
         values["out"] = str(Path("runs") / f"{config.model}-{Path(str(config.data)).name}")
     resolved = TrainConfig(**values)

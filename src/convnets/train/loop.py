@@ -18,7 +18,7 @@ import shlex
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,9 @@ class ConfigMismatchError(ValueError):
 
 @dataclass
 class TrainResult:
-    """What a finished run reached."""
+    """What a finished run reached, and the trained model (on the device it trained on)."""
 
+    model: nn.Module = field(repr=False)
     out: Path
     test_accuracy: float
     best_accuracy: float
@@ -163,8 +164,8 @@ class _Run:
         finished_epoch = self.log.rows and self.log.rows[-1]["epoch"] == self.epoch and not stopped
         test_acc = self.log.rows[-1]["test_acc"] if finished_epoch else self.evaluate()[1]
         images = self.step * cfg.batch_size * self.ctx.world_size
-        result = TrainResult(self.out, test_acc, max(self.best, test_acc), self.epoch, self.step, self.elapsed,
-                             images / max(self.elapsed, 1e-9), stopped)
+        result = TrainResult(self.model, self.out, test_acc, max(self.best, test_acc), self.epoch, self.step,
+                             self.elapsed, images / max(self.elapsed, 1e-9), stopped)
         if self.ctx.is_main:
             meta = self._weights_metadata(test_acc)
             save_weights(self.model, self.out / "last.safetensors", meta)
