@@ -141,6 +141,9 @@ def test_image_folder_train_val_subfolders(tmp_path):
     make_folder(tmp_path / "d" / "val", per_class=2)
     data = load_dataset(tmp_path / "d", image_size=8, num_workers=0)
     assert (len(data.train), len(data.test)) == (6, 4) and not data.in_memory
+    make_folder(tmp_path / "lone" / "train", per_class=5)
+    lone = load_dataset(tmp_path / "lone", image_size=8, num_workers=0)
+    assert lone.classes == ["cat", "dog"] and (len(lone.train), len(lone.test)) == (8, 2)
     make_folder(tmp_path / "e" / "train", per_class=2)
     make_folder(tmp_path / "e" / "val", per_class=2, classes=("cat", "owl"))
     with pytest.raises(ValueError, match="has classes"):

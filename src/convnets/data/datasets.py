@@ -753,14 +753,15 @@ def load_image_folder(
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
     bad = BadFileLog()
-    split_dirs = [root / "train"] + [root / s for s in ("val", "test") if (root / s).is_dir()][:1]
-    if split_dirs[0].is_dir() and len(split_dirs) == 2:
-        classes, train = _scan_class_folders(split_dirs[0], bad)
-        val_classes, val = _scan_class_folders(split_dirs[1], bad)
+    train_dir = root / "train"
+    held_out = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
+    if train_dir.is_dir() and held_out is not None:
+        classes, train = _scan_class_folders(train_dir, bad)
+        val_classes, val = _scan_class_folders(held_out, bad)
         if val_classes != classes:
-            raise ValueError(f"{split_dirs[1]} has classes {val_classes} but {split_dirs[0]} has {classes}")
-    else:
-        classes, samples = _scan_class_folders(root, bad)
+            raise ValueError(f"{held_out} has classes {val_classes} but {train_dir} has {classes}")
+    else:  # a lone train/ folder is split like a plain one
+        classes, samples = _scan_class_folders(train_dir if train_dir.is_dir() else root, bad)
         train, val = _stratified_split(samples, val_fraction, seed)
     c = channels or 3
     if c not in (1, 3):
