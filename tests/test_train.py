@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,23 @@ def test_torchrun_two_processes_end_with_identical_weights(tmp_path: Path) -> No
     assert (tmp_path / "run" / "last.safetensors").exists()
     start = convnets.create_model("lenet5").state_dict()
     assert not torch.equal(rank0["head.fc.weight"], start["head.fc.weight"])
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_between_steps_with_a_checkpoint_that_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "convnets", "train", "lenet5", "--data", "digits", "--image-size", "32",
+           "--epochs", "200", "--batch-size", "16", "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # wait until training is under way
+        if line.startswith("epoch 1/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert f"--out {out} --resume" in stdout
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert state["step"] >= 1437 // 16
+    resumed = train(TrainConfig(model="lenet5", out=str(out), resume=True, max_steps=state["step"] + 3,
+                                progress=False))
+    assert resumed.steps == state["step"] + 3

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -83,7 +85,7 @@ class _Run:
             config = _resumed_config(config, out)
         self.cfg = cfg = resolve(config)
         self.out = out
-        if ctx.is_main and not cfg.resume and (out / STATE_FILE).exists():
+        if not cfg.resume and (out / STATE_FILE).exists():
             raise ConfigMismatchError(
                 f"{out} already holds a run: pass --resume to continue it, or --out for a new directory"
             )
@@ -140,32 +142,31 @@ class _Run:
     # ---- the loop
 
     def run(self) -> TrainResult:
-        cfg, stopped = self.cfg, False
+        cfg, stopped = self.cfg, None
         start = time.perf_counter() - self.elapsed
         self._last_save = time.perf_counter()
-        try:
-            while self.epoch < cfg.epochs and not stopped:
+        with _stop_on_signals() as signalled:
+            self._signalled = signalled
+            while self.epoch < cfg.epochs:
                 stopped = self._train_epoch()
                 if stopped:
                     break
                 self.epoch, self.position = self.epoch + 1, 0
                 self.elapsed = time.perf_counter() - start
                 self._save_state()
-        except KeyboardInterrupt:
-            self.elapsed = time.perf_counter() - start
-            self._save_state()
-            self._say(f"\ninterrupted at step {self.step}; continue with: convnets train {cfg.model} "
-                      f"--out {self.out} --resume")
-            raise
         self.elapsed = time.perf_counter() - start
         if stopped:
             self._save_state()
+        if stopped == "signal":
+            self._say(f"\nstopped at step {self.step} with a checkpoint; continue with: convnets train {cfg.model} "
+                      f"--out {self.out} --resume")
+            raise KeyboardInterrupt
         # The last epoch was evaluated already unless the run stopped mid-epoch (or had no epoch left).
         finished_epoch = self.log.rows and self.log.rows[-1]["epoch"] == self.epoch and not stopped
         test_acc = self.log.rows[-1]["test_acc"] if finished_epoch else self.evaluate()[1]
         images = self.step * cfg.batch_size * self.ctx.world_size
         result = TrainResult(self.model, self.out, test_acc, max(self.best, test_acc), self.epoch, self.step,
-                             self.elapsed, images / max(self.elapsed, 1e-9), stopped)
+                             self.elapsed, images / max(self.elapsed, 1e-9), stopped is not None)
         if self.ctx.is_main:
             meta = self._weights_metadata(test_acc)
             save_weights(self.model, self.out / "last.safetensors", meta)
@@ -183,8 +184,8 @@ class _Run:
         distributed.barrier(self.ctx)
         return result
 
-    def _train_epoch(self) -> bool:
-        """One epoch from ``self.position``; True when ``max_steps`` stopped it."""
+    def _train_epoch(self) -> str | None:
+        """One epoch from ``self.position``; says why it stopped early ("max_steps", "signal"), if it did."""
         cfg, ctx = self.cfg, self.ctx
         self.net.train()
         self.train_loader.set_epoch(self.epoch, start_batch=self.position)
@@ -205,10 +206,13 @@ class _Run:
                 bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(sums[1] / sums[2]).item():.3f}",
                                 img_s=f"{rate:,.0f}", refresh=False)
                 bar.update()
+            reason = "signal" if self._signalled else None
             if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                reason = "max_steps"
+            if reason:
                 if bar is not None:
                     bar.close()
-                return True
+                return reason
             if time.perf_counter() - self._last_save > cfg.checkpoint_minutes * 60:
                 self._save_state()
         if bar is not None:
@@ -227,7 +231,7 @@ class _Run:
             if test_acc > self.best:
                 self.best = test_acc
                 save_weights(self.model, self.out / "best.safetensors", self._weights_metadata(test_acc))
-        return False
+        return None
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
@@ -370,6 +374,31 @@ class _Run:
 
         return tqdm(total=total, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False,
                     mininterval=0.5, dynamic_ncols=True, file=sys.stderr)
+
+
+class _stop_on_signals:
+    """Turn Ctrl-C and SIGTERM (a cluster preempting the job) into a clean stop between two steps.
+
+    The context value is a list that becomes non-empty when a signal arrives; the loop checks it
+    after every step, so the checkpoint it then writes never holds half a step.
+    """
+
+    def __enter__(self) -> list[int]:
+        self.received: list[int] = []
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self.received
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.received:  # a second Ctrl-C: stop now, the last checkpoint stays as it was
+            raise KeyboardInterrupt
+        self.received.append(signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def _resumed_config(config: TrainConfig, out: Path) -> TrainConfig:
