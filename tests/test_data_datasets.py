@@ -203,3 +203,25 @@ def test_bad_files_are_skipped_reported_and_written(tmp_path):
     loader.set_epoch(1)
     list(loader)
     assert len(loader.bad_files) == 2
+
+
+def test_cifar100_fine_labels(tmp_path):
+    root = tmp_path / "cifar-100-python"
+    root.mkdir()
+    names = [f"class{i}" for i in range(100)]
+    (root / "meta").write_bytes(pickle.dumps({"fine_label_names": names, "coarse_label_names": names[:20]}))
+    for split, n in (("train", 5), ("test", 3)):
+        data = np.zeros((n, 3072), np.uint8)
+        (root / split).write_bytes(pickle.dumps({"data": data, "fine_labels": [99] * n, "coarse_labels": [0] * n}))
+    data = load_dataset("cifar100", data_dir=tmp_path)
+    assert data.num_classes == 100 and data.train.labels.tolist() == [99] * 5 and len(data.test) == 3
+
+
+def test_unknown_names_and_files_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="unknown dataset 'imagenet'"):
+        load_dataset("imagenet")
+    (tmp_path / "x.csv").write_text("a,b")
+    with pytest.raises(ValueError, match="expected a dataset name or a directory"):
+        load_dataset(tmp_path / "x.csv")
+    with pytest.raises(FileNotFoundError, match="--data-dir"):
+        load_dataset("cifar10")

@@ -97,16 +97,39 @@ def model_entry(name: str) -> ModelEntry:
     return _REGISTRY[key]
 
 
-def create_model(name: str, **kwargs) -> ConvNet:
+def create_model(name: str, weights: str | None = None, **kwargs) -> ConvNet:
     """Build a registered model: ``create_model("resnet50", num_classes=3, in_chans=1)``.
 
     Every builder accepts ``num_classes`` and ``in_chans``; family-specific options (``width``,
     ``shortcut``, ``small_input``...) are documented on each builder.
+
+    Args:
+        name: registered name (``convnets list``); ``-`` and case are ignored.
+        weights: a registered tag (``"fashion-mnist"``, ``"imagenet"``), a weights file or a URL.
+            The tag's builder arguments (input channels, ``small_input``...) are used unless
+            given here; another ``num_classes`` replaces the classifier with a printed line.
     """
     entry = model_entry(name)
+    spec = None
+    if weights is not None and _is_tag(weights):
+        from convnets.pretrained import get_weights
+
+        spec = get_weights(entry.name, weights)
+        kwargs = {"num_classes": spec.num_classes, "in_chans": spec.input_size[0], **spec.model_kwargs, **kwargs}
     model = entry.builder(**kwargs)
     model.name = entry.name
+    if weights is not None:
+        from convnets.pretrained import load_pretrained
+
+        load_pretrained(model, weights)
+        model.pretrained = spec
     return model
+
+
+def _is_tag(weights: str) -> bool:
+    from convnets.pretrained import is_tag
+
+    return is_tag(weights)
 
 
 class UnknownModelError(KeyError):

@@ -148,3 +148,33 @@ def load_weights(path: str | Path, model: nn.Module | None = None, **model_kwarg
     check_state_dict(model, state, source=f"weights file {Path(path).name}")
     model.load_state_dict(state)
     return model
+
+
+def head_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of the layers ``reset_classifier`` replaces (the final FC, and aux heads' FCs)."""
+    keys = [k for k in model.state_dict() if k.startswith("head.fc.")]
+    keys += [k for k in model.state_dict() if k.startswith("aux.") and ".head.fc." in k]
+    return keys
+
+
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> list[str]:
+    """Load ``state`` into ``model``, keeping the model's own classifier where the class count differs.
+
+    A checkpoint for 1000 ImageNet classes loads into a 3-class model: everything but the
+    classifier is loaded, the classifier keeps its fresh initialisation, and the keys not loaded
+    are printed and returned, so nothing is dropped silently. Any other mismatch is an error
+    listing the keys.
+
+    Returns:
+        The checkpoint keys that were not loaded (those of the replaced classifier layers).
+    """
+    own = model.state_dict()
+    replaced = {k.rsplit(".", 1)[0] for k in head_keys(model) if k in state and state[k].shape != own[k].shape}
+    dropped = sorted(k for k in state if k.rsplit(".", 1)[0] in replaced)
+    merged = {k: v for k, v in state.items() if k not in dropped} | {k: own[k] for k in dropped}
+    check_state_dict(model, merged, source)
+    model.load_state_dict(merged)
+    if dropped:
+        print(f"{source}: new classifier for {getattr(model, 'num_classes', '?')} classes; "
+              f"not loaded: {', '.join(dropped)}")
+    return dropped

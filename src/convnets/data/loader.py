@@ -31,8 +31,10 @@ class BatchLoader:
     """Yields (x, y): float32 normalised images (B, C, H, W) and int64 labels (B,), on ``device``.
 
     In-memory splits are indexed and augmented as whole batches on ``device`` (the GPU when
-    training there); image folders are decoded by ``num_workers`` processes and augmented the
-    same way once a batch arrives.
+    training there). Image folders are decoded by ``num_workers`` processes; the uint8 batch is
+    then augmented on ``device`` when that is a GPU, or by the same batched code inside the
+    worker when training on the CPU (with identical results: the seed belongs to the batch).
+    A file that cannot be decoded is dropped from its batch and recorded in :attr:`bad_files`.
 
     Distributed training: each of ``world_size`` ranks gets a disjoint shard of one shared
     permutation (padded by repeating indices so every rank has as many batches, as

@@ -90,6 +90,14 @@ class ConvNet(nn.Module):
         self.check_input(x)
         return self.forward_head(self.forward_features(x))
 
+    def train(self, mode: bool = True) -> ConvNet:
+        """Set training mode, except that frozen parts (see :func:`convnets.transfer.freeze`) stay in
+        evaluation mode: their BatchNorm keeps using, and never updates, its running statistics."""
+        super().train(mode)
+        for path in getattr(self, "frozen", ()):
+            self.get_submodule(path).eval()
+        return self
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final linear layer by a fresh one with ``num_classes`` outputs (0: none)."""
         self.head.reset(num_classes)

@@ -24,12 +24,41 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+    train = subparsers.add_parser(
         "train",
-        help="train a model (LeNet-5 on Fashion-MNIST by default recipe)",
+        help="train a model (from scratch, or from --weights)",
         description="Train MODEL on --data and write a run directory: config, metrics, weights, curves, report. "
         "Unset options take the model's recipe. Under torchrun, trains on every process (DDP).",
     )
+    _add_run_arguments(train)
+    _add_transfer_arguments(train, weights_required=False)
+    train.set_defaults(func=run_train, freeze=None, pretrained_lr_scale=None)
+    transfer = subparsers.add_parser(
+        "transfer",
+        help="fine-tune pretrained weights on new data: new head, freezing, cached features",
+        description="Start from --weights, replace the classifier for the new classes, freeze what --freeze says "
+        "(auto: by examples per class, as the case studies advise), train the rest; with --cache-features the "
+        "frozen trunk runs once and only the head trains.",
+    )
+    _add_run_arguments(transfer)
+    _add_transfer_arguments(transfer, weights_required=True)
+    transfer.set_defaults(func=run_train, freeze="auto", pretrained_lr_scale=0.1)
+
+
+def _add_transfer_arguments(p: argparse.ArgumentParser, *, weights_required: bool) -> None:
+    from convnets.transfer import FREEZE_HELP
+
+    p.add_argument("--weights", required=weights_required,
+                   help="a registered tag (fashion-mnist, imagenet), a weights file (.safetensors/.pth) or a URL")
+    p.add_argument("--freeze", help=FREEZE_HELP)
+    p.add_argument("--pretrained-lr-scale", type=float,
+                   help="learning-rate multiplier of the pretrained layers that still train (transfer: 0.1)")
+    p.add_argument("--cache-features", action="store_true", default=None,
+                   help="run the frozen trunk once and train the head on cached features (needs all-but-head)")
+    p.add_argument("--cache-dir", help="where cached features go (default ~/.cache/convnets/features)")
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registered model name (convnets list)")
     p.add_argument("--data", default=None, help="fashion-mnist (default), digits, cifar10, or an image folder")
     p.add_argument("--data-dir", help="where named datasets are looked up")
@@ -59,7 +88,6 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
     p.add_argument("--workers", dest="num_workers", type=int, help="decoding processes for image folders")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-    p.set_defaults(func=run_train)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

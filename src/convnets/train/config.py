@@ -50,6 +50,15 @@ class TrainConfig:
         num_workers: decoding processes for image folders.
         device: ``cpu``, ``cuda``, ``cuda:1``... (default: CUDA when present).
         progress: show a progress bar.
+        weights: pretrained weights to start from: a registered tag (``fashion-mnist``,
+            ``imagenet``), a file (ours or a torchvision/timm checkpoint) or a URL. The
+            preprocessing (input size, channels, mean/std) then comes from the weights.
+        freeze: what to freeze (see :data:`convnets.transfer.FREEZE_HELP`); ``auto`` follows the
+            case studies' advice for the number of examples per class.
+        pretrained_lr_scale: learning-rate multiplier of the pretrained layers that still train.
+        cache_features: with everything but the head frozen, run the trunk once and train the
+            head on cached features.
+        cache_dir: where cached features go (default ``~/.cache/convnets/features``).
     """
 
     model: str
@@ -80,6 +89,11 @@ class TrainConfig:
     num_workers: int | None = None
     device: str | None = None
     progress: bool = True
+    weights: str | None = None
+    freeze: str | None = None
+    pretrained_lr_scale: float = 1.0
+    cache_features: bool = False
+    cache_dir: str | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:

@@ -12,6 +12,7 @@ Run directory (``config.out``)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shlex
@@ -30,12 +31,14 @@ from torch import nn
 
 import convnets
 from convnets.data.datasets import load_dataset
-from convnets.data.loader import BatchLoader, make_loader
+from convnets.data.loader import make_loader
 from convnets.models.base import ConvNet
 from convnets.models.inception import AUX_LOSS_WEIGHT
+from convnets.pretrained import load_pretrained, weights_preprocessing
 from convnets.train import distributed
 from convnets.train.config import TrainConfig, resolve
 from convnets.train.report import MetricsLog, write_report
+from convnets.transfer import FeatureLoader, cached_features, freeze, parameter_groups, recommend
 from convnets.weights import atomic_write, save_weights
 
 STATE_FILE = "state.pt"
@@ -93,40 +96,63 @@ class _Run:
             _make_deterministic()
         torch.manual_seed(cfg.seed)
 
-        probe = _probe_model(cfg)
-        image_size = cfg.image_size or (probe.fixed_input_size[0] if probe.fixed_input_size else None)
-        self.dataset = load_dataset(cfg.data, data_dir=cfg.data_dir, image_size=image_size,
-                                    num_workers=cfg.num_workers)
-        _check_fit(cfg, probe, self.dataset)
-        self.model = convnets.create_model(cfg.model, num_classes=self.dataset.num_classes,
-                                           in_chans=self.dataset.channels, **cfg.model_kwargs)
+        # Pretrained weights fix the preprocessing: input size, channels and normalisation.
+        self.preprocessing = weights_preprocessing(cfg.weights, cfg.model) if cfg.weights else None
+        model_kwargs = {**(self.preprocessing or {}).get("model_kwargs", {}), **cfg.model_kwargs}
+        probe = _probe_model(cfg.model, model_kwargs)
+        image_size, channels = cfg.image_size, None
+        if self.preprocessing:
+            channels = self.preprocessing["input_size"][0]
+            image_size = image_size or self.preprocessing["input_size"][1]
+        if image_size is None and probe.fixed_input_size:
+            image_size = probe.fixed_input_size[0]
+        dataset = load_dataset(cfg.data, data_dir=cfg.data_dir, image_size=image_size, channels=channels,
+                               num_workers=cfg.num_workers)
+        if self.preprocessing:
+            dataset = dataclasses.replace(dataset, mean=tuple(self.preprocessing["mean"]),
+                                          std=tuple(self.preprocessing["std"]))
+        self.dataset = dataset
+        _check_fit(cfg, probe, dataset)
+        self.model = convnets.create_model(cfg.model, num_classes=dataset.num_classes, in_chans=dataset.channels,
+                                           **model_kwargs)
+        if cfg.weights and not cfg.resume:
+            load_pretrained(self.model, cfg.weights)
+        self.frozen = self._freeze() if cfg.freeze else []
         self.model.to(ctx.device)
-        self.channels_last = cfg.channels_last if cfg.channels_last is not None else ctx.device.type == "cuda"
+        self.cached = cfg.cache_features
+        self.channels_last = (cfg.channels_last if cfg.channels_last is not None else ctx.device.type == "cuda"
+                              ) and not self.cached
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.net: nn.Module = self.model
-        if ctx.distributed:
-            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
         loader_kw = dict(device=ctx.device, seed=cfg.seed, num_workers=cfg.num_workers)
-        self.train_loader: BatchLoader = make_loader(
-            self.dataset, "train", batch_size=cfg.batch_size, augment=cfg.augment, rank=ctx.rank,
-            world_size=ctx.world_size, drop_last=True, **loader_kw)
-        self.test_loader = make_loader(self.dataset, "test", batch_size=max(256, cfg.batch_size), **loader_kw)
+        if self.cached:
+            self._cached_feature_loaders(loader_kw)
+        else:
+            self.net: nn.Module = self.model
+            if ctx.distributed:
+                ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+                self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            self.eval_net = self.model
+            self.train_loader = make_loader(dataset, "train", batch_size=cfg.batch_size, augment=cfg.augment,
+                                            rank=ctx.rank, world_size=ctx.world_size, drop_last=True, **loader_kw)
+            self.test_loader = make_loader(dataset, "test", batch_size=max(256, cfg.batch_size), **loader_kw)
         if len(self.train_loader) == 0:
             raise ConfigMismatchError(
-                f"{len(self.dataset.train)} training images make no full batch of {cfg.batch_size} per process: "
+                f"{len(dataset.train)} training images make no full batch of {cfg.batch_size} per process: "
                 "lower --batch-size"
             )
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.optimizer = _optimizer(self.model, cfg)
+        groups = parameter_groups(self.model, cfg.lr, cfg.weight_decay,
+                                  cfg.pretrained_lr_scale if cfg.weights else 1.0)
+        self.optimizer = (torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum) if cfg.optimizer == "sgd"
+                          else torch.optim.AdamW(groups, lr=cfg.lr))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(cfg, self.total_steps,
                                                                                        self.steps_per_epoch))
         self.autocast_dtype = _autocast_dtype(cfg.precision, ctx.device)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.autocast_dtype == torch.float16)
-        self.aux = getattr(self.model, "aux", None) is not None
+        self.aux = getattr(self.model, "aux", None) is not None and not self.cached
         self.epoch, self.position, self.step, self.best = 0, 0, 0, 0.0
         self.skipped_steps, self.elapsed = 0, 0.0
         self.log = MetricsLog(out, enabled=ctx.is_main)
@@ -138,6 +164,44 @@ class _Run:
             self._say(self.dataset.describe())
             self._say(f"{cfg.model}: {sum(p.numel() for p in self.model.parameters()):,} params on "
                       f"{ctx.device}" + (f" x {ctx.world_size} processes" if ctx.distributed else ""))
+
+    def _freeze(self) -> list[str]:
+        spec = self.cfg.freeze
+        if spec == "auto":
+            per_class = len(self.dataset.train) / self.dataset.num_classes
+            spec, reason = recommend(per_class, len(self.model.stage_info))
+            self._say(f"--freeze auto: {reason} (--freeze {spec})")
+        paths = freeze(self.model, spec)
+        if paths:
+            frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+            self._say(f"frozen: {', '.join(paths)} ({frozen:,} parameters)")
+        return paths
+
+    def _cached_feature_loaders(self, loader_kw: dict[str, Any]) -> None:
+        """Run the frozen trunk once per split; the head then trains on the stored features."""
+        cfg, ds = self.cfg, self.dataset
+        if self.frozen != ["stem", "stages"]:
+            raise ConfigMismatchError("--cache-features needs everything but the classifier frozen: "
+                                      "add --freeze all-but-head")
+        if self.ctx.distributed:
+            raise ConfigMismatchError("--cache-features trains the head in one process: run it without torchrun")
+        for p in self.model.head.hidden.parameters():  # pre-logits layers are part of the cached trunk
+            p.requires_grad_(False)
+        loaders = {split: make_loader(ds, split, batch_size=256, augment=None, shuffle=False, **loader_kw)
+                   for split in ("train", "test")}
+        key = dict(model=cfg.model, model_kwargs=cfg.model_kwargs, weights=_weights_identity(cfg.weights),
+                   layer="pre_logits", data=ds.name, source=ds.source, sizes=[len(ds.train), len(ds.test)],
+                   image=[ds.channels, *ds.image_size], mean=ds.mean, std=ds.std, transform="none")
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "convnets" / "features"
+        t0 = time.perf_counter()
+        features, path, hit = cached_features(self.model, loaders, self.ctx.device, cache_dir, key)
+        self._say(f"features {'read from' if hit else 'computed once and cached in'} {path} "
+                  f"({time.perf_counter() - t0:.1f} s)")
+        (train_x, train_y), (test_x, test_y) = features["train"], features["test"]
+        self.train_loader = FeatureLoader(train_x, train_y, batch_size=cfg.batch_size, device=self.ctx.device,
+                                          shuffle=True, seed=cfg.seed, drop_last=True)
+        self.test_loader = FeatureLoader(test_x, test_y, batch_size=256, device=self.ctx.device, shuffle=False)
+        self.net = self.eval_net = self.model.head.fc
 
     # ---- the loop
 
@@ -281,7 +345,7 @@ class _Run:
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Test loss and accuracy over the whole test split (every rank computes the same)."""
-        self.model.eval()
+        self.eval_net.eval()
         loss_sum = correct = n = 0.0
         autocast = (torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else nullcontext())
@@ -290,11 +354,11 @@ class _Run:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
-                logits = self.model(x).float()
+                logits = self.eval_net(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
             n += len(y)
-        self.model.train()
+        self.eval_net.train()
         return loss_sum / max(n, 1), correct / max(n, 1)
 
     # ---- state
@@ -415,9 +479,17 @@ def _resumed_config(config: TrainConfig, out: Path) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def _probe_model(cfg: TrainConfig) -> ConvNet:
+def _probe_model(name: str, model_kwargs: dict[str, Any]) -> ConvNet:
     with torch.device("meta"):
-        return convnets.create_model(cfg.model, **cfg.model_kwargs)
+        return convnets.create_model(name, **model_kwargs)
+
+
+def _weights_identity(weights: str | None) -> str | None:
+    """What identifies a weights source in a cache key: a file's size and modification time, or the tag."""
+    if weights and Path(weights).is_file():
+        stat = Path(weights).stat()
+        return f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return weights
 
 
 def _check_fit(cfg: TrainConfig, probe: ConvNet, dataset: Any) -> None:
@@ -433,17 +505,6 @@ def _check_fit(cfg: TrainConfig, probe: ConvNet, dataset: Any) -> None:
             hint += " or --model-arg small_input=true"
         raise ConfigMismatchError(f"{cfg.model} needs images of at least {probe.min_input_size}x"
                                   f"{probe.min_input_size} but {dataset.name} gives {h}x{w}: pass {hint}")
-
-
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # Weight decay on conv and linear weights only: decaying BatchNorm scales and biases just
-    # shrinks them toward zero without regularising anything.
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def _lr_factor(cfg: TrainConfig, total: int, per_epoch: int) -> Any:

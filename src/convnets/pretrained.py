@@ -1,0 +1,196 @@
+"""Pretrained weights: what each set is, where it comes from, and how to load it.
+
+Kept apart from the model code: a :class:`WeightSpec` says where the file is (shipped in this
+package, or a URL downloaded once into a cache), its sha256, the classes, the input size and
+preprocessing it was trained with, its measured accuracy, and the names of the first conv and
+the classifier. Evaluation and fine-tuning take their preprocessing from the spec, never guess it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from convnets.weights import load_into, read_metadata, read_state_dict
+
+PACKAGE_DIR = Path(__file__).parent / "pretrained"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One set of pretrained weights.
+
+    Attributes:
+        model: registered model name the weights fit.
+        tag: short name (``fashion-mnist``, ``imagenet``) used as ``weights=`` in :func:`convnets.create_model`.
+        source: a file name inside ``convnets/pretrained/`` or an http(s) URL.
+        sha256: full hex digest, or the prefix a peer library puts in its file names.
+        dataset: what the weights were trained on.
+        num_classes: classifier outputs.
+        categories: class names in output order (empty where too many to ship: ImageNet's 1000).
+        input_size: (C, H, W) the weights expect.
+        mean: per-channel normalisation mean (pixels scaled to 0..1).
+        std: per-channel normalisation standard deviation.
+        resize: side the image is resized/padded to before cropping (None: no resize).
+        crop: side of the center crop (None: no crop).
+        accuracy: measured top-1 accuracy on the dataset's test split.
+        model_kwargs: builder arguments the weights need (``{"small_input": True}``).
+        recipe: how they were trained (a command for ours).
+        first_conv: state-dict prefix of the first convolution (for in_chans adaptation).
+        classifier: state-dict prefix of the final layer (dropped for another class count).
+        peer: the peer layout to convert from (``torchvision:resnet50``), None for our own layout.
+    """
+
+    model: str
+    tag: str
+    source: str
+    sha256: str
+    dataset: str
+    num_classes: int
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    accuracy: float
+    categories: tuple[str, ...] = ()
+    resize: int | None = None
+    crop: int | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    recipe: str = ""
+    first_conv: str = "stem.conv"
+    classifier: str = "head.fc"
+    peer: str | None = None
+
+    @property
+    def is_url(self) -> bool:
+        return self.source.startswith(("http://", "https://"))
+
+
+def _imagenet(model: str, peer: str, url: str, accuracy: float, *, resize: int = 256, crop: int = 224,
+              first_conv: str = "stem.conv") -> WeightSpec:
+    return WeightSpec(model, "imagenet", url, sha256=url.rsplit("-", 1)[-1].split(".")[0], dataset="ImageNet-1k",
+                      num_classes=1000, input_size=(3, crop, crop), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                      accuracy=accuracy, resize=resize, crop=crop, recipe=f"{peer} published weights",
+                      first_conv=first_conv, peer=peer)
+
+
+_TV = "https://download.pytorch.org/models/"
+
+# Peer checkpoints (torchvision's own published accuracy, ImageNet-1k validation top-1).
+WEIGHTS: list[WeightSpec] = [
+    _imagenet("alexnet_torchvision", "torchvision:alexnet", _TV + "alexnet-owt-7be5be79.pth", 0.56522,
+              first_conv="stages.0.conv"),
+    _imagenet("vgg11", "torchvision:vgg11", _TV + "vgg11-8a719046.pth", 0.69020, first_conv="stages.0.conv1.conv"),
+    _imagenet("vgg13", "torchvision:vgg13", _TV + "vgg13-19584684.pth", 0.69928, first_conv="stages.0.conv1.conv"),
+    _imagenet("vgg16", "torchvision:vgg16", _TV + "vgg16-397923af.pth", 0.71592, first_conv="stages.0.conv1.conv"),
+    _imagenet("vgg19", "torchvision:vgg19", _TV + "vgg19-dcbb9e9d.pth", 0.72376, first_conv="stages.0.conv1.conv"),
+    _imagenet("vgg16_bn", "torchvision:vgg16_bn", _TV + "vgg16_bn-6c64b313.pth", 0.73360,
+              first_conv="stages.0.conv1.conv"),
+    _imagenet("resnet18", "torchvision:resnet18", _TV + "resnet18-f37072fd.pth", 0.69758),
+    _imagenet("resnet34", "torchvision:resnet34", _TV + "resnet34-b627a593.pth", 0.73314),
+    _imagenet("resnet50_torchvision", "torchvision:resnet50", _TV + "resnet50-0676ba61.pth", 0.76130),
+    _imagenet("resnet101_torchvision", "torchvision:resnet101", _TV + "resnet101-63fe2227.pth", 0.77374),
+    _imagenet("resnet152_torchvision", "torchvision:resnet152", _TV + "resnet152-394f9c45.pth", 0.78312),
+    _imagenet("googlenet_torchvision", "torchvision:googlenet", _TV + "googlenet-1378be20.pth", 0.69778,
+              first_conv="stem.conv1.conv"),
+    _imagenet("mobilenet_v2", "torchvision:mobilenet_v2", _TV + "mobilenet_v2-b0353104.pth", 0.71878),
+    _imagenet("efficientnet_b0", "torchvision:efficientnet_b0", _TV + "efficientnet_b0_rwightman-7f5810bc.pth",
+              0.77692, resize=256, crop=224),
+]
+
+
+def list_weights(model: str | None = None) -> list[WeightSpec]:
+    """Every known weight set, or those of one model."""
+    return [w for w in WEIGHTS if model is None or w.model == model]
+
+
+def get_weights(model: str, tag: str) -> WeightSpec:
+    """The spec of ``model``'s weights called ``tag``; an unknown tag lists the known ones."""
+    for spec in WEIGHTS:
+        if spec.model == model and spec.tag == tag:
+            return spec
+    known = ", ".join(w.tag for w in list_weights(model)) or "none"
+    raise ValueError(f"no {tag!r} weights for {model}; known for it: {known}")
+
+
+def weights_path(spec: WeightSpec, cache_dir: str | Path | None = None) -> Path:
+    """A local file holding ``spec``'s weights: the shipped file, or the URL downloaded once."""
+    if not spec.is_url:
+        path = PACKAGE_DIR / spec.source
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the shipped weights file is missing (a broken install?)")
+        return path
+    from convnets.importers import cached_download
+
+    return cached_download(spec.source, sha256=spec.sha256, cache_dir=cache_dir)
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_tag(weights: str | Path) -> bool:
+    """A registered tag such as ``fashion-mnist``, as opposed to a file path or a URL."""
+    text = str(weights)
+    return not ("/" in text or "\\" in text or text.endswith((".pt", ".pth", ".safetensors")) or Path(text).exists())
+
+
+def _local_file(weights: str | Path, cache_dir: str | Path | None = None) -> Path:
+    text = str(weights)
+    if text.startswith(("http://", "https://")):
+        from convnets.importers import cached_download
+
+        return cached_download(text, cache_dir=cache_dir)
+    return Path(text)
+
+
+def weights_preprocessing(weights: str | Path, model: str) -> dict:
+    """Input size, normalisation and builder arguments that ``weights`` were trained with.
+
+    From the registry for a tag, from the metadata of one of our files, and ImageNet's for a
+    peer checkpoint (torchvision and timm train on 224x224 RGB with ImageNet statistics).
+    """
+    if is_tag(weights):
+        spec = get_weights(model, str(weights))
+        return dict(input_size=spec.input_size, mean=spec.mean, std=spec.std, model_kwargs=spec.model_kwargs)
+    path = _local_file(weights)
+    if path.suffix == ".safetensors":
+        meta = read_metadata(path)
+        if "input_size" in meta and "mean" in meta:
+            return dict(input_size=tuple(meta["input_size"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]),
+                        model_kwargs=meta.get("model_kwargs", {}))
+    return dict(input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, model_kwargs={})
+
+
+def load_pretrained(model: nn.Module, weights: str | Path, cache_dir: str | Path | None = None) -> WeightSpec | None:
+    """Load ``weights`` into ``model``: a registered tag (``"fashion-mnist"``), a file or a URL.
+
+    Our own safetensors files load as they are; a peer checkpoint (torchvision, timm) is
+    converted to our layout first. A classifier for another number of classes is replaced, with
+    a printed line. Returns the spec for a registered tag, None for a plain file.
+    """
+    spec = None
+    if is_tag(weights):
+        spec = get_weights(getattr(model, "name", ""), str(weights))
+        path = weights_path(spec, cache_dir)
+        if not spec.is_url and sha256_of(path) != spec.sha256:
+            raise ValueError(f"{path}: its sha256 differs from the registry's: the file is damaged")
+    else:
+        path = _local_file(weights, cache_dir)
+    state = read_state_dict(path)
+    ours = any(k.startswith(("stem.", "stages.", "head.")) for k in state)
+    if (spec is not None and spec.peer is not None) or not ours:
+        from convnets.importers import convert_state_dict
+
+        _, state = convert_state_dict(state, layout=spec.peer if spec else None)
+    load_into(model, state, source=Path(path).name)
+    return spec

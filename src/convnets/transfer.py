@@ -1,0 +1,180 @@
+"""Transfer learning: reuse a trained network for new classes.
+
+The case studies' advice, by how much labelled data there is:
+
+- little (tens of images per class): freeze everything but a new softmax layer, and since the
+  frozen trunk then computes the same thing every epoch, run it once and train the head on the
+  cached activations;
+- more (hundreds per class): freeze the early stages (generic edges and textures) and fine-tune
+  the later ones with the head, the pretrained layers at a lower learning rate;
+- a lot (thousands per class): use the weights only as the initialisation and train everything.
+
+:func:`freeze` freezes by stage names (``"stem,stages.0"``), up to a stage (``"stages.0-3"``,
+``"3"`` for the first three stages), ``"all-but-head"``, ``"none"`` or ``"auto"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from convnets.models.base import ConvNet
+
+FREEZE_HELP = ("none | all-but-head | auto | K (stem + first K stages) | stages.A-B (stem up to stage B) | "
+               "comma-separated module paths")
+
+
+def recommend(examples_per_class: float, num_stages: int) -> tuple[str, str]:
+    """How much to freeze for a dataset size: (freeze spec, the reason in one sentence)."""
+    if examples_per_class < 100:
+        return "all-but-head", (f"{examples_per_class:.0f} examples per class is little data: freeze the whole "
+                                "pretrained trunk, train a new softmax layer (on cached features)")
+    if examples_per_class < 1000:
+        k = max(1, num_stages // 2)
+        return str(k), (f"{examples_per_class:.0f} examples per class: freeze the stem and the first {k} of "
+                        f"{num_stages} stages, fine-tune the rest with the new head")
+    return "none", (f"{examples_per_class:.0f} examples per class is a lot: use the pretrained weights as the "
+                    "initialisation and train everything")
+
+
+def freeze_paths(model: ConvNet, spec: str) -> list[str]:
+    """The module paths a freeze spec names, validated against the model."""
+    spec = spec.strip()
+    stages = [info.name for info in model.stage_info]
+    if spec in ("none", ""):
+        return []
+    if spec in ("all-but-head", "trunk"):
+        return ["stem", "stages"]
+    if spec.isdigit():
+        k = int(spec)
+        if k > len(stages):
+            raise ValueError(f"cannot freeze {k} stages: {model.name} has {len(stages)} ({', '.join(stages)})")
+        return ["stem", *stages[:k]]
+    match = re.fullmatch(r"stages\.(\d+)-(\d+)", spec)
+    if match:
+        first, last = int(match[1]), int(match[2])
+        if first != 0:
+            raise ValueError("a frozen range starts at stages.0: freezing a later stage alone would leave "
+                             "earlier layers training on features that no longer move")
+        return freeze_paths(model, str(last + 1))
+    paths = [p.strip() for p in spec.split(",") if p.strip()]
+    known = dict(model.named_modules())
+    unknown = [p for p in paths if p not in known]
+    if unknown:
+        raise ValueError(f"--freeze {spec!r}: {model.name} has no {', '.join(unknown)}; use {FREEZE_HELP}; "
+                         f"stages are {', '.join(['stem', *stages])}")
+    return paths
+
+
+def freeze(model: ConvNet, spec: str) -> list[str]:
+    """Freeze the parts ``spec`` names: no gradients, and BatchNorm kept in inference mode.
+
+    The frozen paths are recorded on the model, whose ``train()`` then leaves them in eval mode:
+    a frozen BatchNorm keeps using, and never updates, the statistics it was trained with.
+    """
+    paths = freeze_paths(model, spec)
+    for path in paths:
+        for p in model.get_submodule(path).parameters():
+            p.requires_grad_(False)
+    model.frozen = paths
+    model.train(model.training)
+    return paths
+
+
+def parameter_groups(model: nn.Module, lr: float, weight_decay: float, pretrained_lr_scale: float = 1.0,
+                     new: tuple[str, ...] = ("head.fc",)) -> list[dict]:
+    """Optimizer groups of the trainable parameters only.
+
+    Weight decay applies to conv and linear weights, not to biases and norm layers (decaying
+    those only shrinks them); pretrained layers that still train get ``lr * pretrained_lr_scale``.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_new = any(name.startswith(prefix + ".") for prefix in new) or pretrained_lr_scale == 1.0
+        groups.setdefault((p.ndim > 1, is_new), []).append(p)
+    return [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * (1.0 if is_new else
+                                                                                         pretrained_lr_scale)}
+        for (decay, is_new), params in groups.items()
+    ]
+
+
+@torch.no_grad()
+def extract_features(model: ConvNet, loader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pooled features ``forward_head(pre_logits=True)`` of every batch, in loader order (eval mode)."""
+    was_training = model.training
+    model.eval()
+    features, labels = [], []
+    loader.set_epoch(0)
+    for x, y in loader:
+        features.append(model.forward_head(model.forward_features(x.to(device)), pre_logits=True).float().cpu())
+        labels.append(y.cpu())
+    model.train(was_training)
+    return torch.cat(features), torch.cat(labels)
+
+
+def cache_key(**parts: object) -> str:
+    """A short hash of everything the cached features depend on: a change of any part misses."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cached_features(model: ConvNet, loaders: dict, device: torch.device, cache_dir: Path,
+                    key_parts: dict) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], Path, bool]:
+    """Features of each split, computed once and stored in ``cache_dir`` under a key of ``key_parts``.
+
+    Returns the features per split, the cache file and whether it was a hit.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from convnets.weights import atomic_write
+
+    path = Path(cache_dir) / f"features-{cache_key(**key_parts)}.safetensors"
+    if path.exists():
+        tensors = load_file(str(path))
+        return {s: (tensors[f"{s}.x"], tensors[f"{s}.y"]) for s in loaders}, path, True
+    out = {split: extract_features(model, loader, device) for split, loader in loaders.items()}
+    tensors = {f"{s}.{k}": t.contiguous() for s, (x, y) in out.items() for k, t in (("x", x), ("y", y))}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"key": json.dumps(key_parts, default=str)}))
+    return out, path, False
+
+
+class FeatureLoader:
+    """Batches of cached features, with the loader interface of :class:`convnets.data.loader.BatchLoader`.
+
+    The order of an epoch is a function of (seed, epoch) only, so resuming at a batch is exact.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, device: torch.device,
+                 shuffle: bool, seed: int = 0, drop_last: bool = False) -> None:
+        self.x, self.y = x.to(device), y.to(device)
+        self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, seed, drop_last
+        self.epoch, self.start_batch, self.position = 0, 0, 0
+        from convnets.data.badfiles import BadFileLog
+
+        self.bad_files = BadFileLog()
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self):
+        from convnets.data.loader import derive_seed
+
+        n = len(self.y)
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(self.seed, self.epoch)))
+                 if self.shuffle else torch.arange(n)).to(self.x.device)
+        for b in range(self.start_batch, len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            self.position = b + 1
+            yield self.x[idx], self.y[idx]
