@@ -535,9 +535,9 @@ def fetch_weights(source: str | os.PathLike[str], *, cache_dir: str | Path | Non
                   sha256: str | None = None) -> Path:
     """The local path of a weights file, downloading a URL into the cache the first time.
 
-    The file's sha256 is checked against ``sha256``, or else against the hash prefix that
-    torchvision's file names carry (``resnet50-0676ba61.pth``), on download and for local files.
-    A cached file is checked only when ``sha256`` is given (it was verified when it arrived).
+    A download's sha256 is checked against ``sha256``, or else against the hash prefix that
+    torchvision's file names carry (``resnet50-0676ba61.pth``). Local and cached files are checked
+    only when ``sha256`` is given (a cached file was verified when it arrived).
 
     Raises:
         ConnectionError: the download failed.
@@ -551,20 +551,34 @@ def fetch_weights(source: str | os.PathLike[str], *, cache_dir: str | Path | Non
         path = Path(text).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"no weights file at {path}")
-        _check_hash(path, sha256, path.name)
+        if sha256:
+            # Only an explicit hash: a local name like "resnet50-20240101.pth" is not a hash prefix.
+            _check_hash(path, sha256, path.name)
         return path
-    filename = Path(urllib.parse.urlparse(text).path).name
+    return cached_download(text, sha256=sha256, cache_dir=cache_dir)
+
+
+def cached_download(url: str, *, sha256: str | None = None, cache_dir: str | Path | None = None) -> Path:
+    """The cached copy of ``url`` (named like the URL's file), downloaded and verified the first time.
+
+    Raises:
+        ConnectionError: the download failed.
+        ValueError: not an http(s) URL, or the hash does not match (nothing is left in the cache).
+    """
+    if not _is_url(url):
+        raise ValueError(f"{url}: not an http(s) URL")
+    filename = Path(urllib.parse.urlparse(url).path).name
     if not filename:
-        raise ValueError(f"{text}: the URL names no file")
+        raise ValueError(f"{url}: the URL names no file")
     dest = Path(cache_dir).expanduser() if cache_dir is not None else cache_dir_default()
     dest = dest / filename
     if dest.is_file():
         if sha256:
-            _check_hash(dest, sha256, text)
+            _check_hash(dest, sha256, url)
         logger.info("using cached %s", dest)
         return dest
-    logger.info("downloading %s to %s", text, dest)
-    _download(text, dest, sha256)
+    logger.info("downloading %s to %s", url, dest)
+    _download(url, dest, sha256)
     return dest
 
 
@@ -595,7 +609,8 @@ def load_peer_weights(
         num_classes: outputs of the built model; the checkpoint's when None.
         layout: a key of :data:`LAYOUTS`; detected when None.
         cache_dir: download cache; ``$CONVNETS_CACHE`` or ``~/.cache/convnets/weights`` by default.
-        sha256: expected sha256 of the file (else the hash prefix in a torchvision file name is used).
+        sha256: expected sha256 of the file (for a URL without it, the hash prefix in a torchvision
+            file name is checked).
 
     Returns:
         The model with the weights loaded (its train/eval mode unchanged).
