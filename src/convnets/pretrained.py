@@ -72,9 +72,10 @@ class WeightSpec:
 
 
 def _imagenet(model: str, peer: str, url: str, accuracy: float, *, resize: int = 256, crop: int = 224,
-              first_conv: str = "stem.conv") -> WeightSpec:
+              first_conv: str = "stem.conv", mean: tuple[float, ...] = IMAGENET_MEAN,
+              std: tuple[float, ...] = IMAGENET_STD) -> WeightSpec:
     return WeightSpec(model, "imagenet", url, sha256=url.rsplit("-", 1)[-1].split(".")[0], dataset="ImageNet-1k",
-                      num_classes=1000, input_size=(3, crop, crop), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                      num_classes=1000, input_size=(3, crop, crop), mean=mean, std=std,
                       accuracy=accuracy, resize=resize, crop=crop, recipe=f"{peer} published weights",
                       first_conv=first_conv, peer=peer)
 
@@ -96,8 +97,10 @@ WEIGHTS: list[WeightSpec] = [
     _imagenet("resnet50_torchvision", "torchvision:resnet50", _TV + "resnet50-0676ba61.pth", 0.76130),
     _imagenet("resnet101_torchvision", "torchvision:resnet101", _TV + "resnet101-63fe2227.pth", 0.77374),
     _imagenet("resnet152_torchvision", "torchvision:resnet152", _TV + "resnet152-394f9c45.pth", 0.78312),
+    # torchvision's GoogLeNet weights were ported from TensorFlow, which normalised to [-1, 1]
+    # (torchvision re-normalises inside the model, "transform_input"): mean = std = 0.5.
     _imagenet("googlenet_torchvision", "torchvision:googlenet", _TV + "googlenet-1378be20.pth", 0.69778,
-              first_conv="stem.conv1.conv"),
+              first_conv="stem.conv1.conv", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
     _imagenet("mobilenet_v2", "torchvision:mobilenet_v2", _TV + "mobilenet_v2-b0353104.pth", 0.71878),
     _imagenet("efficientnet_b0", "torchvision:efficientnet_b0", _TV + "efficientnet_b0_rwightman-7f5810bc.pth",
               0.77692, resize=256, crop=224),
