@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from convnets import evaluate
 from convnets.analysis import cli as analysis_cli
 from convnets.data import cli as data_cli
 from convnets.train import cli as train_cli
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     analysis_cli.add_parsers(sub)
     data_cli.add_parsers(sub)
     train_cli.add_parsers(sub)
+    evaluate.add_parsers(sub)
     return parser
 
 
