@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convnets import evaluate
+from convnets import evaluate, export, fit
 from convnets.analysis import cli as analysis_cli
 from convnets.data import cli as data_cli
 from convnets.train import cli as train_cli
@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_cli.add_parsers(sub)
     train_cli.add_parsers(sub)
     evaluate.add_parsers(sub)
+    export.add_parsers(sub)
+    fit.add_parsers(sub)
     return parser
 
 
@@ -29,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except KeyboardInterrupt:
         return 130
-    except (ValueError, KeyError, FileNotFoundError, TrainingDiverged) as err:
+    except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError, TrainingDiverged,
+            export.ExportMismatchError) as err:
         # Errors the user can act on get one line, not a traceback.
         print(f"convnets {args.command}: error: {err}", file=sys.stderr)
         return 2
