@@ -246,16 +246,6 @@ def add_parsers(subparsers) -> None:
     p.set_defaults(func=run_latency)
 
 
-def _parse_size(text: str | None) -> tuple[int, int, int] | None:
-    if not text:
-        return None
-    try:
-        c, h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as err:
-        raise ValueError(f"--input takes CxHxW such as 3x224x224, got {text!r}") from err
-    return c, h, w
-
-
 def run_export(args) -> int:
     from convnets.train.cli import parse_model_args
 
@@ -296,6 +286,7 @@ def run_export(args) -> int:
 
 def run_latency(args) -> int:
     from convnets.analysis import count
+    from convnets.analysis.formatting import parse_size
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -305,7 +296,7 @@ def run_latency(args) -> int:
 
     for source in args.sources:
         model, meta = load_model_or_run(source)
-        size = _parse_size(args.input) or tuple(meta.get("input_size", model.input_size))
+        size = parse_size(args.input) if args.input else tuple(meta.get("input_size", model.input_size))
         counts = count(model, size)
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = export_onnx(model, Path(tmp) / "m.onnx", torch.randn(2, *size)).path
