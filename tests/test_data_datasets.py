@@ -225,3 +225,15 @@ def test_unknown_names_and_files_are_clear_errors(tmp_path):
         load_dataset(tmp_path / "x.csv")
     with pytest.raises(FileNotFoundError, match="--data-dir"):
         load_dataset("cifar10")
+
+
+def test_subsample_per_class_keeps_n_of_each_class_and_the_test_split():
+    from convnets.data.datasets import load_dataset, subsample_per_class
+
+    full = load_dataset("digits")
+    small = subsample_per_class(full, 10, seed=3)
+    assert small.train.labels.bincount().tolist() == [10] * 10
+    assert small.test is full.test and small.mean == full.mean
+    again = subsample_per_class(full, 10, seed=3)
+    assert torch.equal(again.train.images, small.train.images)  # seeded: the same choice every time
+    assert not torch.equal(subsample_per_class(full, 10, seed=4).train.images, small.train.images)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convnets import evaluate, export, fit
+from convnets import evaluate, export, fit, pretrained
 from convnets.analysis import cli as analysis_cli
 from convnets.data import cli as data_cli
 from convnets.train import cli as train_cli
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parsers(sub)
     export.add_parsers(sub)
     fit.add_parsers(sub)
+    pretrained.add_parsers(sub)
     return parser
 
 

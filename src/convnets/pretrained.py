@@ -197,3 +197,25 @@ def load_pretrained(model: nn.Module, weights: str | Path, cache_dir: str | Path
         _, state = convert_state_dict(state, layout=spec.peer if spec else None)
     load_into(model, state, source=Path(path).name)
     return spec
+
+
+def add_parsers(subparsers) -> None:
+    p = subparsers.add_parser("weights", help="the pretrained weights known to convnets, with their accuracy",
+                              description="List registered weights: model, tag, dataset, measured accuracy, input "
+                              "and normalisation, and where the file comes from.")
+    p.add_argument("model", nargs="?", help="only this model's weights")
+    p.set_defaults(func=run_weights)
+
+
+def run_weights(args) -> int:
+    specs = list_weights(args.model)
+    if not specs:
+        raise ValueError(f"no registered weights for {args.model}")
+    print(f"{'model':<24} {'tag':<14} {'dataset':<14} {'top-1':>7} {'input':>10}  source")
+    for w in specs:
+        where = w.source if w.is_url else f"shipped ({w.source})"
+        print(f"{w.model:<24} {w.tag:<14} {w.dataset:<14} {w.accuracy:>7.4f} {'x'.join(map(str, w.input_size)):>10}"
+              f"  {where}")
+    print("\nUse: convnets.create_model(MODEL, weights=TAG) or --weights TAG; ImageNet files download once "
+          "into ~/.cache/convnets/weights.")
+    return 0

@@ -9,6 +9,7 @@ computed from the training split, on the 0..1 scale.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -833,3 +834,26 @@ def load_dataset(
     return load_image_folder(
         path, image_size=image_size, channels=channels, seed=seed, val_fraction=val_fraction, num_workers=num_workers
     )
+
+
+def subsample_per_class(dataset: Dataset, per_class: int, seed: int = 0) -> Dataset:
+    """The dataset with at most ``per_class`` training examples of each class (a seeded, fixed choice).
+
+    For learning-curve and transfer experiments ("10 examples per class"). The test split and
+    the normalisation statistics are kept, so results stay comparable across sizes.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    labels = dataset.train.labels
+    generator = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in range(dataset.num_classes):
+        members = (labels == c).nonzero().flatten()
+        keep.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    index = torch.cat(keep).sort().values
+    if isinstance(dataset.train, TensorSplit):
+        train = TensorSplit(dataset.train.images[index], labels[index])
+    else:
+        split = dataset.train
+        train = ImageFolderSplit([split.samples[i] for i in index.tolist()], split.image_size, split.channels)
+    return dataclasses.replace(dataset, train=train)

@@ -56,6 +56,7 @@ def _add_transfer_arguments(p: argparse.ArgumentParser, *, weights_required: boo
     p.add_argument("--cache-features", action="store_true", default=None,
                    help="run the frozen trunk once and train the head on cached features (needs all-but-head)")
     p.add_argument("--cache-dir", help="where cached features go (default ~/.cache/convnets/features)")
+    p.add_argument("--train-per-class", type=int, help="keep only N training examples per class (seeded)")
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:

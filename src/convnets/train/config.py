@@ -59,6 +59,8 @@ class TrainConfig:
         cache_features: with everything but the head frozen, run the trunk once and train the
             head on cached features.
         cache_dir: where cached features go (default ``~/.cache/convnets/features``).
+        train_per_class: keep only this many training examples per class (seeded), for
+            small-data experiments.
     """
 
     model: str
@@ -94,6 +96,7 @@ class TrainConfig:
     pretrained_lr_scale: float = 1.0
     cache_features: bool = False
     cache_dir: str | None = None
+    train_per_class: int | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import convnets
-from convnets.data.datasets import load_dataset
+from convnets.data.datasets import load_dataset, subsample_per_class
 from convnets.data.loader import make_loader
 from convnets.models.base import ConvNet
 from convnets.models.inception import AUX_LOSS_WEIGHT
@@ -111,6 +111,8 @@ class _Run:
         if self.preprocessing:
             dataset = dataclasses.replace(dataset, mean=tuple(self.preprocessing["mean"]),
                                           std=tuple(self.preprocessing["std"]))
+        if cfg.train_per_class:
+            dataset = subsample_per_class(dataset, cfg.train_per_class, cfg.seed)
         self.dataset = dataset
         _check_fit(cfg, probe, dataset)
         self.model = convnets.create_model(cfg.model, num_classes=dataset.num_classes, in_chans=dataset.channels,
