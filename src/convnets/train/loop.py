@@ -34,7 +34,7 @@ from convnets.data.datasets import load_dataset, subsample_per_class
 from convnets.data.loader import make_loader
 from convnets.models.base import ConvNet
 from convnets.models.inception import AUX_LOSS_WEIGHT
-from convnets.pretrained import load_pretrained, weights_preprocessing
+from convnets.pretrained import get_weights, is_tag, load_pretrained, weights_preprocessing
 from convnets.train import distributed
 from convnets.train.config import TrainConfig, resolve
 from convnets.train.report import MetricsLog, write_report
@@ -191,8 +191,9 @@ class _Run:
             p.requires_grad_(False)
         loaders = {split: make_loader(ds, split, batch_size=256, augment=None, shuffle=False, **loader_kw)
                    for split in ("train", "test")}
-        key = dict(model=cfg.model, model_kwargs=cfg.model_kwargs, weights=_weights_identity(cfg.weights),
+        key = dict(model=cfg.model, model_kwargs=cfg.model_kwargs, weights=_weights_identity(cfg.model, cfg.weights),
                    layer="pre_logits", data=ds.name, source=ds.source, sizes=[len(ds.train), len(ds.test)],
+                   subset=[cfg.train_per_class, cfg.seed] if cfg.train_per_class else None,
                    image=[ds.channels, *ds.image_size], mean=ds.mean, std=ds.std, transform="none")
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "convnets" / "features"
         t0 = time.perf_counter()
@@ -486,8 +487,10 @@ def _probe_model(name: str, model_kwargs: dict[str, Any]) -> ConvNet:
         return convnets.create_model(name, **model_kwargs)
 
 
-def _weights_identity(weights: str | None) -> str | None:
-    """What identifies a weights source in a cache key: a file's size and modification time, or the tag."""
+def _weights_identity(model: str, weights: str | None) -> str | None:
+    """What identifies weights in a cache key: a registered tag's sha256, or a file's path, size and time."""
+    if weights and is_tag(weights):
+        return get_weights(model, weights).sha256
     if weights and Path(weights).is_file():
         stat = Path(weights).stat()
         return f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
