@@ -192,7 +192,7 @@ def load_model_or_run(source: str, **model_kwargs) -> tuple[ConvNet, dict]:
     return create_model(source, **model_kwargs).eval(), {}
 
 
-def test_images(meta: dict, split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+def dataset_images(meta: dict, split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Normalised images and labels of the dataset the weights were trained on (None without metadata)."""
     if not meta.get("dataset"):
         return None
@@ -252,7 +252,7 @@ def run_export(args) -> int:
     model, meta = load_model_or_run(args.source, **parse_model_args(args.model_arg))
     path = Path(args.source)
     out = Path(args.out) if args.out else (path / "export" if path.is_dir() else Path(f"export-{model.name}"))
-    data = test_images(meta, "test")
+    data = dataset_images(meta, "test")
     check = data[0][:64] if data else torch.randn(8, *model.input_size)
     result = export_onnx(model, out / f"{model.name}.onnx", check)
     print(f"wrote {result.path}: max |ONNX - PyTorch| = {result.max_abs_diff:.2e} on {len(check)} "
@@ -266,7 +266,7 @@ def run_export(args) -> int:
         sess = session(result.path)
         rows[1] = (*rows[1][:2], accuracy_of(lambda b: run_onnx(sess, b), x, y))
     if args.int8:
-        calib = test_images(meta, "train", args.calibration_images)
+        calib = dataset_images(meta, "train", args.calibration_images)
         calib_x = calib[0] if calib else torch.randn(64, *model.input_size)
         int8_path = quantize_int8(result.path, out / f"{model.name}.int8.onnx", calib_x)
         acc = None
