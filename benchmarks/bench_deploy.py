@@ -23,12 +23,12 @@ import torch
 import convnets
 from convnets.export import (
     accuracy_of,
+    dataset_images,
     export_onnx,
     onnx_latency_ms,
     quantize_int8,
     run_onnx,
     session,
-    dataset_images,
     torch_latency_ms,
 )
 from convnets.pretrained import get_weights, weights_path
