@@ -297,7 +297,8 @@ class _Run:
                       f"{row['images_per_s']:,.0f} images/s")
             if test_acc > self.best:
                 self.best = test_acc
-                save_weights(self.model, self.out / "best.safetensors", self._weights_metadata(test_acc))
+                save_weights(self.model, self.out / "best.safetensors",
+                             self._weights_metadata(test_acc, epochs=self.epoch + 1))
         return None
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -411,7 +412,7 @@ class _Run:
         self.log.restore(state["metrics"])
         self._say(f"resumed {self.out} at epoch {self.epoch + 1}, batch {self.position} (step {self.step})")
 
-    def _weights_metadata(self, accuracy: float) -> dict[str, Any]:
+    def _weights_metadata(self, accuracy: float, epochs: int | None = None) -> dict[str, Any]:
         ds = self.dataset
         return {
             "model": self.cfg.model,
@@ -424,7 +425,7 @@ class _Run:
             "classes": ds.classes,
             "dataset": ds.name,
             "test_accuracy": round(accuracy, 5),
-            "epochs": self.epoch,
+            "epochs": self.epoch if epochs is None else epochs,
             "command": shlex.join(["convnets", *sys.argv[1:]]) if sys.argv and "convnets" in sys.argv[0] else "",
         }
 
