@@ -19,10 +19,11 @@ For lenet5 and resnet20 on Fashion-MNIST, in one process, on the CPU:
    ``3 * 2 * MACs * images/s``: a training step is taken as 3 forward passes (forward, plus a
    backward that costs about twice the forward: gradients of activations and of weights).
 3. Time to accuracy with ``convnets.train.train`` and the recipe: lenet5 to 0.90 (default budget),
-   resnet20 to 0.93 (``--full``: the 30-epoch recipe, hours on 2 cores; by default a short run
+   resnet20 to 0.93 (``--full``: the 30-epoch recipe, 1-1.5 hours on 2 cores; by default a short run
    of ``--resnet-epochs`` with the recipe's schedule compressed to it).
 
-    python benchmarks/bench_train.py                         # default budget, ~10 minutes on 2 cores
+    python benchmarks/bench_train.py                         # default budget: ~10 minutes on 2 idle cores
+    python benchmarks/bench_train.py --threads 1             # on a machine shared with other jobs
     python benchmarks/bench_train.py --full --out runs/bench_train.json   # the resnet20 recipe too
     python benchmarks/bench_train.py --skip-accuracy --rounds 8           # throughput only
 """
@@ -55,8 +56,9 @@ from convnets.data.datasets import Dataset, load_dataset
 from convnets.data.loader import make_loader
 from convnets.train import TrainConfig, train
 from convnets.train.config import resolve
+from convnets.train.loop import autocast_dtype
 
-# What each model trains on: (image side, the recipe's augmentation preset, the accuracy goal).
+# The input side each model trains at (what `convnets train` picks) and its time-to-accuracy goal.
 CASES: dict[str, dict[str, Any]] = {
     "lenet5": dict(size=32, goal=0.90),
     "resnet20": dict(size=28, goal=0.93),
@@ -190,10 +192,18 @@ def make_optimizer(model: nn.Module, name: str) -> torch.optim.Optimizer:
 
 
 class Side:
-    """One training pipeline: a batch iterator, a model and its optimizer; times chunks of steps."""
+    """One training pipeline: a batch iterator, a model and its optimizer; times chunks of steps.
 
-    def __init__(self, name: str, batches: Iterator, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    ``channels_last`` and ``autocast`` are what ``convnets train`` does by default on this machine
+    (NHWC, and bf16 autocast where the CPU has bf16 instructions); the baseline runs eager fp32.
+    """
+
+    def __init__(self, name: str, batches: Iterator, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 *, channels_last: bool = False, autocast: torch.dtype | None = None) -> None:
         self.name, self.batches, self.model, self.optimizer = name, batches, model, optimizer
+        self.channels_last, self.autocast = channels_last, autocast
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
         self.images, self.seconds, self.data_seconds = 0, 0.0, 0.0
         self.rates: list[float] = []
 
@@ -205,9 +215,12 @@ class Side:
         for _ in range(count):
             t = time.perf_counter()
             x, y = next(self.batches)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             data += time.perf_counter() - t
             self.optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(self.model(x), y)
+            with torch.autocast("cpu", dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+                loss = F.cross_entropy(self.model(x), y)
             loss.backward()
             self.optimizer.step()
             images += len(y)
@@ -266,7 +279,8 @@ def throughput(
         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),
     )
     sides = [
-        Side("convnets", forever(ours), model, make_optimizer(model, name)),
+        Side("convnets", forever(ours), model, make_optimizer(model, name), channels_last=True,
+             autocast=autocast_dtype("auto", torch.device("cpu"))),
         Side("baseline", forever(base_loader), base_model, make_optimizer(base_model, name)),
     ]
     for side in sides:  # first-call costs (worker start-up, allocator, oneDNN primitives) are not throughput

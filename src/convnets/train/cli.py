@@ -88,6 +88,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="stop with a checkpoint after this many steps")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
     p.add_argument("--workers", dest="num_workers", type=int, help="decoding processes for image folders")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (default: one per core)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
 

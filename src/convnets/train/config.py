@@ -35,9 +35,9 @@ class TrainConfig:
         label_smoothing: cross-entropy label smoothing.
         grad_clip: clip the gradient norm to this value (None: no clipping).
         augment: augmentation preset: none, light, standard, heavy.
-        precision: ``auto`` (bf16 autocast on GPUs that support it, else fp32), ``fp32``,
-            ``bf16`` or ``fp16`` (with loss scaling).
-        channels_last: NHWC memory layout (default: on CUDA only, where it is faster).
+        precision: ``auto`` (bf16 autocast where the GPU or CPU computes bf16 natively, else
+            fp32), ``fp32``, ``bf16`` or ``fp16`` (with loss scaling).
+        channels_last: NHWC memory layout (default on: the conv kernels prefer it).
         image_size: resize/pad the images to this side (default: the data's own, or the
             model's fixed size such as LeNet-5's 32).
         model_kwargs: extra builder arguments (``{"small_input": true}``).
@@ -61,6 +61,8 @@ class TrainConfig:
         cache_dir: where cached features go (default ``~/.cache/convnets/features``).
         train_per_class: keep only this many training examples per class (seeded), for
             small-data experiments.
+        threads: CPU threads for the model (default: PyTorch's, one per core). On a machine
+            shared with other work, 1 avoids the stalls of a thread team waiting for a busy core.
     """
 
     model: str
@@ -97,6 +99,7 @@ class TrainConfig:
     cache_features: bool = False
     cache_dir: str | None = None
     train_per_class: int | None = None
+    threads: int | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:

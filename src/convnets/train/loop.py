@@ -94,6 +94,8 @@ class _Run:
             )
         if cfg.deterministic:
             _make_deterministic()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
 
         # Pretrained weights fix the preprocessing: input size, channels and normalisation.
@@ -122,8 +124,8 @@ class _Run:
         self.frozen = self._freeze() if cfg.freeze else []
         self.model.to(ctx.device)
         self.cached = cfg.cache_features
-        self.channels_last = (cfg.channels_last if cfg.channels_last is not None else ctx.device.type == "cuda"
-                              ) and not self.cached
+        # NHWC is the layout cuDNN's and oneDNN's convolution kernels prefer (about 1.2x on a CPU).
+        self.channels_last = (cfg.channels_last if cfg.channels_last is not None else True) and not self.cached
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
@@ -152,7 +154,7 @@ class _Run:
                           else torch.optim.AdamW(groups, lr=cfg.lr))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(cfg, self.total_steps,
                                                                                        self.steps_per_epoch))
-        self.autocast_dtype = _autocast_dtype(cfg.precision, ctx.device)
+        self.autocast_dtype = autocast_dtype(cfg.precision, ctx.device)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.autocast_dtype == torch.float16)
         self.aux = getattr(self.model, "aux", None) is not None and not self.cached
         self.epoch, self.position, self.step, self.best = 0, 0, 0, 0.0
@@ -210,7 +212,7 @@ class _Run:
 
     def run(self) -> TrainResult:
         cfg, stopped = self.cfg, None
-        start = time.perf_counter() - self.elapsed
+        start = self._start = time.perf_counter() - self.elapsed
         self._last_save = time.perf_counter()
         with _stop_on_signals() as signalled:
             self._signalled = signalled
@@ -289,7 +291,8 @@ class _Run:
         test_loss, test_acc = self.evaluate()
         row = dict(epoch=self.epoch + 1, step=self.step, lr=self.scheduler.get_last_lr()[0],
                    train_loss=loss_sum / max(n, 1), train_acc=correct / max(n, 1), test_loss=test_loss,
-                   test_acc=test_acc, seconds=round(seconds, 3), images_per_s=round(n / max(seconds, 1e-9), 1))
+                   test_acc=test_acc, seconds=round(seconds, 3), images_per_s=round(n / max(seconds, 1e-9), 1),
+                   elapsed=round(time.perf_counter() - self._start, 3))
         self.log.append(row)
         if ctx.is_main:
             self._say(f"epoch {row['epoch']}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc "
@@ -535,17 +538,26 @@ def _lr_factor(cfg: TrainConfig, total: int, per_epoch: int) -> Any:
     return factor
 
 
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a ``--precision`` on a device (None: plain fp32)."""
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if precision == "fp16":
         return torch.float16
-    # auto: bf16 where the GPU computes it natively; fp32 on CPU, where bf16 is emulated and slower.
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+    # auto: bf16 autocast where the hardware computes bf16 natively (recent GPUs; CPUs with
+    # AVX512-BF16 or AMX, where oneDNN's bf16 convolutions run about twice as fast as fp32);
+    # fp32 elsewhere, where bf16 would be emulated and slower.
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (torch exposes the check only privately, hence the guard)."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
 
 
 def _make_deterministic() -> None:
