@@ -96,6 +96,10 @@ WEIGHTS: list[WeightSpec] = [
     _ours("lenet5", "lenet5-fashion-mnist.safetensors",
           "15cf4a0adaacc8dc39ecdfb07522ac0aed7c285ac9955d238aa78852608da9f3", 0.9081, (1, 32, 32),
           0.2189998320695466, 0.33181137300004, "convnets train lenet5"),
+    _ours("resnet20", "resnet20-fashion-mnist.safetensors",
+          "6bf79c34cab9366042a5008c735f506bbe56197ce01b2a53058d2413c3c7a1f2", 0.9103, (1, 28, 28),
+          0.2860405969887956, 0.3530242445150222, "convnets train resnet20 --epochs 4 --precision fp32 "
+          "--no-channels-last"),
     # Peer checkpoints (torchvision's own published accuracy, ImageNet-1k validation top-1).
     _imagenet("alexnet_torchvision", "torchvision:alexnet", _TV + "alexnet-owt-7be5be79.pth", 0.56522,
               first_conv="stages.0.conv"),
