@@ -100,6 +100,10 @@ WEIGHTS: list[WeightSpec] = [
           "6bf79c34cab9366042a5008c735f506bbe56197ce01b2a53058d2413c3c7a1f2", 0.9103, (1, 28, 28),
           0.2860405969887956, 0.3530242445150222, "convnets train resnet20 --epochs 4 --precision fp32 "
           "--no-channels-last"),
+    _ours("mobilenet_v2", "mobilenet_v2-fashion-mnist.safetensors",
+          "9c5552dc3be7dc124667dba6fa56c91e903468b9df007fbad86e2c4216575bdd", 0.8800, (1, 28, 28),
+          0.2860405969887956, 0.3530242445150222, "convnets train mobilenet_v2 --model-arg width=0.5 --model-arg "
+          "small_input=true --epochs 4 --precision fp32 --no-channels-last", width=0.5, small_input=True),
     # Peer checkpoints (torchvision's own published accuracy, ImageNet-1k validation top-1).
     _imagenet("alexnet_torchvision", "torchvision:alexnet", _TV + "alexnet-owt-7be5be79.pth", 0.56522,
               first_conv="stages.0.conv"),
