@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args) or 0
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        sys.stderr.close()
+        return 0
     except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError, TrainingDiverged,
             export.ExportMismatchError) as err:
         # Errors the user can act on get one line, not a traceback.
