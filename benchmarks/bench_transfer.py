@@ -67,7 +67,8 @@ def regimes(model: str, weights: str, tmp: Path, sizes: list[int | None], steps:
                       augment="light", **extra)
             if name != "scratch":
                 kw["weights"] = weights
-            acc, _ = run(model, tmp / f"{name.split()[0]}-{per_class}", **kw)
+            slug = "".join(c if c.isalnum() else "-" for c in name)
+            acc, _ = run(model, tmp / f"{slug}-{per_class}", **kw)
             rows.append({"per_class": per_class or "all", "regime": name, "test_accuracy": acc, "epochs": epochs,
                          "batch_size": batch})
             print(f"{str(per_class or 'all'):>4} per class  {name:<28} {acc:.4f}  ({epochs} epochs, batch {batch})",
