@@ -265,3 +265,12 @@ def test_ctrl_c_stops_between_steps_with_a_checkpoint_that_resumes(tmp_path: Pat
     resumed = train(TrainConfig(model="lenet5", out=str(out), resume=True, max_steps=state["step"] + 3,
                                 progress=False))
     assert resumed.steps == state["step"] + 3
+
+
+def test_the_same_command_twice_starts_a_second_run_and_resume_takes_the_latest(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = {**LENET, "epochs": 1, "max_steps": 2}
+    assert train(TrainConfig(**cfg)).out == Path("runs/lenet5-digits")
+    assert train(TrainConfig(**cfg)).out == Path("runs/lenet5-digits-2")
+    resumed = train(TrainConfig(model="lenet5", data="digits", resume=True, progress=False, max_steps=4))
+    assert resumed.out == Path("runs/lenet5-digits-2") and resumed.steps == 4

@@ -148,6 +148,17 @@ RECIPES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+def default_out(model: str, data: str, *, resume: bool = False) -> Path:
+    """``runs/MODEL-DATA``, or ``-2``, ``-3``... when taken: running the same command twice starts a
+    second run rather than failing; ``--resume`` without ``--out`` continues the latest one."""
+    base = Path("runs") / f"{model}-{Path(str(data)).name}"
+    taken = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 1000)]
+    existing = [p for p in taken if (p / "config.json").exists()]
+    if resume:
+        return existing[-1] if existing else base
+    return next(p for p in taken if not (p / "config.json").exists())
+
+
 def resolve(config: TrainConfig) -> TrainConfig:
     """A copy of ``config`` with every ``None`` recipe field filled in, validated."""
     recipe = next(r for pattern, r in RECIPES if fnmatch.fnmatchcase(config.model, pattern))
@@ -158,7 +169,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
             if key == "warmup_epochs":  # a recipe's warm-up never takes more than a fifth of a short run
                 values[key] = min(value, (values["epochs"] or recipe["epochs"]) / 5)
     if values["out"] is None:
-        values["out"] = str(Path("runs") / f"{config.model}-{Path(str(config.data)).name}")
+        values["out"] = str(default_out(config.model, config.data, resume=config.resume))
     resolved = TrainConfig(**values)
     _validate(resolved)
     return resolved

@@ -83,7 +83,8 @@ def train(config: TrainConfig) -> TrainResult:
 class _Run:
     def __init__(self, config: TrainConfig, ctx: distributed.Context) -> None:
         self.ctx = ctx
-        out = Path(resolve(config).out)
+        out = Path(resolve(config).out)  # decided once: a default directory is numbered on first use
+        config = dataclasses.replace(config, out=str(out))
         if config.resume:
             config = _resumed_config(config, out)
         self.cfg = cfg = resolve(config)
