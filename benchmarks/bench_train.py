@@ -14,11 +14,11 @@ For lenet5 and resnet20 on Fashion-MNIST, in one process, on the CPU:
      to-tensor and normalisation in numpy, through ``torch.utils.data.DataLoader(num_workers=N)``.
 
    Both sides train the same model (same initial weights), eager fp32, the same batch size and
-   the recipe's optimizer (``convnets.train.config.RECIPES``), with a plain
+   the recipe's optimizer (``convnets.training.config.RECIPES``), with a plain
    zero_grad / forward / cross-entropy / backward / step. Achieved GFLOP/s is
    ``3 * 2 * MACs * images/s``: a training step is taken as 3 forward passes (forward, plus a
    backward that costs about twice the forward: gradients of activations and of weights).
-3. Time to accuracy with ``convnets.train.train`` and the recipe: lenet5 to 0.90 (default budget),
+3. Time to accuracy with ``convnets.training.train`` and the recipe: lenet5 to 0.90 (default budget),
    resnet20 to 0.93 (``--full``: the 30-epoch recipe, 1-1.5 hours on 2 cores; by default a short run
    of ``--resnet-epochs`` with the recipe's schedule compressed to it).
 
@@ -54,9 +54,9 @@ import convnets
 from convnets.data.augment import PRESETS, pca_basis
 from convnets.data.datasets import Dataset, load_dataset
 from convnets.data.loader import make_loader
-from convnets.train import TrainConfig, train
-from convnets.train.config import resolve
-from convnets.train.loop import autocast_dtype
+from convnets.training import TrainConfig, train
+from convnets.training.config import resolve
+from convnets.training.loop import autocast_dtype
 
 # The input side each model trains at (what `convnets train` picks) and its time-to-accuracy goal.
 CASES: dict[str, dict[str, Any]] = {

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from convnets.train import TrainConfig, train
+from convnets.training import TrainConfig, train
 
 REGIMES = {
     "scratch": dict(),

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from convnets.train import TrainConfig, train
+from convnets.training import TrainConfig, train
 
 out = Path(sys.argv[1])
 result = train(TrainConfig(model="lenet5", data="digits", image_size=32, out=str(out / "run"), epochs=1,

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import convnets
 from convnets.cli import main as cli_main
 from convnets.evaluate import Ensemble, combine_outputs, evaluate, scores, tta
-from convnets.train import TrainConfig, train
+from convnets.training import TrainConfig, train
 from convnets.weights import save_weights
 
 RUN = dict(model="lenet5", data="digits", image_size=32, batch_size=64, epochs=1, progress=False, device="cpu")

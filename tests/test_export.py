@@ -11,7 +11,7 @@ import convnets
 from convnets import export, fit
 from convnets.cli import main as cli_main
 from convnets.export import ExportMismatchError, export_onnx, quantize_int8, run_onnx, session
-from convnets.train import TrainConfig, train
+from convnets.training import TrainConfig, train
 
 
 def test_export_matches_pytorch_and_leaves_the_model_untouched(tmp_path: Path) -> None:

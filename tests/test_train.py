@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 import convnets
 from convnets.cli import main as cli_main
-from convnets.train import ConfigMismatchError, TrainConfig, TrainingDiverged, train
-from convnets.train import loop as loop_module
-from convnets.train.config import resolve
-from convnets.train.loop import _lr_factor
+from convnets.training import ConfigMismatchError, TrainConfig, TrainingDiverged, train
+from convnets.training import loop as loop_module
+from convnets.training.config import resolve
+from convnets.training.loop import _lr_factor
 from convnets.weights import WeightsMismatchError, atomic_write, load_weights, read_metadata, read_state_dict
 
 # A small model with BatchNorm, dropout and augmentation: everything a resume must restore.

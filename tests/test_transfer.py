@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import convnets
-from convnets.train import ConfigMismatchError, TrainConfig, train
+from convnets.training import ConfigMismatchError, TrainConfig, train
 from convnets.transfer import freeze, freeze_paths, parameter_groups, recommend
 from convnets.weights import WeightsMismatchError, save_weights
 

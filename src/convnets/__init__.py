@@ -4,6 +4,7 @@ from convnets.analysis import count, summary
 from convnets.models.base import ConvNet, InputShapeError, StageInfo
 from convnets.models.efficientnet import efficientnet_scaled
 from convnets.registry import Published, UnknownModelError, create_model, list_models, model_entry, register_model
+from convnets.training import TrainConfig, train  # after create_model: the loop uses it
 
 __version__ = "0.1.0"
 
@@ -12,6 +13,7 @@ __all__ = [
     "InputShapeError",
     "Published",
     "StageInfo",
+    "TrainConfig",
     "UnknownModelError",
     "count",
     "create_model",
@@ -20,4 +22,5 @@ __all__ = [
     "model_entry",
     "register_model",
     "summary",
+    "train",
 ]

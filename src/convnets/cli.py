@@ -8,8 +8,8 @@ import sys
 from convnets import evaluate, export, fit, pretrained
 from convnets.analysis import cli as analysis_cli
 from convnets.data import cli as data_cli
-from convnets.train import cli as train_cli
-from convnets.train.loop import TrainingDiverged
+from convnets.training import cli as train_cli
+from convnets.training.loop import TrainingDiverged
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -247,7 +247,7 @@ def add_parsers(subparsers) -> None:
 
 
 def run_export(args) -> int:
-    from convnets.train.cli import parse_model_args
+    from convnets.training.cli import parse_model_args
 
     model, meta = load_model_or_run(args.source, **parse_model_args(args.model_arg))
     path = Path(args.source)

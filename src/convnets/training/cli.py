@@ -1,4 +1,4 @@
-"""``convnets train``: the command-line face of :func:`convnets.train.train`."""
+"""``convnets train``: the command-line face of :func:`convnets.training.train`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from convnets.train.config import AUGMENT_PRESETS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
+from convnets.training.config import AUGMENT_PRESETS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 
 
 def parse_model_args(items: list[str]) -> dict[str, Any]:
@@ -104,7 +104,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from convnets.train.loop import train
+    from convnets.training.loop import train
 
     train(config_from_args(args))
     return 0

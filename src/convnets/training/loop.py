@@ -35,9 +35,9 @@ from convnets.data.loader import make_loader
 from convnets.models.base import ConvNet
 from convnets.models.inception import AUX_LOSS_WEIGHT
 from convnets.pretrained import get_weights, is_tag, load_pretrained, weights_preprocessing
-from convnets.train import distributed
-from convnets.train.config import TrainConfig, resolve
-from convnets.train.report import MetricsLog, write_report
+from convnets.training import distributed
+from convnets.training.config import TrainConfig, resolve
+from convnets.training.report import MetricsLog, write_report
 from convnets.transfer import FeatureLoader, cached_features, freeze, parameter_groups, recommend
 from convnets.weights import atomic_write, save_weights
 
