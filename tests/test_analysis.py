@@ -316,8 +316,7 @@ def _peer_model(peer: str) -> str | None:
 @pytest.mark.parametrize("peer", sorted(PEERS))
 def test_counts_equal_the_peer_libraries_exactly(peer):
     name = _peer_model(peer)
-    if name is None:
-        pytest.skip(f"no registered model for {peer} yet")
+    assert name is not None, f"no registered model for {peer}"
     params, macs, size = PEERS[peer]
     c = _counted(name, (3, size, size))
     assert c.macs == macs
@@ -326,8 +325,6 @@ def test_counts_equal_the_peer_libraries_exactly(peer):
 
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_counts_reproduce_the_paper_recounts(name):
-    if name not in convnets.list_models():
-        pytest.skip(f"{name} is not registered yet")
     params, macs, unit = PAPER[name]
     c = _counted(name)
     assert c.params == params
@@ -341,16 +338,14 @@ def test_every_model_agrees_with_its_published_figures(name):
     c = _counted(name)
     assert c.output_shape[0] == 1 and c.macs > 0
     pub = entry.published
-    if pub is None:
-        pytest.skip("no published figure")
+    if pub is None:  # nin and the ImageNet plain nets: nothing published to compare with
+        return
     assert agreement(c.params, pub.params, pub.is_exact("params")) != "differs", f"params {c.params:,}"
     assert agreement(c.macs, pub.macs, pub.is_exact("macs")) != "differs", f"MACs {c.macs:,}"
 
 
 @pytest.mark.parametrize(("resolution", "millions"), [(224, 569), (192, 418), (160, 290), (128, 186)])
 def test_mobilenet_v1_resolution_multiplier_matches_the_paper(resolution, millions):
-    if "mobilenet_v1" not in convnets.list_models():
-        pytest.skip("mobilenet_v1 not registered yet")
     macs = _counted("mobilenet_v1", (3, resolution, resolution)).macs
     # Howard et al. 2017, Table 7 rounds inconsistently (290.7M is printed 290): within 1M.
     assert abs(macs / 1e6 - millions) < 1
@@ -365,8 +360,6 @@ def test_agreement_uses_the_rounding_of_the_published_figure():
 
 
 def test_googlenet_aux_heads_hold_params_but_no_inference_macs():
-    if "googlenet_torchvision" not in convnets.list_models():
-        pytest.skip("googlenet not registered yet")
     c = _counted("googlenet_torchvision")
     assert c.params - c.unused_params == 6_624_904  # torchvision's count without aux heads
 
@@ -437,8 +430,6 @@ def test_summary_text_states_the_rule_the_input_and_the_totals():
 
 
 def test_summary_marks_modules_not_run():
-    if "googlenet" not in convnets.list_models():
-        pytest.skip("googlenet not registered yet")
     s = summary(build_for_counting("googlenet"), depth=2)
     aux = [r for r in s.rows if r.calls == 0]
     assert aux and all(r.macs == 0 for r in aux)
