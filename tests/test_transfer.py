@@ -118,3 +118,17 @@ def test_weights_of_another_architecture_list_what_does_not_match(tmp_path: Path
     save_weights(convnets.create_model("lenet5"), path)
     with pytest.raises(WeightsMismatchError, match=r"(?s)does not fit resnet20.*missing.*stem.conv.weight"):
         train(TrainConfig(model="resnet20", weights=str(path), out=str(tmp_path / "r"), **BASE))
+
+
+def test_weights_for_other_classes_get_a_new_classifier_even_with_the_same_count(tmp_path, capsys) -> None:
+    path = tmp_path / "other.safetensors"
+    source = convnets.create_model("lenet5")
+    save_weights(source, path, dict(model="lenet5", num_classes=10, in_chans=1, input_size=[1, 32, 32],
+                                    mean=[0.3], std=[0.3], classes=[f"c{i}" for i in range(10)]))
+    # A learning rate so small that one step leaves any head where it was: a changed head was replaced.
+    result = train(TrainConfig(model="lenet5", weights=str(path), freeze="all-but-head", epochs=1, max_steps=1,
+                               lr=1e-12, out=str(tmp_path / "run"), **BASE))
+    assert "new classifier for the classes of digits" in capsys.readouterr().out
+    assert torch.equal(source.stages[0].conv.weight,
+                       result.model.stages[0].conv.weight.cpu())  # the trunk came from the file
+    assert not torch.allclose(source.head.fc.weight, result.model.head.fc.weight.cpu(), atol=1e-3)

@@ -185,14 +185,15 @@ def weights_preprocessing(weights: str | Path, model: str) -> dict:
     """
     if is_tag(weights):
         spec = get_weights(model, str(weights))
-        return dict(input_size=spec.input_size, mean=spec.mean, std=spec.std, model_kwargs=spec.model_kwargs)
+        return dict(input_size=spec.input_size, mean=spec.mean, std=spec.std, model_kwargs=spec.model_kwargs,
+                    classes=list(spec.categories) or None)
     path = _local_file(weights)
     if path.suffix == ".safetensors":
         meta = read_metadata(path)
         if "input_size" in meta and "mean" in meta:
             return dict(input_size=tuple(meta["input_size"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]),
-                        model_kwargs=meta.get("model_kwargs", {}))
-    return dict(input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, model_kwargs={})
+                        model_kwargs=meta.get("model_kwargs", {}), classes=meta.get("classes"))
+    return dict(input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, model_kwargs={}, classes=None)
 
 
 def load_pretrained(model: nn.Module, weights: str | Path, cache_dir: str | Path | None = None) -> WeightSpec | None:

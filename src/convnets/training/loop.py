@@ -122,6 +122,12 @@ class _Run:
                                            **model_kwargs)
         if cfg.weights and not cfg.resume:
             load_pretrained(self.model, cfg.weights)
+            trained_on = self.preprocessing.get("classes")
+            if trained_on and list(trained_on) != list(dataset.classes) and len(trained_on) == dataset.num_classes:
+                # Same number of classes, other classes: the old classifier would only mislead.
+                self.model.reset_classifier(dataset.num_classes)
+                self._say(f"new classifier for the classes of {dataset.name} (the weights' predicted "
+                          f"{', '.join(map(str, trained_on[:3]))}, ...)")
         self.frozen = self._freeze() if cfg.freeze else []
         self.model.to(ctx.device)
         self.cached = cfg.cache_features
