@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         sys.stderr.close()
         return 0
-    except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError, TrainingDiverged,
+    except (ValueError, KeyError, FileNotFoundError, ConnectionError, ModuleNotFoundError, TrainingDiverged,
             export.ExportMismatchError) as err:
         # Errors the user can act on get one line, not a traceback.
         print(f"convnets {args.command}: error: {err}", file=sys.stderr)
