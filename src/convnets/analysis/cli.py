@@ -17,8 +17,8 @@ from convnets.analysis.table import DEFAULT_DEPTH, summary
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add ``summary``, ``list`` and ``cost`` to the main ``convnets`` parser."""
-    _add_summary(subparsers)
     _add_list(subparsers)
+    _add_summary(subparsers)
     _add_cost(subparsers)
 
 
