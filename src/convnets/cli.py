@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convnets import evaluate, export, fit, pretrained
+from convnets import evaluate, experiments, export, fit, pretrained
 from convnets.analysis import cli as analysis_cli
 from convnets.data import cli as data_cli
 from convnets.training import cli as train_cli
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parsers(sub)
     fit.add_parsers(sub)
     pretrained.add_parsers(sub)
+    experiments.add_parsers(sub)
     return parser
 
 
