@@ -82,3 +82,11 @@ def test_cli_export_with_int8_reports_the_accuracy_change(tmp_path: Path, capsys
     out = capsys.readouterr().out
     assert "max |ONNX - PyTorch|" in out and "int8 changes test accuracy by" in out
     assert (run / "export" / "lenet5.onnx").exists() and (run / "export" / "lenet5.int8.onnx").exists()
+
+
+def test_export_without_onnx_says_what_to_install(tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if onnx were not installed
+    with pytest.raises(ModuleNotFoundError, match=r"onnx is missing.*convnets\[deploy\]"):
+        export_onnx(convnets.create_model("lenet5"), tmp_path / "l.onnx", torch.randn(1, 1, 32, 32))

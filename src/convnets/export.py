@@ -28,10 +28,12 @@ class ExportMismatchError(RuntimeError):
 
 
 def _require_onnxruntime():
-    try:
+    try:  # optional dependencies: the exporter needs onnx, running the model needs onnxruntime
+        import onnx  # noqa: F401
         import onnxruntime
-    except ModuleNotFoundError as err:  # an optional dependency
-        raise ModuleNotFoundError("export needs onnx and onnxruntime: pip install 'convnets[deploy]'") from err
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(f"export needs onnx and onnxruntime ({err.name} is missing): "
+                                  "pip install 'convnets[deploy]'") from err
     return onnxruntime
 
 
@@ -75,6 +77,7 @@ def export_onnx(model: ConvNet, path: str | Path, check_inputs: torch.Tensor, *,
     Raises:
         ExportMismatchError: max |onnx - torch| > ``tolerance`` x max(1, max |logit|).
     """
+    _require_onnxruntime()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A copy in eval mode: the exporter runs the module it is given, and a module left in training
