@@ -27,6 +27,7 @@ class Result:
     data: dict[str, Any]
     figure: Path | None = None
     notes: list[str] = field(default_factory=list)
+    out: Path | None = None
 
     def write(self, out: Path, budget: str) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -66,6 +67,7 @@ def run_experiment(name: str, budget: str = "small", out: str | Path | None = No
     out = Path(out) if out else Path("runs") / "experiments" / name
     result = EXPERIMENTS[name][1](budget, out)
     result.write(out, budget)
+    result.out = out
     return result
 
 
@@ -91,6 +93,5 @@ def _run(args) -> int:
     print(result.table)
     for note in result.notes:
         print(f"- {note}")
-    out = Path(args.out) if args.out else Path("runs") / "experiments" / args.name
-    print(f"\nwrote {out}/results.md, results.json" + (f", {result.figure.name}" if result.figure else ""))
+    print(f"\nwrote {result.out}/results.md, results.json" + (f", {result.figure.name}" if result.figure else ""))
     return 0
