@@ -836,24 +836,26 @@ def load_dataset(
     )
 
 
-def subsample_per_class(dataset: Dataset, per_class: int, seed: int = 0) -> Dataset:
-    """The dataset with at most ``per_class`` training examples of each class (a seeded, fixed choice).
+def subsample_per_class(dataset: Dataset, per_class: int, seed: int = 0, split: str = "train") -> Dataset:
+    """The dataset with at most ``per_class`` examples of each class in ``split`` (a seeded, fixed choice).
 
-    For learning-curve and transfer experiments ("10 examples per class"). The test split and
+    For learning-curve and transfer experiments ("10 examples per class"). The other split and
     the normalisation statistics are kept, so results stay comparable across sizes.
     """
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1, got {per_class}")
-    labels = dataset.train.labels
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    labels = getattr(dataset, split).labels
     generator = torch.Generator().manual_seed(seed)
     keep = []
     for c in range(dataset.num_classes):
         members = (labels == c).nonzero().flatten()
         keep.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
     index = torch.cat(keep).sort().values
-    if isinstance(dataset.train, TensorSplit):
-        train = TensorSplit(dataset.train.images[index], labels[index])
+    part = getattr(dataset, split)
+    if isinstance(part, TensorSplit):
+        kept = TensorSplit(part.images[index], labels[index])
     else:
-        split = dataset.train
-        train = ImageFolderSplit([split.samples[i] for i in index.tolist()], split.image_size, split.channels)
-    return dataclasses.replace(dataset, train=train)
+        kept = ImageFolderSplit([part.samples[i] for i in index.tolist()], part.image_size, part.channels)
+    return dataclasses.replace(dataset, **{split: kept})

@@ -14,7 +14,72 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 BUDGETS = ("tiny", "small", "full")  # tiny: a seconds-long smoke run for the test suite
+MODULES = ("costs", "degradation", "architecture", "practice", "classic")  # each registers its experiments
+
+
+@dataclass
+class Trained:
+    """One finished training run of an experiment: its per-epoch metrics and where its weights are."""
+
+    name: str
+    out: Path
+    config: dict[str, Any]
+    rows: list[dict[str, Any]]
+    test_accuracy: float
+    seconds: float
+    steps: int
+
+    def model(self) -> nn.Module:
+        """The trained network (CPU, eval mode), rebuilt from its config and last weights."""
+        from convnets.weights import load_weights
+
+        return load_weights(self.out / "last.safetensors").eval()
+
+
+@dataclass
+class Setting:
+    """Where and how an experiment runs: its budget, output directory, data and CPU threads."""
+
+    budget: str
+    out: Path
+    data: str = "fashion-mnist"
+    data_dir: str | None = None
+    threads: int | None = None
+
+    def pick(self, tiny: Any, small: Any, full: Any) -> Any:
+        """The value for this budget."""
+        return {"tiny": tiny, "small": small, "full": full}[self.budget]
+
+    def train(self, name: str, model: str, **config: Any) -> Trained:
+        """Train ``model`` into ``out/runs/name`` with :func:`convnets.train`.
+
+        A run already finished with the same configuration is read back instead of trained again,
+        and one that was interrupted resumes from its checkpoint, so re-running an experiment after
+        a stop only does the work that is left.
+        """
+        from convnets.training import TrainConfig, train
+        from convnets.training.loop import STATE_FILE
+
+        out = self.out / "runs" / name
+        config = TrainConfig(**{"data": self.data, "data_dir": self.data_dir, "threads": self.threads,
+                                "progress": False, **config, "model": model, "out": str(out)}).to_dict()
+        done = out / "trained.json"
+        if done.exists():
+            saved = json.loads(done.read_text())
+            if saved["request"] == config:
+                return Trained(name, out, saved["config"], saved["rows"], saved["test_accuracy"], saved["seconds"],
+                               saved["steps"])
+        resume = (out / STATE_FILE).exists() and (out / "config.json").exists()
+        result = train(TrainConfig(**{**config, "resume": resume}))
+        resolved = json.loads((out / "config.json").read_text())
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+        record = {"request": config, "config": resolved, "rows": rows, "test_accuracy": result.test_accuracy,
+                  "seconds": result.seconds, "steps": result.steps}
+        done.write_text(json.dumps(record, indent=1) + "\n")
+        return Trained(name, out, resolved, rows, result.test_accuracy, result.seconds, result.steps)
 
 
 @dataclass
@@ -40,7 +105,33 @@ class Result:
         (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
-Experiment = Callable[[str, Path], Result]
+def markdown_table(header: list[str], rows: list[list[Any]], align: str | None = None) -> str:
+    """A markdown table; ``align`` is one character per column, ``l`` or ``r`` (default: first left)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = ["---" if a == "l" else "---:" for a in align]
+    lines = [header, rule, *[[str(c) for c in r] for r in rows]]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def plot(path: Path, draw: Callable[..., Any], panels: int = 1, size: tuple[float, float] = (7, 4.2)) -> Path:
+    """Draw a figure of ``panels`` side-by-side axes with ``draw(ax)`` (or ``draw(axes)``) and save it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, panels, figsize=(size[0] * panels if panels > 1 else size[0], size[1]))
+    draw(axes)
+    for ax in (axes if panels > 1 else [axes]):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+Experiment = Callable[[Setting], Result]
 EXPERIMENTS: dict[str, tuple[str, Experiment]] = {}
 
 
@@ -56,16 +147,26 @@ def experiment(name: str, summary: str) -> Callable[[Experiment], Experiment]:
     return register
 
 
-def run_experiment(name: str, budget: str = "small", out: str | Path | None = None) -> Result:
-    """Run one experiment and write its files to ``out`` (default ``runs/experiments/NAME``)."""
-    from convnets.experiments import costs  # noqa: F401  (registers the experiments)
+def _register_all() -> None:
+    import importlib
 
+    for module in MODULES:
+        importlib.import_module(f"convnets.experiments.{module}")
+
+
+def run_experiment(name: str, budget: str = "small", out: str | Path | None = None, *, data: str = "fashion-mnist",
+                   data_dir: str | None = None, threads: int | None = None) -> Result:
+    """Run one experiment and write its files to ``out`` (default ``runs/experiments/NAME``).
+
+    ``data`` is the dataset of the experiments that train (``fashion-mnist``, ``cifar10``...).
+    """
+    _register_all()
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
     if budget not in BUDGETS:
         raise ValueError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
     out = Path(out) if out else Path("runs") / "experiments" / name
-    result = EXPERIMENTS[name][1](budget, out)
+    result = EXPERIMENTS[name][1](Setting(budget, out, data, data_dir, threads))
     result.write(out, budget)
     result.out = out
     return result
@@ -77,18 +178,23 @@ def add_parsers(subparsers) -> None:
                               "figure, results.json and results.md to --out.")
     p.add_argument("name", nargs="?", help="experiment name (omit to list them)")
     p.add_argument("--budget", choices=BUDGETS, default="small")
-    p.add_argument("--out", help="output directory (default runs/experiments/NAME)")
+    p.add_argument("--out", help="output directory (default runs/experiments/NAME); re-running with the same "
+                   "--out reuses finished training runs and resumes an interrupted one")
+    p.add_argument("--data", default="fashion-mnist", help="dataset of the experiments that train (default "
+                   "fashion-mnist; cifar10 when you have its files)")
+    p.add_argument("--data-dir", help="where named datasets are looked up")
+    p.add_argument("--threads", type=int, help="CPU threads (1 avoids stalls on a machine shared with other work)")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    from convnets.experiments import costs  # noqa: F401
-
+    _register_all()
     if not args.name:
         for name, (summary, _) in sorted(EXPERIMENTS.items()):
             print(f"{name:<14} {summary}")
         return 0
-    result = run_experiment(args.name, args.budget, args.out)
+    result = run_experiment(args.name, args.budget, args.out, data=args.data, data_dir=args.data_dir,
+                            threads=args.threads)
     print(f"{result.name}: {result.claim}\n")
     print(result.table)
     for note in result.notes:

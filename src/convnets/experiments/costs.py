@@ -6,13 +6,11 @@ repeated forward passes on the machine the experiment runs on.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from convnets.analysis import count
-from convnets.experiments import Result, experiment
+from convnets.experiments import Result, Setting, experiment, plot
 from convnets.export import median_latency_ms
 
 
@@ -26,24 +24,9 @@ def _time_ms(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
     return median_latency_ms(run, repeats=repeats, warmup=2)
 
 
-def _plot(path: Path, draw) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    draw(ax)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 @experiment("one-by-one", "1x1 convolutions shrink channels cheaply and equal a per-pixel fully connected layer")
-def one_by_one(budget: str, out: Path) -> Result:
+def one_by_one(setting: Setting) -> Result:
+    budget, out = setting.budget, setting.out
     h, c_in, c_out = 28, 192, 32  # the course's 28x28x192 -> 28x28x32
     repeats = {"tiny": 3, "small": 20, "full": 50}[budget]
     x = torch.randn(8, c_in, h, h)
@@ -64,7 +47,7 @@ def one_by_one(budget: str, out: Path) -> Result:
     table = ["| conv to 32 channels | MACs (formula) | MACs (counted) | ms per batch of 8 |", "|---|---:|---:|---:|"]
     table += [f"| {r['kernel']}x{r['kernel']} | {r['formula_macs']:,} | {r['counted_macs']:,} | {r['ms_batch8']:.2f} |"
               for r in rows]
-    figure = _plot(out / "one_by_one.png", lambda ax: (
+    figure = plot(out / "one_by_one.png", lambda ax: (
         ax.bar([f"{r['kernel']}x{r['kernel']}" for r in rows], [r["counted_macs"] / 1e6 for r in rows]),
         ax.set(ylabel="MACs (millions)", title="28x28x192 -> 28x28x32: the 1x1 conv is the cheap one")))
     notes = [f"1x1 conv vs the same weights as a per-pixel fully connected layer: max |difference| = {diff:.2e}",
@@ -75,7 +58,8 @@ def one_by_one(budget: str, out: Path) -> Result:
 
 
 @experiment("depthwise", "normal vs depthwise-separable convolution: formula, counted MACs, measured time")
-def depthwise(budget: str, out: Path) -> Result:
+def depthwise(setting: Setting) -> Result:
+    budget, out = setting.budget, setting.out
     h, c_in = {"tiny": (14, 32), "small": (28, 128), "full": (56, 128)}[budget]
     outs = {"tiny": (16, 64), "small": (16, 32, 64, 128, 256, 512), "full": (16, 32, 64, 128, 256, 512)}[budget]
     kernels = {"tiny": (3,), "small": (3, 5), "full": (3, 5, 7)}[budget]
@@ -112,7 +96,7 @@ def depthwise(budget: str, out: Path) -> Result:
         ax.set_yticks(ticks, [f"{t:g}x" for t in ticks])
         ax.legend(fontsize=8)
 
-    figure = _plot(out / "depthwise.png", draw)
+    figure = plot(out / "depthwise.png", draw)
     worst = min(rows, key=lambda r: r["measured_speedup"] * r["counted_ratio"])
     notes = ["counted ratio equals 1/n_C' + 1/f^2 exactly in every row" if all(
         abs(r["counted_ratio"] - r["formula_ratio"]) < 1e-12 for r in rows) else "counted ratio differs from formula!",

@@ -57,6 +57,7 @@ def _add_transfer_arguments(p: argparse.ArgumentParser, *, weights_required: boo
                    help="run the frozen trunk once and train the head on cached features (needs all-but-head)")
     p.add_argument("--cache-dir", help="where cached features go (default ~/.cache/convnets/features)")
     p.add_argument("--train-per-class", type=int, help="keep only N training examples per class (seeded)")
+    p.add_argument("--test-per-class", type=int, help="evaluate on only N test examples per class (fixed choice)")
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:

@@ -61,6 +61,8 @@ class TrainConfig:
         cache_dir: where cached features go (default ``~/.cache/convnets/features``).
         train_per_class: keep only this many training examples per class (seeded), for
             small-data experiments.
+        test_per_class: evaluate on only this many test examples per class (a fixed, seeded
+            choice), for experiments that evaluate often on a small budget.
         threads: CPU threads for the model (default: PyTorch's, one per core). On a machine
             shared with other work, 1 avoids the stalls of a thread team waiting for a busy core.
     """
@@ -99,6 +101,7 @@ class TrainConfig:
     cache_features: bool = False
     cache_dir: str | None = None
     train_per_class: int | None = None
+    test_per_class: int | None = None
     threads: int | None = None
 
     @classmethod

@@ -116,6 +116,8 @@ class _Run:
                                           std=tuple(self.preprocessing["std"]))
         if cfg.train_per_class:
             dataset = subsample_per_class(dataset, cfg.train_per_class, cfg.seed)
+        if cfg.test_per_class:
+            dataset = subsample_per_class(dataset, cfg.test_per_class, seed=0, split="test")
         self.dataset = dataset
         _check_fit(cfg, probe, dataset)
         self.model = convnets.create_model(cfg.model, num_classes=dataset.num_classes, in_chans=dataset.channels,
