@@ -11,7 +11,7 @@ from convnets.cli import main as cli_main
 from convnets.experiments import EXPERIMENTS, run_experiment
 
 
-@pytest.mark.parametrize("name", ["one-by-one", "depthwise"])
+@pytest.mark.parametrize("name", ["one-by-one", "depthwise", "degradation", "classic"])
 def test_experiment_writes_its_files(name: str, tmp_path: Path) -> None:
     result = run_experiment(name, "tiny", tmp_path)
     data = json.loads((tmp_path / "results.json").read_text())
@@ -37,3 +37,29 @@ def test_cli_lists_and_refuses_unknown_experiments(capsys) -> None:
     assert "one-by-one" in listed and "depthwise" in listed and len(EXPERIMENTS) >= 2
     assert cli_main(["experiment", "degradationn"]) == 2
     assert "unknown experiment 'degradationn'" in capsys.readouterr().err
+
+
+def test_degradation_trains_both_families_with_one_recipe(tmp_path: Path) -> None:
+    data = run_experiment("degradation", "tiny", tmp_path, threads=1).data
+    assert set(data["runs"]) == {"plain20", "resnet20"}
+    steps = [[row["step"] for row in run["rows"]] for run in data["runs"].values()]
+    assert steps[0] == steps[1] and steps[0][-1] > 0  # same iterations on the x axis for both panels
+    assert "| 20 |" in (tmp_path / "results.md").read_text()
+
+
+def test_rerunning_an_experiment_reuses_its_finished_training_runs(tmp_path: Path) -> None:
+    first = run_experiment("classic", "tiny", tmp_path, threads=1)
+    trained = tmp_path / "runs" / "lenet5" / "last.safetensors"
+    stamp = trained.stat().st_mtime_ns
+    second = run_experiment("classic", "tiny", tmp_path, threads=1)
+    assert trained.stat().st_mtime_ns == stamp  # read back, not trained again
+    assert [r["test_accuracy"] for r in second.data["rows"]] == [r["test_accuracy"] for r in first.data["rows"]]
+
+
+def test_classic_counts_each_network_at_its_training_size(tmp_path: Path) -> None:
+    from convnets import create_model
+    from convnets.analysis import count
+
+    rows = {r["model"]: r for r in run_experiment("classic", "tiny", tmp_path, threads=1).data["rows"]}
+    assert rows["resnet20"]["macs"] == count(create_model("resnet20", num_classes=10, in_chans=1), (1, 32, 32)).macs
+    assert rows["lenet5"]["params"] == 61_706
