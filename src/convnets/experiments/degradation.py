@@ -74,7 +74,7 @@ def degradation(setting: Setting) -> Result:
                          f"{', '.join(map(str, depths))})")
         deepest = depths[-1]
         gap = errors[("plain", deepest)][0] - errors[("resnet", deepest)][0]
-        notes.append(f"at depth {deepest} the ResNet's training error is {100 * gap:+.1f} points "
+        notes.append(f"at depth {deepest} the ResNet's training error is {100 * abs(gap):.1f} points "
                      f"{'below' if gap > 0 else 'above'} the plain net's (same parameters, same recipe)")
     first = next(iter(runs.values()))
     notes.append(f"data: {setting.data}, {first.config['train_per_class'] or 'all'} training images per class, "
