@@ -80,6 +80,11 @@ def _canonical(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
+def unregister_model(name: str) -> None:
+    """Remove a model registered for a while (an experiment's own variant); unknown names are ignored."""
+    _REGISTRY.pop(_canonical(name), None)
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style pattern, e.g. ``list_models("resnet*")``."""
     _load_families()

@@ -75,7 +75,8 @@ class Setting:
         resume = (out / STATE_FILE).exists() and (out / "config.json").exists()
         result = train(TrainConfig(**{**config, "resume": resume}))
         resolved = json.loads((out / "config.json").read_text())
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+        metrics = out / "metrics.jsonl"  # absent when max_steps ends the run inside its first epoch
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line] if metrics.exists() else []
         record = {"request": config, "config": resolved, "rows": rows, "test_accuracy": result.test_accuracy,
                   "seconds": result.seconds, "steps": result.steps}
         done.write_text(json.dumps(record, indent=1) + "\n")

@@ -41,8 +41,8 @@ def classic(setting: Setting) -> Result:
         kwargs = {} if native else _small_input_kwargs(model)
         image_size = model_entry(model).input_size[1] if native else 32
         run = setting.train(model, model, image_size=image_size, model_kwargs=kwargs, seed=0, **budget)
-        channels = 1 if setting.data == "fashion-mnist" else 3
-        cost = count(run.model(), (channels, image_size, image_size))
+        net = run.model()
+        cost = count(net, (net.in_chans, image_size, image_size))
         runs[model] = run
         rows.append({"model": model, "params": cost.params, "macs": cost.macs, "image_size": image_size,
                      "seconds": run.seconds, "images_per_s": run.rows[-1]["images_per_s"],
@@ -56,9 +56,10 @@ def classic(setting: Setting) -> Result:
           f"{r['published']:.3f}" if r["published"] else ""] for r in rows])
 
     def draw(ax) -> None:
-        for r in rows:
+        for i, r in enumerate(sorted(rows, key=lambda r: (r["test_accuracy"], r["macs"]))):
             ax.scatter(r["macs"], r["test_accuracy"], s=30, zorder=3)
-            ax.annotate(r["model"], (r["macs"], r["test_accuracy"]), fontsize=7, xytext=(4, 3),
+            # Alternate labels above and below: networks at the same accuracy would overwrite each other.
+            ax.annotate(r["model"], (r["macs"], r["test_accuracy"]), fontsize=7, xytext=(4, 4 if i % 2 else -10),
                         textcoords="offset points")
             if r["published"]:
                 ax.scatter(r["macs"], r["published"], s=40, facecolors="none", edgecolors="black", zorder=3)
@@ -68,17 +69,21 @@ def classic(setting: Setting) -> Result:
         ax.scatter([], [], s=40, facecolors="none", edgecolors="black", label="published figure, same family")
         ax.set(xscale="log", xlabel="MACs per image (this run's input size)", ylabel="test accuracy",
                title=f"{setting.data}: every network on the same data and budget")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="center right")
 
     figure = plot(setting.out / "classic.png", draw, size=(8, 5))
     best = max(rows, key=lambda r: r["test_accuracy"])
     cheapest = min((r for r in rows if r["test_accuracy"] >= best["test_accuracy"] - 0.01), key=lambda r: r["macs"])
     first = runs[models[0]]
+    num_classes = net.num_classes
+    stuck = [r for r in rows if r["test_accuracy"] <= 1 / num_classes + 0.02]
     notes = [f"budget: {first.config['train_per_class'] or 'all'} training images per class, "
              f"{first.config['epochs']} epochs, batch {first.config['batch_size']}, each network with its own "
              f"recipe; test accuracy on {first.config['test_per_class'] or 'all'} test images per class",
              f"best: {best['model']} at {best['test_accuracy']:.4f}; the cheapest within one point of it: "
              f"{cheapest['model']} ({cheapest['macs'] / 1e6:,.1f}M MACs vs {best['macs'] / 1e6:,.1f}M)",
+             *([f"at chance (1/{num_classes}) after this budget: {', '.join(r['model'] for r in stuck)}: "
+                "still predicting one class"] if stuck else []),
              "published figures come from the dataset's benchmark table, each at its submitter's own (much "
              "longer) budget and preprocessing: they show where each family ends, not a same-budget comparison"]
     return Result("classic", "each generation of these architectures buys more accuracy per multiplication: "

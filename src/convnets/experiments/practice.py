@@ -1,1 +1,392 @@
-"""placeholder"""
+"""Practice experiments: transfer learning and augmentation by amount of data, and ensembles and
+multi-crop against the inference cost they multiply.
+
+Every model trains through :meth:`Setting.train` (a re-run reuses finished runs) and is evaluated
+with the library's own pieces: test-time views by :func:`convnets.evaluate.tta` (with
+:func:`~convnets.evaluate.view_kwargs`), members combined by :func:`~convnets.evaluate.combine_outputs`
+and timed as one :class:`~convnets.evaluate.Ensemble`, MACs counted by :func:`convnets.analysis.count`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from convnets.analysis import count
+from convnets.data.augment import get_preset
+from convnets.data.datasets import load_dataset, subsample_per_class
+from convnets.data.loader import make_loader
+from convnets.data.views import tta_views
+from convnets.evaluate import Ensemble, Member, combine_outputs, load_member, scores, tta, view_kwargs
+from convnets.experiments import Result, Setting, Trained, experiment, markdown_table, plot
+from convnets.export import median_latency_ms
+from convnets.registry import create_model
+from convnets.training.config import AUGMENT_PRESETS
+from convnets.transfer import recommend
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text)
+
+
+def _size_label(per_class: int | None) -> str:
+    return "all" if per_class is None else str(per_class)
+
+
+def _train_sizes(data: str, data_dir: str | None, sizes: Sequence[int | None]) -> tuple[list[int], int]:
+    """Training images of ``data`` cut to each of ``sizes`` examples per class (None: all), as a run sees
+    them, and the number of classes."""
+    dataset = load_dataset(data, data_dir=data_dir)
+    counts = [len(dataset.train if s is None else subsample_per_class(dataset, s).train) for s in sizes]
+    return counts, dataset.num_classes
+
+
+def _members_and_test_set(setting: Setting, runs: Sequence[Trained], per_class: int | None) -> tuple[list[Member],
+                                                                                                       Batches]:
+    """The runs' final weights, and their test split prepared as they were trained (size, channels,
+    normalisation), cut to ``per_class`` images per class (None: all) by the same fixed choice as training."""
+    members = [load_member(run.out / "last.safetensors") for run in runs]
+    first = members[0]
+    if any((m.input_size, m.mean, m.std) != (first.input_size, first.mean, first.std) for m in members):
+        raise ValueError("the runs were trained with different preprocessing; evaluate them separately")
+    c, h, _ = first.input_size
+    dataset = load_dataset(runs[0].config["data"], data_dir=setting.data_dir, image_size=h, channels=c)
+    dataset = dataclasses.replace(dataset, mean=first.mean, std=first.std)
+    if per_class is not None:
+        dataset = subsample_per_class(dataset, per_class, seed=0, split="test")
+    return members, list(make_loader(dataset, "test", batch_size=500))
+
+
+def _probabilities(member: Member, batches: Batches, views: str) -> torch.Tensor:
+    """Class probabilities of the whole test set, averaged over ``views``."""
+    kwargs = view_kwargs(views, member.input_size[1], member.mean, member.std)
+    return torch.cat([tta(member.model, x, views, **kwargs) for x, _ in batches])
+
+
+def _labels(batches: Batches) -> torch.Tensor:
+    return torch.cat([y for _, y in batches])
+
+
+# ---------------------------------------------------------------------------------------------
+# transfer
+
+# The four regimes, from training everything anew to reusing everything but the classifier.
+TRANSFER_REGIMES: dict[str, dict[str, Any]] = {
+    "scratch": {},
+    "frozen + new head (cached)": dict(freeze="all-but-head", cache_features=True),
+    "fine-tune last stage": dict(freeze="2", pretrained_lr_scale=0.1),  # stem and first two of three stages frozen
+    "fine-tune all": dict(freeze="none", pretrained_lr_scale=0.1),
+}
+
+
+def _transfer_schedule(n_train: int, steps: int, min_epochs: int) -> tuple[int, int]:
+    """Batch size and epochs for about ``steps`` optimizer steps on ``n_train`` images."""
+    batch = min(32, max(8, n_train // 4))
+    return batch, min(200, max(min_epochs, math.ceil(steps / (n_train // batch))))
+
+
+def _advised_regime(per_class: float, num_stages: int) -> str:
+    """The regime closest to what ``--freeze auto`` (the case studies' advice) picks for this much data."""
+    spec, _ = recommend(per_class, num_stages)
+    return {"all-but-head": "frozen + new head (cached)", "none": "fine-tune all"}.get(spec, "fine-tune last stage")
+
+
+@experiment("transfer", "Fashion-MNIST -> digits: scratch, frozen trunk, fine-tune last stage or all, by data size")
+def transfer(setting: Setting) -> Result:
+    model, weights, target = "resnet20", "fashion-mnist", "digits"  # target is fixed: setting.data is the source's
+    sizes: tuple[int | None, ...] = setting.pick((5, 10), (10, 30, None), (1, 3, 10, 30, None))
+    steps = setting.pick(4, 300, 1000)  # about this many optimizer steps per run
+    min_epochs = setting.pick(1, 10, 10)
+    seeds = setting.pick((0,), (0,), (0, 1, 2, 3, 4))  # a seed also picks the training subset
+    test_per_class = setting.pick(5, None, None)
+    num_stages = len(create_model(model, num_classes=10, in_chans=1).stage_info)
+    n_test = len(load_dataset(target).test) if test_per_class is None else None
+    counts, num_classes = _train_sizes(target, None, sizes)
+    rows = []
+    for per_class, n_train in zip(sizes, counts, strict=True):
+        batch, epochs = _transfer_schedule(n_train, steps, min_epochs)
+        for regime, extra in TRANSFER_REGIMES.items():
+            for seed in seeds:
+                pretrained = {"weights": weights} if regime != "scratch" else {}
+                run = setting.train(f"{_slug(regime)}-{_size_label(per_class)}-s{seed}", model, data=target,
+                                    image_size=28, batch_size=batch, epochs=epochs, train_per_class=per_class,
+                                    test_per_class=test_per_class, augment="light", seed=seed,
+                                    cache_dir=str(setting.out / "runs" / "features"), **pretrained, **extra)
+                rows.append({"per_class": _size_label(per_class), "examples_per_class": n_train / num_classes,
+                             "n_train": n_train, "regime": regime, "seed": seed, "test_accuracy": run.test_accuracy,
+                             "epochs": epochs, "batch_size": batch, "steps": run.steps, "seconds": run.seconds})
+
+    def mean(label: str, regime: str) -> float:
+        return statistics.fmean(r["test_accuracy"] for r in rows if r["per_class"] == label and r["regime"] == regime)
+
+    labels = [_size_label(s) for s in sizes]
+    summary = []
+    for label in labels:
+        first = next(r for r in rows if r["per_class"] == label)
+        accs = {regime: mean(label, regime) for regime in TRANSFER_REGIMES}
+        summary.append({"per_class": label, "examples_per_class": first["examples_per_class"],
+                        "n_train": first["n_train"], "accuracy": accs, "best": max(accs, key=accs.get),
+                        "advised": _advised_regime(first["examples_per_class"], num_stages)})
+    table = markdown_table(
+        ["examples per class", "training images", *TRANSFER_REGIMES, "advice (--freeze auto)", "best"],
+        [[s["per_class"] if s["per_class"] != "all" else f"all (~{s['examples_per_class']:.0f})", s["n_train"],
+          *[f"**{a:.4f}**" if r == s["best"] else f"{a:.4f}" for r, a in s["accuracy"].items()],
+          s["advised"], s["best"]] for s in summary], align="rr" + "r" * len(TRANSFER_REGIMES) + "ll")
+
+    def draw(ax) -> None:
+        xs = [s["examples_per_class"] for s in summary]
+        for regime in TRANSFER_REGIMES:
+            ax.plot(xs, [s["accuracy"][regime] for s in summary], marker="o", label=regime)
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(xs, [s["per_class"] if s["per_class"] != "all" else f"all\n({x:.0f})" for s, x in
+                           zip(summary, xs, strict=True)])
+        ax.set(xlabel="training examples per class", ylabel="test accuracy",
+               title=f"{model} pretrained on Fashion-MNIST, transferred to digits")
+        ax.legend(fontsize=8)
+
+    figure = plot(setting.out / "transfer.png", draw)
+    matches = sum(s["best"] == s["advised"] for s in summary)
+    n_eval = n_test or num_classes * test_per_class
+    # Two binomial standard errors of the best accuracy at each size, in points, shrunk by the seeds averaged.
+    ties = ", ".join(f"{200 * math.sqrt(a * (1 - a) / (n_eval * len(seeds))):.1f}"
+                     for a in (max(s["accuracy"].values()) for s in summary))
+    frozen = "frozen + new head (cached)"
+    gaps = ", ".join(f"{100 * (max(s['accuracy'].values()) - s['accuracy'][frozen]):.1f}" for s in summary)
+    notes = [
+        f"source: the shipped {model} weights '{weights}' (Fashion-MNIST); target: scikit-learn's 8x8 digits "
+        f"upsampled to 28x28, each transfer run with a new classifier; "
+        + (f"{n_test} test images (one image = {100 / n_test:.2f} points)" if n_test else
+           f"{test_per_class} test images per class"),
+        f"about {steps} optimizer steps per run (batch min(32, n/4), at least {min_epochs} epochs), SGD at the "
+        "recipe's lr 0.1, pretrained layers that still train at 0.01; `light` augmentation as in the old "
+        "benchmark, whose mirror flips are no digit's natural variation (a handicap shared by every regime)",
+        f"seeds {', '.join(map(str, seeds))} (a seed also draws the training subset); accuracies are the mean over "
+        "them, each the last epoch's",
+        f"the advice's regime was the measured best at {matches} of {len(summary)} sizes; the frozen trunk + new "
+        f"head stayed behind the best regime by {gaps} points (by size, smallest first)",
+        f"regimes closer than two standard errors of the best accuracy on {n_eval} test images ({ties} points by "
+        f"size, {len(seeds)} seed(s)) are a tie at this budget",
+        "--freeze auto would freeze the stem and the first stage for 100-1000 examples per class; the nearest "
+        "regime here, fine-tune last stage, freezes two of the three stages",
+    ]
+    return Result("transfer", "with little data freeze all but the head; with more, fine-tune more layers; with a "
+                  "lot, fine-tune everything or train from scratch", table,
+                  {"model": model, "weights": weights, "target": target, "steps": steps, "seeds": list(seeds),
+                   "summary": summary, "runs": rows}, figure, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentation
+
+
+@experiment("augmentation", "no, light, standard and heavy augmentation with 1%, 10% and 100% of the training data")
+def augmentation(setting: Setting) -> Result:
+    model = setting.pick("lenet5", "lenet5", "resnet20")
+    sizes: tuple[int | None, ...] = setting.pick((5, 20), (60, 600, None), (60, 600, None))
+    batch = setting.pick(16, 128, 128)
+    # The same number of optimizer steps for every run, so that the small-data runs are not simply
+    # trained less: small is 4 epochs of the full 60,000 images (the lenet5 recipe has 8), full is 30.
+    steps = setting.pick(6, 4 * 468, 30 * 468)
+    monitor = setting.pick(5, 20, 100)  # test images per class evaluated after each epoch (the curves only)
+    final = setting.pick(5, None, None)  # the reported accuracy: the last weights on this many per class (None: all)
+    (n_all, *counts), _ = _train_sizes(setting.data, setting.data_dir, (None, *sizes))
+    runs: dict[tuple[str, str], Trained] = {}
+    plan: dict[str, dict[str, Any]] = {}
+    for per_class, n_train in zip(sizes, counts, strict=True):
+        size_batch = min(batch, n_train)
+        epochs = max(1, round(steps / (n_train // size_batch)))
+        label = _size_label(per_class)
+        plan[label] = {"per_class": per_class, "n_train": n_train, "fraction": n_train / n_all, "epochs": epochs,
+                       "batch_size": size_batch}
+        for preset in AUGMENT_PRESETS:
+            runs[preset, label] = setting.train(f"{preset}-{label}", model, augment=preset, epochs=epochs,
+                                                batch_size=size_batch, train_per_class=per_class,
+                                                test_per_class=monitor, seed=0)
+    members, batches = _members_and_test_set(setting, list(runs.values()), final)
+    labels = _labels(batches)
+    rows = []
+    for (preset, label), run, member in zip(runs, runs.values(), members, strict=True):
+        accuracy = scores(_probabilities(member, batches, "none"), labels).accuracy
+        rows.append({"augment": preset, "size": label, **plan[label], "steps": run.steps, "test_accuracy": accuracy,
+                     "final_train_acc": run.rows[-1]["train_acc"], "seconds": run.seconds})
+    acc = {(r["augment"], r["size"]): r["test_accuracy"] for r in rows}
+    sizes_l = list(plan)
+
+    def header(label: str) -> str:
+        p = plan[label]
+        return f"{100 * p['fraction']:.3g}% ({p['n_train']:,} images)"
+
+    table = markdown_table(["augmentation", *map(header, sizes_l)],
+                           [[preset, *[f"{acc[preset, s]:.4f}" + ("" if preset == "none" else
+                                       f" ({100 * (acc[preset, s] - acc['none', s]):+.1f})") for s in sizes_l]]
+                            for preset in AUGMENT_PRESETS])
+    best = {s: max(AUGMENT_PRESETS, key=lambda p, s=s: acc[p, s]) for s in sizes_l}
+    gains = {s: 100 * (acc[best[s], s] - acc["none", s]) for s in sizes_l}
+
+    def draw(axes) -> None:
+        xs = [100 * plan[s]["fraction"] for s in sizes_l]
+        for preset in AUGMENT_PRESETS:
+            axes[0].plot(xs, [acc[preset, s] for s in sizes_l], marker="o", label=preset)
+            axes[1].plot(xs, [100 * (acc[preset, s] - acc["none", s]) for s in sizes_l], marker="o", label=preset)
+        axes[0].set(ylabel="test accuracy", title=f"{model} on {setting.data}, {steps} steps per run")
+        axes[1].set(ylabel="points over no augmentation", title="gain of each preset over none")
+        for ax in axes:
+            ax.set_xscale("log")
+            ax.minorticks_off()
+            ax.set_xticks(xs, [f"{x:.3g}%" for x in xs])
+            ax.set_xlabel("fraction of the training data")
+            ax.legend(fontsize=8)
+
+    figure = plot(setting.out / "augmentation.png", draw, panels=2, size=(6, 4.2))
+    train_acc = {(r["augment"], r["size"]): r["final_train_acc"] for r in rows}
+    shrinking = all(a >= b for a, b in itertools.pairwise(gains.values()))
+    p = acc["none", sizes_l[0]]
+    resolved = 200 * math.sqrt(2 * p * (1 - p) / len(labels))  # two standard errors of a difference, in points
+
+    def gaps(s: str) -> str:
+        return ", ".join(f"{preset} {train_acc[preset, s]:.3f}/{acc[preset, s]:.3f}" for preset in AUGMENT_PRESETS)
+
+    notes = [
+        f"every run takes about {steps} optimizer steps of batch {batch} ({steps * batch / n_all:.2g} epochs of "
+        f"all {n_all:,} images): " + ", ".join(f"{plan[s]['epochs']} epoch(s) of {plan[s]['n_train']:,}"
+                                               for s in sizes_l) + f"; {model}'s recipe otherwise, seed 0",
+        "accuracy: the last weights on " + ("all" if final is None else f"{final} per class of the") +
+        f" test images ({len(labels):,}); the in-training curves use {monitor} per class; gain over none in "
+        "points in brackets",
+        "best preset by data size: " + ", ".join(f"{header(s)}: {best[s]} ({gains[s]:+.1f} points)"
+                                                 for s in sizes_l),
+        f"training accuracy of the last epoch (on augmented batches) / test accuracy, at {header(sizes_l[0])}: "
+        f"{gaps(sizes_l[0])}; at {header(sizes_l[-1])}: {gaps(sizes_l[-1])}",
+        "the gain of the best preset over none " + ("shrinks as the data grows, as claimed" if shrinking else
+                                                    "does not shrink steadily as the data grows, against the claim")
+        + f"; one seed resolves differences above about {resolved:.1f} points (two standard errors of a "
+        f"difference at {p:.2f} on {len(labels):,} test images)",
+    ]
+    return Result("augmentation", "augmentation helps most when data is scarce", table,
+                  {"model": model, "data": setting.data, "steps": steps, "batch_size": batch, "runs": rows}, figure,
+                  notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# ensembles and multi-crop
+
+VIEWS = ("none", "mirror", "ten-crop")
+
+
+def _models(k: int) -> str:
+    return f"{k} model{'s' if k > 1 else ''}"
+
+
+@experiment("ensemble", "1, 3 and 5 averaged models and 1, 2 and 10 test-time views against their inference cost")
+def ensemble(setting: Setting) -> Result:
+    model = setting.pick("lenet5", "lenet5", "resnet20")
+    n_models = setting.pick(3, 5, 5)
+    sizes = setting.pick((1, 3), (1, 3, 5), (1, 3, 5))
+    # Trained with pad-and-crop and mirrors (augment=standard), so that the test-time views are ones
+    # the models saw in training; the recipe (epochs, optimizer) otherwise.
+    budget = setting.pick(dict(epochs=1, batch_size=32, train_per_class=20, test_per_class=5),
+                          dict(test_per_class=100), dict())
+    final = setting.pick(5, None, None)
+    rounds = setting.pick(2, 7, 10)  # timing rounds, every configuration once per round
+    if setting.threads:
+        torch.set_num_threads(setting.threads)  # reused runs skip the training that would set it
+    runs = [setting.train(f"seed{seed}", model, augment="standard", seed=seed, **budget) for seed in range(n_models)]
+    members, batches = _members_and_test_set(setting, runs, final)
+    labels = _labels(batches)
+    probs = {(i, v): _probabilities(m, batches, v) for i, m in enumerate(members) for v in VIEWS}
+    first = members[0]
+    c, h, _ = first.input_size
+    macs = count(first.model, first.input_size).macs
+    x = batches[0][0][:256]  # the timing batch
+    configs = [(k, v, view_kwargs(v, h, first.mean, first.std)) for k in sizes for v in VIEWS]
+    # Timing only: averaging logits or probabilities costs nothing next to the k x views forward passes.
+    nets = {k: Ensemble([m.model for m in members[:k]], combine="logit").eval() for k in sizes}
+    times: dict[tuple[int, str], list[float]] = {(k, v): [] for k, v, _ in configs}
+    for _ in range(rounds):  # interleaved, so that load from other processes falls on every configuration alike
+        for k, v, kwargs in configs:
+            times[k, v].append(median_latency_ms(lambda k=k, v=v, kwargs=kwargs: tta(nets[k], x, v, **kwargs),
+                                                 repeats=3, warmup=1))
+    rows = []
+    for k, v, kwargs in configs:
+        n_views = tta_views(x[:1], v, **kwargs).shape[0]
+        accs = [scores(combine_outputs([probs[i, v].clamp_min(1e-12).log() for i in subset], "prob",
+                                       torch.full((k,), 1 / k)), labels).accuracy
+                for subset in itertools.combinations(range(n_models), k)]
+        rows.append({"models": k, "views": v, "n_views": n_views, "cost": k * n_views,
+                     "macs_per_image": k * n_views * macs, "ms_per_image": statistics.median(times[k, v]) / len(x),
+                     "accuracy": statistics.fmean(accs), "min_accuracy": min(accs), "max_accuracy": max(accs),
+                     "subsets": len(accs)})
+    base = rows[0]
+    for r in rows:
+        r["gain_points"] = 100 * (r["accuracy"] - base["accuracy"])
+        r["measured_cost"] = r["ms_per_image"] / base["ms_per_image"]
+    table = markdown_table(
+        ["models", "test-time views", "cost (models x views)", "MACs per image", "ms per image (measured)",
+         "accuracy", "gain (points)"],
+        [[r["models"], r["views"], f"{r['cost']}x", f"{r['macs_per_image'] / 1e6:.2f}M",
+          f"{r['ms_per_image']:.4f} ({r['measured_cost']:.1f}x)", f"{r['accuracy']:.4f}", f"{r['gain_points']:+.2f}"]
+         for r in rows])
+
+    def draw(axes) -> None:
+        for ax, key, xlabel in ((axes[0], "cost", "inference cost: models x views (counted MACs, relative)"),
+                                (axes[1], "ms_per_image", "measured ms per image (this CPU)")):
+            for k in sizes:
+                sel = [r for r in rows if r["models"] == k]
+                ax.plot([r[key] for r in sel], [r["accuracy"] for r in sel], marker="o", label=_models(k))
+                for r in sel:  # the colour says how many models; the label which views
+                    ax.annotate(r["views"], (r[key], r["accuracy"]), fontsize=7, xytext=(3, -9),
+                                textcoords="offset points")
+            ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy")
+            ax.minorticks_off()
+            ax.legend(fontsize=8)
+        costs = sorted({r["cost"] for r in rows})
+        axes[0].set_xticks(costs, [f"{c}x" for c in costs])
+        axes[0].set_title(f"{model} on {setting.data}: ensembles and test-time views")
+
+    figure = plot(setting.out / "ensemble.png", draw, panels=2, size=(6, 4.4))
+    singles = [r for r in rows if r["models"] == 1 and r["views"] == "none"][0]
+    top = max(rows, key=lambda r: r["accuracy"])
+    per_cost = max(rows[1:], key=lambda r: r["gain_points"] / (r["cost"] - 1))
+    pad = view_kwargs("ten-crop", h, first.mean, first.std)["pad"]
+    shift = round(get_preset("standard").pad_crop * h)  # the training's largest shift, as the Augmenter rounds it
+    by_views = {(r["models"], r["views"]): r["accuracy"] for r in rows}
+    crop_vs_mirror = ", ".join(f"{_models(k)} {100 * (by_views[k, 'ten-crop'] - by_views[k, 'mirror']):+.2f}"
+                               for k in sizes)
+    ratio = {f"{_models(r['models'])} x {r['views']}": r["measured_cost"] / r["cost"] for r in rows[1:]}
+    low, high = min(ratio, key=ratio.get), max(ratio, key=ratio.get)
+    notes = [
+        f"{n_models} {model} models trained alike (augment=standard: mirrors and pad-and-crop) but for the seed "
+        f"(initialisation, data order, augmentation); one {model} costs {macs:,} MACs per {c}x{h}x{h} image. The "
+        "augmentation is there so that the test-time views are ones the models trained on; it costs a small "
+        "model some accuracy (see the augmentation experiment)",
+        f"ten-crop on {h}x{h} images (evaluate.view_kwargs): each image is padded by {pad} px of black (1/8 of the "
+        f"side) and cropped back to {h}x{h} at the centre and the four corners, then mirrored: shifts within the "
+        f"standard augmentation's pad-and-crop (up to {shift} px), views the models saw in training, not AlexNet's "
+        "224-of-256 crops",
+        f"accuracy: members' view-averaged probabilities, averaged across members (combine_outputs 'prob'); for "
+        f"fewer models than {n_models} the mean over every subset of that size (single models: "
+        f"{singles['min_accuracy']:.4f} to {singles['max_accuracy']:.4f}); on {len(labels):,} test images",
+        f"ms per image: one Ensemble forward over all the views of a batch of {len(x)}, the median of {rounds} "
+        f"interleaved rounds, {torch.get_num_threads()} thread(s) on a shared machine; measured over counted cost "
+        f"ranges from {ratio[low]:.2f} ({low}) to {ratio[high]:.2f} ({high})",
+        f"most accurate: {_models(top['models'])} x {top['views']} at {top['cost']}x the MACs, "
+        f"{top['gain_points']:+.2f} points over one model and one view; most points per extra unit of cost: "
+        f"{_models(per_cost['models'])} x {per_cost['views']} ({per_cost['gain_points']:+.2f} points for "
+        f"{per_cost['cost']}x)",
+        f"ten-crop against the mirror alone, same models: {crop_vs_mirror} points. The four corners are shifts "
+        f"by {pad} px on both axes, which the training's pad-and-crop drew for each corner only once in "
+        f"{(2 * shift + 1) ** 2} images: rare views, the likely reason they add errors rather than remove them",
+    ]
+    return Result("ensemble", "ensembles and multi-crop buy a little accuracy for a multiplied inference cost: "
+                  "worth it in benchmarks and competitions, rarely in production", table,
+                  {"model": model, "data": setting.data, "models": n_models, "macs_one_model": macs, "rows": rows},
+                  figure, notes)

@@ -1,0 +1,73 @@
+"""The practice experiments (transfer, augmentation, ensemble) run end to end at the tiny budget."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+import convnets
+from convnets.experiments import Result, run_experiment
+from convnets.experiments.practice import TRANSFER_REGIMES
+from convnets.training.config import AUGMENT_PRESETS
+from convnets.weights import load_weights
+
+LENET5_MACS_32 = 416_520  # LeNet-5 on a 1x32x32 image (the published 0.42M multiply-adds)
+
+
+def check_files(result: Result, out: Path, name: str) -> dict:
+    data = json.loads((out / "results.json").read_text())
+    assert data["name"] == name and data["budget"] == "tiny"
+    assert result.figure is not None and result.figure.read_bytes()[:4] == b"\x89PNG"
+    assert result.claim in (out / "results.md").read_text()
+    return data["data"]
+
+
+def test_transfer_trains_every_regime_and_freezes_what_it_says(tmp_path: Path) -> None:
+    result = run_experiment("transfer", "tiny", tmp_path, threads=1)
+    data = check_files(result, tmp_path, "transfer")
+    assert data["target"] == "digits"
+    sizes = {r["per_class"] for r in data["runs"]}
+    assert len(data["runs"]) == len(sizes) * len(TRANSFER_REGIMES) and len(data["summary"]) == len(sizes)
+    assert all(set(s["accuracy"]) == set(TRANSFER_REGIMES) for s in data["summary"])
+    # The frozen regime kept the shipped trunk exactly; fine-tuning everything moved it.
+    shipped = convnets.create_model("resnet20", weights="fashion-mnist").state_dict()
+    runs = tmp_path / "runs"
+    frozen = load_weights(runs / "frozen---new-head--cached--5-s0" / "last.safetensors").state_dict()
+    tuned = load_weights(runs / "fine-tune-all-5-s0" / "last.safetensors").state_dict()
+    for key in ("stages.0.0.conv1.conv.weight", "stem.bn.running_mean"):  # frozen BatchNorm keeps its statistics
+        assert torch.equal(frozen[key], shipped[key]), key
+    assert not torch.equal(tuned["stages.0.0.conv1.conv.weight"], shipped["stages.0.0.conv1.conv.weight"])
+    assert json.loads((runs / "scratch-5-s0" / "config.json").read_text())["weights"] is None
+
+
+def test_augmentation_gives_every_run_the_same_number_of_steps(tmp_path: Path) -> None:
+    result = run_experiment("augmentation", "tiny", tmp_path, threads=1)
+    data = check_files(result, tmp_path, "augmentation")
+    runs = data["runs"]
+    assert {r["augment"] for r in runs} == set(AUGMENT_PRESETS)
+    assert len(runs) == len(AUGMENT_PRESETS) * len({r["size"] for r in runs})
+    for r in runs:
+        per_epoch = r["n_train"] // r["batch_size"]
+        assert r["steps"] == r["epochs"] * per_epoch
+        assert abs(r["steps"] - data["steps"]) <= per_epoch / 2  # a fixed budget, to the nearest epoch
+        config = json.loads((tmp_path / "runs" / f"{r['augment']}-{r['size']}" / "config.json").read_text())
+        assert config["augment"] == r["augment"] and config["train_per_class"] == int(r["size"])
+    assert result.table.count("\n") == 1 + len(AUGMENT_PRESETS)
+
+
+def test_ensemble_costs_are_models_times_views(tmp_path: Path) -> None:
+    result = run_experiment("ensemble", "tiny", tmp_path, threads=1)
+    data = check_files(result, tmp_path, "ensemble")
+    assert data["macs_one_model"] == LENET5_MACS_32
+    views = {"none": 1, "mirror": 2, "ten-crop": 10}
+    for r in data["rows"]:
+        assert r["n_views"] == views[r["views"]] and r["cost"] == r["models"] * r["n_views"]
+        assert r["macs_per_image"] == r["cost"] * LENET5_MACS_32
+        assert r["min_accuracy"] <= r["accuracy"] <= r["max_accuracy"]
+    subsets = {r["models"]: r["subsets"] for r in data["rows"]}
+    assert subsets and all(n == math.comb(data["models"], k) for k, n in subsets.items())  # every subset of k
+    assert [(r["models"], r["views"]) for r in data["rows"]][0] == (1, "none")
+
