@@ -295,3 +295,16 @@ def test_invalid_hyperparameters_get_clear_errors(name: str, kwargs: dict, messa
 def test_unexpected_keyword_is_a_type_error_naming_it() -> None:
     with pytest.raises(TypeError, match="widht"):
         convnets.create_model("mobilenet_v2", widht=0.5)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16", "googlenet", "nin"])
+def test_nets_without_batchnorm_keep_their_signal_at_initialisation(name: str) -> None:
+    # With PyTorch's default init the features of these ReLU stacks shrink to ~1e-2 (VGG-16: 5e-3)
+    # and SGD does not move them for a hundred steps; He init keeps them near unit scale.
+    torch.manual_seed(0)
+    kwargs = {"small_input": True} if name in ("alexnet", "googlenet") else {}
+    net = convnets.create_model(name, num_classes=10, **kwargs).eval()
+    with torch.no_grad():
+        features = net.forward_features(torch.randn(4, 3, 32, 32))
+    assert 0.2 < features.std().item() < 5
+    assert all(not m.bias.detach().any() for m in net.modules() if isinstance(m, nn.Conv2d) and m.bias is not None)

@@ -248,3 +248,24 @@ class InvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.se(self.dw(self.expand(x))))
         return x + self.drop_path(out) if self.use_residual else out
+
+
+def he_init(model: nn.Module) -> None:
+    """He et al. 2015 initialisation: conv weights N(0, 2/fan_in), zero biases, linear N(0, 0.01).
+
+    For the ReLU networks without BatchNorm (AlexNet, VGG, GoogLeNet as published, NiN). PyTorch's
+    default (uniform, a sixth of the He variance) shrinks the signal at every layer: VGG-16 stays
+    at chance for its first hundred SGD steps with it and learns from the start with this one
+    (docs/RESULTS.md, classic). The papers predate He init: AlexNet drew N(0, 0.01), and VGG
+    trained its deep configurations from its shallow one, which this initialisation makes
+    unnecessary.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            # fan_in keeps the forward signal's scale; fan_out would amplify it ~30x at every 1x1
+            # reduction of GoogLeNet and NiN (480 -> 16 channels), which has no BatchNorm to undo it.
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.01)
+        if isinstance(module, nn.Conv2d | nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from convnets.layers import ClassifierHead, ConvBNAct, local_response_norm
+from convnets.layers import ClassifierHead, ConvBNAct, he_init, local_response_norm
 from convnets.models.base import ConvNet, StageInfo
 from convnets.registry import Published, register_model
 
@@ -101,6 +101,7 @@ class AlexNet(ConvNet):
         self.head = ClassifierHead(width * 6 * 6, num_classes, pool=nn.AdaptiveAvgPool2d(6), hidden=(4096, 4096),
                                    hidden_dropout=dropout)
         # Smallest input that leaves the last 3/2 pool a window: 67 (stride-4 conv1), 15 (small_input).
+        he_init(self)
         self._finish(in_chans=in_chans, stage_info=info, input_size=input_size,
                      min_input_size=15 if small_input else 63 + 4 - 2 * conv1_padding)
 

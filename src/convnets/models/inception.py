@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from convnets.layers import ClassifierHead, ConvBNAct
+from convnets.layers import ClassifierHead, ConvBNAct, he_init
 from convnets.models.base import ConvNet, InputShapeError, StageInfo
 from convnets.registry import Published, register_model
 
@@ -198,6 +198,7 @@ class GoogLeNet(ConvNet):
             if aux_logits
             else None
         )
+        he_init(self)
         self._finish(in_chans=in_chans, stage_info=info, input_size=(3, 224, 224), min_input_size=reduction)
 
     def reset_classifier(self, num_classes: int) -> None:

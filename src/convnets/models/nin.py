@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from convnets.layers import ClassifierHead, relu
+from convnets.layers import ClassifierHead, he_init, relu
 from convnets.models.base import ConvNet, StageInfo
 from convnets.registry import register_model
 
@@ -61,6 +61,7 @@ class NiN(ConvNet):
         self.stages = nn.Sequential(stage1, stage2, stage3)
         self.head = ClassifierHead(192, num_classes)
         info = [StageInfo("stages.0", 96, 2), StageInfo("stages.1", 192, 4), StageInfo("stages.2", 192, 4)]
+        he_init(self)
         self._finish(in_chans=in_chans, stage_info=info, input_size=(3, 32, 32), min_input_size=4)
 
 

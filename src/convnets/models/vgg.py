@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from convnets.layers import ClassifierHead, ConvBNAct
+from convnets.layers import ClassifierHead, ConvBNAct, he_init
 from convnets.models.base import ConvNet, StageInfo
 from convnets.registry import Published, register_model
 
@@ -60,6 +60,7 @@ class VGG(ConvNet):
         self.stages = nn.Sequential(*blocks)
         self.head = ClassifierHead(width * 7 * 7, num_classes, pool=nn.AdaptiveAvgPool2d(7), hidden=(4096, 4096),
                                    hidden_dropout=dropout)
+        he_init(self)
         self._finish(in_chans=in_chans, stage_info=info, input_size=(3, 224, 224), min_input_size=32)
 
 
