@@ -63,3 +63,38 @@ def test_classic_counts_each_network_at_its_training_size(tmp_path: Path) -> Non
     rows = {r["model"]: r for r in run_experiment("classic", "tiny", tmp_path, threads=1).data["rows"]}
     assert rows["resnet20"]["macs"] == count(create_model("resnet20", num_classes=10, in_chans=1), (1, 32, 32)).macs
     assert rows["lenet5"]["params"] == 61_706
+
+
+class _FirstRunChecked(Exception):
+    """Raised by the stand-in trainer once it has checked the first run of a full-budget experiment."""
+
+
+@pytest.mark.parametrize("name", ["degradation", "bottleneck", pytest.param("scaling", marks=pytest.mark.slow),
+                                  "transfer", "augmentation", "ensemble", "classic"])
+def test_full_budget_starts_with_a_valid_run(name: str, tmp_path: Path, monkeypatch) -> None:
+    # The full budgets are for a GPU and never run here: check that the first run each one asks for
+    # is a configuration the trainer accepts, of a network that builds at the image size it is given.
+    import torch
+
+    from convnets import count, create_model
+    from convnets.experiments import Setting
+    from convnets.training.config import TrainConfig, resolve
+
+    checked = []
+
+    def check(self: Setting, run: str, model: str, **config) -> None:
+        assert self.budget == "full"
+        cfg = resolve(TrainConfig(**{"data": self.data, **config, "model": model, "out": str(tmp_path / run)}))
+        with torch.device("meta"):
+            net = create_model(model, num_classes=10, in_chans=1, **cfg.model_kwargs)
+        side = cfg.image_size or (net.fixed_input_size or (28, 28))[0]
+        assert count(net, (1, side, side)).macs > 0
+        checked.append(cfg)
+        raise _FirstRunChecked
+
+    monkeypatch.setattr(Setting, "train", check)
+    monkeypatch.setattr("convnets.experiments.architecture._interleaved_ms",
+                        lambda modules, x, rounds: dict.fromkeys(modules, 1.0))  # bottleneck times before training
+    with pytest.raises(_FirstRunChecked):
+        run_experiment(name, "full", tmp_path)
+    assert len(checked) == 1 and checked[0].epochs >= 10
