@@ -11,6 +11,10 @@ weird trick") that torchvision ships, 224 input, no LRN: 61,100,840 parameters.
 
 Both pool the last map to 6x6 with adaptive average pooling before the FC layers (as
 torchvision does), so inputs other than the paper's size keep the same head.
+
+Initialisation is He et al.'s (:func:`convnets.layers.he_init`), not the paper's N(0, 0.01) with
+some biases at 1: without BatchNorm either starting point needs care, and He init is the one
+that trains at once with SGD at the recipes' learning rates.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ filter size. Naively (Figure 2a) the 5x5 branch alone costs 120M multiplications
 6,998,552 parameters, 13,378,280 with the two auxiliary classifiers.
 ``googlenet_torchvision``: torchvision's layout (BatchNorm, a 3x3 in the "5x5" branch, no LRN,
 dropout 0.2): 6,624,904 parameters, 13,004,888 with auxiliary classifiers.
+Both start from He et al.'s initialisation (:func:`convnets.layers.he_init`; the paper does not
+give one), which keeps the signal of the published, BatchNorm-free network at unit scale.
 """
 
 from __future__ import annotations

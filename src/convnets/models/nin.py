@@ -3,6 +3,7 @@
 A 1x1 convolution is a fully connected layer applied at every pixel: it mixes the channels of
 one position and shares its weights across positions. NiN's "mlpconv" layer is a kxk conv
 followed by two such 1x1 layers, i.e. a small multilayer perceptron slid over the image.
+Weights start from He et al.'s initialisation (:func:`convnets.layers.he_init`).
 """
 
 from __future__ import annotations

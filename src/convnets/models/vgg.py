@@ -5,7 +5,9 @@ FC 4096-4096-classes with dropout 0.5.
 The last map is average-pooled to 7x7 before the FC layers (as in torchvision), so the head is
 the paper's at 224x224 and still fits smaller inputs (at 32x32 the 1x1 map is repeated).
 The ``_bn`` variants add BatchNorm after every conv, keeping the conv biases (not in the paper;
-torchvision's layout).
+torchvision's layout). Weights start from He et al.'s initialisation
+(:func:`convnets.layers.he_init`): the paper trained configuration A first and initialised the
+deeper ones from it, which He init makes unnecessary.
 """
 
 from __future__ import annotations
