@@ -9,6 +9,7 @@ small budget is a finding.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,15 @@ def markdown_table(header: list[str], rows: list[list[Any]], align: str | None =
     rule = ["---" if a == "l" else "---:" for a in align]
     lines = [header, rule, *[[str(c) for c in r] for r in rows]]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def standard_error(accuracy: float, n: int) -> float:
+    """The binomial standard error of an accuracy measured on ``n`` test images.
+
+    Two accuracies closer than about twice it (2.8 times it for the difference of two independent
+    measurements) are not told apart by that test set.
+    """
+    return math.sqrt(accuracy * (1 - accuracy) / n)
 
 
 def plot(path: Path, draw: Callable[..., Any], panels: int = 1, size: tuple[float, float] = (7, 4.2)) -> Path:

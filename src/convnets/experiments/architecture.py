@@ -7,7 +7,6 @@ Fashion-MNIST (or ``--data``) under one budget per comparison.
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from torch import nn
 from convnets import registry
 from convnets.analysis import count
 from convnets.data.datasets import Dataset, load_dataset
-from convnets.experiments import Result, Setting, Trained, experiment, markdown_table, plot
+from convnets.experiments import Result, Setting, Trained, experiment, markdown_table, plot, standard_error
 from convnets.export import median_latency_ms
 from convnets.layers import ClassifierHead, ConvBNAct
 from convnets.models.base import ConvNet, StageInfo
@@ -105,7 +104,7 @@ def _dataset(setting: Setting) -> Dataset:
 def _noise(accuracy: float, data: Dataset, test_per_class: int | None) -> float:
     """The binomial standard error of a test accuracy: gaps within about twice it are noise."""
     n = min(len(data.test), test_per_class * data.num_classes) if test_per_class else len(data.test)
-    return math.sqrt(accuracy * (1 - accuracy) / n)
+    return standard_error(accuracy, n)
 
 
 def _millions(n: float) -> str:

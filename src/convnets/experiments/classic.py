@@ -13,7 +13,8 @@ import inspect
 from typing import Any
 
 from convnets.analysis import count
-from convnets.experiments import Result, Setting, experiment, markdown_table, plot
+from convnets.data.datasets import load_dataset
+from convnets.experiments import Result, Setting, experiment, markdown_table, plot, standard_error
 from convnets.registry import model_entry
 
 MODELS = ("lenet5_classic", "lenet5", "alexnet", "vgg16", "googlenet", "resnet20", "resnet18", "mobilenet_v1",
@@ -77,11 +78,16 @@ def classic(setting: Setting) -> Result:
     first = runs[models[0]]
     num_classes = net.num_classes
     stuck = [r for r in rows if r["test_accuracy"] <= 1 / num_classes + 0.02]
+    per_class = first.config["test_per_class"]
+    n_test = per_class * num_classes if per_class else len(load_dataset(setting.data, data_dir=setting.data_dir).test)
+    noise = 100 * standard_error(best["test_accuracy"], n_test)
     notes = [f"budget: {first.config['train_per_class'] or 'all'} training images per class, "
              f"{first.config['epochs']} epochs, batch {first.config['batch_size']}, each network with its own "
              f"recipe; test accuracy on {first.config['test_per_class'] or 'all'} test images per class",
              f"best: {best['model']} at {best['test_accuracy']:.4f}; the cheapest within one point of it: "
              f"{cheapest['model']} ({cheapest['macs'] / 1e6:,.1f}M MACs vs {best['macs'] / 1e6:,.1f}M)",
+             f"one standard error of a test accuracy near the best is {noise:.1f} points on {n_test:,} test "
+             f"images: two networks closer than about {2.8 * noise:.1f} points are a tie at this budget",
              *([f"at chance (1/{num_classes}) after this budget: {', '.join(r['model'] for r in stuck)}: "
                 "still predicting one class"] if stuck else []),
              "published figures come from the dataset's benchmark table, each at its submitter's own (much "

@@ -24,7 +24,7 @@ from convnets.data.datasets import load_dataset, subsample_per_class
 from convnets.data.loader import make_loader
 from convnets.data.views import tta_views
 from convnets.evaluate import Ensemble, Member, combine_outputs, load_member, scores, tta, view_kwargs
-from convnets.experiments import Result, Setting, Trained, experiment, markdown_table, plot
+from convnets.experiments import Result, Setting, Trained, experiment, markdown_table, plot, standard_error
 from convnets.export import median_latency_ms
 from convnets.registry import create_model
 from convnets.training.config import AUGMENT_PRESETS
@@ -157,7 +157,7 @@ def transfer(setting: Setting) -> Result:
     matches = sum(s["best"] == s["advised"] for s in summary)
     n_eval = n_test or num_classes * test_per_class
     # Two binomial standard errors of the best accuracy at each size, in points, shrunk by the seeds averaged.
-    ties = ", ".join(f"{200 * math.sqrt(a * (1 - a) / (n_eval * len(seeds))):.1f}"
+    ties = ", ".join(f"{200 * standard_error(a, n_eval * len(seeds)):.1f}"
                      for a in (max(s["accuracy"].values()) for s in summary))
     frozen = "frozen + new head (cached)"
     gaps = ", ".join(f"{100 * (max(s['accuracy'].values()) - s['accuracy'][frozen]):.1f}" for s in summary)
@@ -250,7 +250,7 @@ def augmentation(setting: Setting) -> Result:
     train_acc = {(r["augment"], r["size"]): r["final_train_acc"] for r in rows}
     shrinking = all(a >= b for a, b in itertools.pairwise(gains.values()))
     p = acc["none", sizes_l[0]]
-    resolved = 200 * math.sqrt(2 * p * (1 - p) / len(labels))  # two standard errors of a difference, in points
+    resolved = 200 * math.sqrt(2) * standard_error(p, len(labels))  # two standard errors of a difference, in points
 
     def gaps(s: str) -> str:
         return ", ".join(f"{preset} {train_acc[preset, s]:.3f}/{acc[preset, s]:.3f}" for preset in AUGMENT_PRESETS)
