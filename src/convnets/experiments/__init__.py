@@ -188,7 +188,9 @@ def add_parsers(subparsers) -> None:
                               description="Run one of the case studies' claims as an experiment; writes a PNG "
                               "figure, results.json and results.md to --out.")
     p.add_argument("name", nargs="?", help="experiment name (omit to list them)")
-    p.add_argument("--budget", choices=BUDGETS, default="small")
+    p.add_argument("--budget", choices=BUDGETS, default="small",
+                   help="tiny: a seconds-long smoke run; small (default): minutes to tens of minutes on a 2-core CPU; "
+                   "full: the papers' scale, for a GPU")
     p.add_argument("--out", help="output directory (default runs/experiments/NAME); re-running with the same "
                    "--out reuses finished training runs and resumes an interrupted one")
     p.add_argument("--data", default="fashion-mnist", help="dataset of the experiments that train (default "
