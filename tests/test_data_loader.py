@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from convnets.cli.options import parse_key_values
 from convnets.data import (
     Augmenter,
     BatchLoader,
@@ -16,7 +17,6 @@ from convnets.data import (
     ten_crop_views,
     tta_views,
 )
-from convnets.data.cli import parse_overrides
 
 
 def _split(n: int = 50, c: int = 3, h: int = 12, w: int = 10) -> TensorSplit:
@@ -181,4 +181,4 @@ def test_augment_cli_writes_a_grid(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     assert main([*args, "--set", "spin=3"]) == 2
     assert "unknown augmentation settings" in capsys.readouterr().err
-    assert parse_overrides(["rotate=20", "crop_scale=(0.3, 1)"]) == {"rotate": 20, "crop_scale": (0.3, 1)}
+    assert parse_key_values(["rotate=20", "crop_scale=(0.3, 1)"], "--set") == {"rotate": 20, "crop_scale": (0.3, 1)}

@@ -22,6 +22,8 @@ from torch import nn
 from convnets.data.datasets import load_dataset
 from convnets.data.loader import make_loader
 from convnets.data.views import tta_views
+from convnets.device import resolve_device
+from convnets.errors import ConfigError
 from convnets.weights import load_weights, read_metadata
 
 COMBINE = ("prob", "logit", "vote")
@@ -59,9 +61,9 @@ class Ensemble(nn.Module):
     def __init__(self, models: Sequence[nn.Module], combine: str = "prob", weights: Sequence[float] | None = None):
         super().__init__()
         if combine not in COMBINE:
-            raise ValueError(f"combine must be one of {', '.join(COMBINE)}, got {combine!r}")
+            raise ConfigError(f"combine must be one of {', '.join(COMBINE)}, got {combine!r}")
         if weights is not None and len(weights) != len(models):
-            raise ValueError(f"{len(weights)} weights for {len(models)} models")
+            raise ConfigError(f"{len(weights)} weights for {len(models)} models")
         self.members = nn.ModuleList(models)
         self.combine = combine
         w = torch.tensor(weights if weights is not None else [1.0] * len(models), dtype=torch.float32)
@@ -108,7 +110,7 @@ def load_member(source: str | Path, device: torch.device | str = "cpu") -> Membe
     meta = read_metadata(path)
     missing = [k for k in ("model", "classes", "input_size", "mean", "std") if k not in meta]
     if missing:
-        raise ValueError(f"{path}: its metadata lacks {', '.join(missing)}; evaluate needs weights saved by convnets")
+        raise ConfigError(f"{path}: its metadata lacks {', '.join(missing)}; evaluate needs weights saved by convnets")
     model = load_weights(path).to(device).eval()
     return Member(f"{meta['model']} ({Path(source).name})", model, list(meta["classes"]), tuple(meta["input_size"]),
                   tuple(meta["mean"]), tuple(meta["std"]), str(path), meta.get("dataset", ""))
@@ -119,7 +121,7 @@ def check_same_classes(members: Sequence[Member]) -> list[str]:
     first = members[0]
     for other in members[1:]:
         if other.classes != first.classes:
-            raise ValueError(f"cannot ensemble models with different classes:\n  {first.name}: {first.classes}\n"
+            raise ConfigError(f"cannot ensemble models with different classes:\n  {first.name}: {first.classes}\n"
                              f"  {other.name}: {other.classes}")
     return first.classes
 
@@ -209,7 +211,7 @@ def member_probabilities(member: Member, data: str, *, data_dir: str | None, vie
         print(f"warning: {data} names its classes {dataset.classes}, {member.name} was trained on "
               f"{member.classes}; comparing by index")
     elif len(dataset.classes) != len(member.classes):
-        raise ValueError(f"{member.name} predicts {len(member.classes)} classes, {data} has {len(dataset.classes)}")
+        raise ConfigError(f"{member.name} predicts {len(member.classes)} classes, {data} has {len(dataset.classes)}")
     loader = make_loader(dataset, "test", batch_size=batch_size, device=device)
     kwargs = view_kwargs(views, h, member.mean, member.std)
     probs, labels, seconds = [], [], 0.0
@@ -238,18 +240,18 @@ def evaluate(sources: Sequence[str | Path], data: str | None = None, *, data_dir
         combine: how an ensemble combines its members: prob, logit or vote.
         weights: ensemble weights, one per member.
     """
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     members = [load_member(s, dev) for s in sources]
     classes = check_same_classes(members)
     data = data or members[0].dataset
     if not data:
-        raise ValueError("no --data given and the weights do not say which dataset they were trained on")
+        raise ConfigError("no --data given and the weights do not say which dataset they were trained on")
     results, all_probs, labels = [], [], None
     for member in members:
         probs, member_labels, seconds = member_probabilities(member, data, data_dir=data_dir, views=views,
                                                              batch_size=batch_size, device=dev)
         if labels is not None and not torch.equal(labels, member_labels):
-            raise ValueError("the members' test sets differ in order or size; they cannot be ensembled")
+            raise ConfigError("the members' test sets differ in order or size; they cannot be ensembled")
         labels = member_labels
         all_probs.append(probs)
         results.append(MemberResult(member.name, scores(probs, labels, top_k), seconds, len(labels)))
@@ -257,7 +259,7 @@ def evaluate(sources: Sequence[str | Path], data: str | None = None, *, data_dir
     if len(members) > 1:
         w = torch.tensor(weights if weights is not None else [1.0] * len(members), dtype=torch.float32)
         if len(w) != len(members):
-            raise ValueError(f"{len(w)} ensemble weights for {len(members)} models")
+            raise ConfigError(f"{len(w)} ensemble weights for {len(members)} models")
         # Members already produced probabilities; their logs are logits up to a per-row constant,
         # which softmax and argmax ignore, so "logit" averaging is log-probability averaging here.
         combined = combine_outputs([p.clamp_min(1e-12).log() for p in all_probs], combine, w / w.sum())
@@ -305,38 +307,3 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, titl
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def add_parsers(subparsers) -> None:
-    p = subparsers.add_parser(
-        "evaluate",
-        help="accuracy, top-k, per-class accuracy, confusion matrix and inference cost; multi-crop; ensembles",
-        description="Evaluate one run (or weights file) or an ensemble of several on the test split. Each model uses "
-        "the preprocessing stored with its weights.",
-    )
-    p.add_argument("sources", nargs="+", metavar="RUN_OR_WEIGHTS", help="run directories or .safetensors files")
-    p.add_argument("--data", help="dataset name or folder (default: the one the first model was trained on)")
-    p.add_argument("--data-dir")
-    p.add_argument("--tta", choices=("none", "mirror", "ten-crop"), default="none",
-                   help="test-time views averaged per image (ten-crop: centre, 4 corners and their mirrors)")
-    p.add_argument("--combine", choices=COMBINE, default="prob", help="how an ensemble combines its members")
-    p.add_argument("--ensemble-weights", help="comma-separated weight per model, e.g. 2,1,1")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--device")
-    p.add_argument("--out", help="directory for evaluation.txt/.json and confusion.png (default: RUN/eval)")
-    p.set_defaults(func=run_evaluate)
-
-
-def run_evaluate(args) -> int:
-    weights = [float(w) for w in args.ensemble_weights.split(",")] if args.ensemble_weights else None
-    report = evaluate(args.sources, args.data, data_dir=args.data_dir, views=args.tta, combine=args.combine,
-                      weights=weights, batch_size=args.batch_size, top_k=args.top_k, device=args.device)
-    print(report.table())
-    print()
-    print(report.confusion_text())
-    first = Path(args.sources[0])
-    out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "eval"
-    write_report(report, out)
-    print(f"\nwrote {out}/evaluation.txt, evaluation.json, confusion.png")
-    return 0

@@ -20,11 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from convnets.errors import ExportMismatchError, MissingDependencyError
 from convnets.models.base import ConvNet
-
-
-class ExportMismatchError(RuntimeError):
-    """The exported model's outputs differ from PyTorch's beyond the tolerance."""
 
 
 def _require_onnxruntime():
@@ -32,7 +29,7 @@ def _require_onnxruntime():
         import onnx  # noqa: F401
         import onnxruntime
     except ModuleNotFoundError as err:
-        raise ModuleNotFoundError(f"export needs onnx and onnxruntime ({err.name} is missing): "
+        raise MissingDependencyError(f"export needs onnx and onnxruntime ({err.name} is missing): "
                                   "pip install 'convnets[deploy]'") from err
     return onnxruntime
 
@@ -221,97 +218,3 @@ def accuracy_of(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     correct = sum((predict(xb).argmax(1) == yb).sum().item() for xb, yb in zip(x.split(256), y.split(256),
                                                                               strict=True))
     return correct / len(y)
-
-
-def add_parsers(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export", help="export to ONNX (checked against PyTorch), optionally int8, with accuracy and latency",
-        description="Export a run (or a registered model with random weights) to ONNX, check ONNX Runtime against "
-        "PyTorch on real images, optionally quantize to int8 and measure the accuracy change on the test set.")
-    p.add_argument("source", metavar="RUN_OR_MODEL")
-    p.add_argument("--onnx", action="store_true", default=True, help="export to ONNX (the default and only format)")
-    p.add_argument("--int8", action="store_true", help="also write a statically quantized int8 model")
-    p.add_argument("--out", help="output directory (default: RUN/export or ./export-MODEL)")
-    p.add_argument("--calibration-images", type=int, default=512)
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
-    p.set_defaults(func=run_export)
-
-    p = subparsers.add_parser(
-        "latency", help="batch-1 and batched latency of PyTorch eager and ONNX Runtime, beside params and MACs",
-        description="Median latency over repeated runs on this machine, for each model: PyTorch eager fp32 and "
-        "the exported ONNX model (fp32, and int8 with --int8).")
-    p.add_argument("sources", nargs="+", metavar="RUN_OR_MODEL")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--input", help="CxHxW (default: the model's input size)")
-    p.add_argument("--int8", action="store_true", help="also quantize (random calibration unless the run has data)")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--threads", type=int, help="CPU threads for both runtimes (default: all)")
-    p.set_defaults(func=run_latency)
-
-
-def run_export(args) -> int:
-    from convnets.training.cli import parse_model_args
-
-    model, meta = load_model_or_run(args.source, **parse_model_args(args.model_arg))
-    path = Path(args.source)
-    out = Path(args.out) if args.out else (path / "export" if path.is_dir() else Path(f"export-{model.name}"))
-    data = dataset_images(meta, "test")
-    check = data[0][:64] if data else torch.randn(8, *model.input_size)
-    result = export_onnx(model, out / f"{model.name}.onnx", check)
-    print(f"wrote {result.path}: max |ONNX - PyTorch| = {result.max_abs_diff:.2e} on {len(check)} "
-          f"{'test images' if data else 'random inputs'} (largest logit {result.max_logit:.2f})")
-    x1 = check[:1]
-    rows = [("PyTorch eager fp32", torch_latency_ms(model, x1), None),
-            ("ONNX Runtime fp32", onnx_latency_ms(result.path, x1), None)]
-    if data:
-        x, y = data
-        rows[0] = (*rows[0][:2], accuracy_of(lambda b: model(b), x, y))
-        sess = session(result.path)
-        rows[1] = (*rows[1][:2], accuracy_of(lambda b: run_onnx(sess, b), x, y))
-    if args.int8:
-        calib = dataset_images(meta, "train", args.calibration_images)
-        calib_x = calib[0] if calib else torch.randn(64, *model.input_size)
-        int8_path = quantize_int8(result.path, out / f"{model.name}.int8.onnx", calib_x)
-        acc = None
-        if data:
-            sess8 = session(int8_path)
-            acc = accuracy_of(lambda b: run_onnx(sess8, b), *data)
-        rows.append(("ONNX Runtime int8", onnx_latency_ms(int8_path, x1), acc))
-        print(f"wrote {int8_path} (calibrated on {len(calib_x)} {'training images' if calib else 'random inputs'})")
-    base = rows[0][1]
-    print(f"\n{'runtime':<22} {'batch-1 ms':>10} {'speed-up':>9} {'accuracy':>9}")
-    for name, ms, acc in rows:
-        print(f"{name:<22} {ms:>10.2f} {base / ms:>8.2f}x {acc if acc is None else f'{acc:.4f}':>9}")
-    if data and args.int8:
-        print(f"int8 changes test accuracy by {100 * (rows[-1][2] - rows[0][2]):+.2f} points")
-    return 0
-
-
-def run_latency(args) -> int:
-    from convnets.analysis import count
-    from convnets.analysis.formatting import parse_size
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"{'model':<24} {'params':>10} {'MACs':>9} {'batch':>5} {'eager ms':>9} {'onnx ms':>8} "
-          + (f"{'int8 ms':>8} " if args.int8 else "") + f"{'images/s (best)':>15}")
-    import tempfile
-
-    for source in args.sources:
-        model, meta = load_model_or_run(source)
-        size = parse_size(args.input) if args.input else tuple(meta.get("input_size", model.input_size))
-        counts = count(model, size)
-        with tempfile.TemporaryDirectory() as tmp:
-            onnx_path = export_onnx(model, Path(tmp) / "m.onnx", torch.randn(2, *size)).path
-            int8_path = quantize_int8(onnx_path, Path(tmp) / "m8.onnx", torch.randn(32, *size)) if args.int8 else None
-            for batch in args.batch:
-                x = torch.randn(batch, *size)
-                eager = torch_latency_ms(model, x, repeats=args.repeats)
-                ort = onnx_latency_ms(onnx_path, x, repeats=args.repeats)
-                q = onnx_latency_ms(int8_path, x, repeats=args.repeats) if int8_path else None
-                best = min(t for t in (eager, ort, q) if t is not None)
-                print(f"{model.name:<24} {counts.params / 1e6:>9.2f}M {counts.macs / 1e6:>8.1f}M {batch:>5} "
-                      f"{eager:>9.2f} {ort:>8.2f} " + (f"{q:>8.2f} " if q is not None else "")
-                      + f"{1000 * batch / best:>15,.0f}")
-    print("\nMedian of repeated runs on this machine; MACs per image (see `convnets summary`).")
-    return 0

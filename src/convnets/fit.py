@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from convnets.analysis import count
+from convnets.errors import ConfigError
 from convnets.export import torch_latency_ms
 from convnets.models.efficientnet import efficientnet_scaled
 from convnets.models.mobilenet import MobileNetV1, MobileNetV2
@@ -38,7 +39,7 @@ class Candidate:
 def candidates(family: str, num_classes: int = 1000) -> list[Candidate]:
     """The scalings tried for a family, from smallest to largest MACs."""
     if family not in FAMILIES:
-        raise ValueError(f"--family must be one of {', '.join(FAMILIES)}, got {family!r}")
+        raise ConfigError(f"--family must be one of {', '.join(FAMILIES)}, got {family!r}")
     out = []
     if family == "efficientnet":
         for phi in PHIS:
@@ -82,36 +83,3 @@ def fit_device(family: str, latency_ms: float, batch: int = 1, repeats: int = 10
             break
     fitting = [c for c in measured if c.latency_ms <= latency_ms]
     return (max(fitting, key=lambda c: c.macs) if fitting else None), measured
-
-
-def add_parsers(subparsers) -> None:
-    p = subparsers.add_parser(
-        "fit-device", help="pick the largest scaling of a family that meets a latency budget on this machine",
-        description="Measure candidate scalings (phi for EfficientNet; width and resolution for MobileNet) on this "
-        "machine and print the largest that runs within --latency-ms.")
-    p.add_argument("--family", required=True, choices=FAMILIES)
-    p.add_argument("--latency-ms", type=float, required=True)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=10)
-    p.set_defaults(func=run_fit_device)
-
-
-def run_fit_device(args) -> int:
-    if not args.latency_ms > 0:
-        raise ValueError(f"--latency-ms must be positive, got {args.latency_ms}")
-    pick, table = fit_device(args.family, args.latency_ms, args.batch, args.repeats)
-    print(f"{args.family}, batch {args.batch}, budget {args.latency_ms:g} ms (PyTorch eager, median of "
-          f"{args.repeats}):\n")
-    print(f"{'candidate':<22} {'input':>9} {'params':>8} {'MACs':>9} {'latency ms':>11}")
-    for c in table:
-        mark = "  <- largest within budget" if c is pick else ("  over budget" if c.latency_ms > args.latency_ms
-                                                                 else "")
-        print(f"{c.label:<22} {c.input_size[1]:>4}x{c.input_size[2]:<4} {c.params / 1e6:>7.2f}M "
-              f"{c.macs / 1e6:>8.1f}M {c.latency_ms:>11.2f}{mark}")
-    if pick is None:
-        fastest = min(table, key=lambda c: c.latency_ms)
-        print(f"\nno candidate meets {args.latency_ms:g} ms; the fastest is {fastest.label} at "
-              f"{fastest.latency_ms:.2f} ms")
-        return 1
-    print(f"\npick: {args.family} {pick.label} ({pick.macs / 1e6:.0f}M MACs, {pick.latency_ms:.2f} ms)")
-    return 0

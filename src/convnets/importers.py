@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 import convnets
+from convnets.errors import DownloadError, LayoutError, WeightsError
 from convnets.models.base import ConvNet
 from convnets.models.efficientnet import B0_STAGES
 from convnets.models.mobilenet import V2_ROWS
@@ -53,10 +54,6 @@ _CLASSIFIER_KEY = re.compile(r"(?:^|.*\.)head\.fc\.(?:weight|bias)")
 
 # torchvision's file names end in the first hex digits of the file's sha256 (resnet50-0676ba61.pth).
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[A-Za-z]+$")
-
-
-class LayoutError(ValueError):
-    """A state dict whose layout is unknown, or with keys that no rename rule covers."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,7 +497,7 @@ def _check_hash(path: Path, sha256: str | None, label: str) -> None:
         return
     got = _sha256(path)
     if not got.startswith(expected):
-        raise ValueError(f"sha256 mismatch for {label}: expected {expected}{'' if sha256 else '...'}, got {got}")
+        raise WeightsError(f"sha256 mismatch for {label}: expected {expected}{'' if sha256 else '...'}, got {got}")
 
 
 def _download(url: str, dest: Path, sha256: str | None, timeout: float = 60) -> None:
@@ -520,7 +517,7 @@ def _download(url: str, dest: Path, sha256: str | None, timeout: float = 60) -> 
                         out.write(block)
                         bar.update(len(block))
         except (urllib.error.URLError, OSError) as err:
-            raise ConnectionError(f"cannot download {url}: {err}") from err
+            raise DownloadError(f"cannot download {url}: {err}") from err
         _check_hash(Path(tmp), sha256, url)
 
     atomic_write(dest, fetch)
@@ -547,7 +544,7 @@ def fetch_weights(source: str | os.PathLike[str], *, cache_dir: str | Path | Non
     text = os.fspath(source)
     if not _is_url(text):
         if "://" in text:
-            raise ValueError(f"{text}: only local paths and http(s) URLs are supported")
+            raise WeightsError(f"{text}: only local paths and http(s) URLs are supported")
         path = Path(text).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"no weights file at {path}")
@@ -566,10 +563,10 @@ def cached_download(url: str, *, sha256: str | None = None, cache_dir: str | Pat
         ValueError: not an http(s) URL, or the hash does not match (nothing is left in the cache).
     """
     if not _is_url(url):
-        raise ValueError(f"{url}: not an http(s) URL")
+        raise WeightsError(f"{url}: not an http(s) URL")
     filename = Path(urllib.parse.urlparse(url).path).name
     if not filename:
-        raise ValueError(f"{url}: the URL names no file")
+        raise WeightsError(f"{url}: the URL names no file")
     dest = Path(cache_dir).expanduser() if cache_dir is not None else cache_dir_default()
     dest = dest / filename
     if dest.is_file():
@@ -634,7 +631,7 @@ def load_peer_weights(
                                       (ckpt_classes or 1000))
     else:
         if num_classes is not None and num_classes != model.num_classes:
-            raise ValueError(f"num_classes={num_classes} but the given model has {model.num_classes} outputs")
+            raise WeightsError(f"num_classes={num_classes} but the given model has {model.num_classes} outputs")
         if getattr(model, "name", spec.model) != spec.model:
             # Same keys and shapes can still mean another network (torchvision's ResNet-50 puts the
             # stride on the 3x3, our resnet50 on the 1x1): load, but say so.

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convnets.errors import ConfigError
+
 ActFactory = Callable[[], nn.Module]
 
 
@@ -105,7 +107,7 @@ class DropPath(nn.Module):
     def __init__(self, p: float) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
-            raise ValueError(f"drop-path probability must be in [0, 1), got {p}")
+            raise ConfigError(f"drop-path probability must be in [0, 1), got {p}")
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,7 +129,7 @@ class ZeroPadShortcut(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
         if out_channels < in_channels:
-            raise ValueError("a zero-padding shortcut cannot reduce channels; use a projection (option B)")
+            raise ConfigError("a zero-padding shortcut cannot reduce channels; use a projection (option B)")
         self.extra_channels = out_channels - in_channels
         self.stride = stride
 
@@ -191,7 +193,7 @@ class ClassifierHead(nn.Module):
     def reset(self, num_classes: int) -> None:
         """Put a freshly initialised final layer with ``num_classes`` outputs (0: identity)."""
         if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
         like = next(self.hidden.parameters(), None) if len(self.hidden) else None
         like = like if like is not None else next(self.fc.parameters(), None)
         fc = self._classifier(self.num_features, num_classes) if num_classes else nn.Identity()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
+from convnets.errors import WeightsError
 from convnets.weights import load_into, read_metadata, read_state_dict
 
 PACKAGE_DIR = Path(__file__).parent / "pretrained"
@@ -139,7 +140,7 @@ def get_weights(model: str, tag: str) -> WeightSpec:
         if spec.model == model and spec.tag == tag:
             return spec
     known = ", ".join(w.tag for w in list_weights(model)) or "none"
-    raise ValueError(f"no {tag!r} weights for {model}; known for it: {known}")
+    raise WeightsError(f"no {tag!r} weights for {model}; known for it: {known}")
 
 
 def weights_path(spec: WeightSpec, cache_dir: str | Path | None = None) -> Path:
@@ -208,7 +209,7 @@ def load_pretrained(model: nn.Module, weights: str | Path, cache_dir: str | Path
         spec = get_weights(getattr(model, "name", ""), str(weights))
         path = weights_path(spec, cache_dir)
         if not spec.is_url and sha256_of(path) != spec.sha256:
-            raise ValueError(f"{path}: its sha256 differs from the registry's: the file is damaged")
+            raise WeightsError(f"{path}: its sha256 differs from the registry's: the file is damaged")
     else:
         path = _local_file(weights, cache_dir)
     state = read_state_dict(path)
@@ -219,25 +220,3 @@ def load_pretrained(model: nn.Module, weights: str | Path, cache_dir: str | Path
         _, state = convert_state_dict(state, layout=spec.peer if spec else None)
     load_into(model, state, source=Path(path).name)
     return spec
-
-
-def add_parsers(subparsers) -> None:
-    p = subparsers.add_parser("weights", help="the pretrained weights known to convnets, with their accuracy",
-                              description="List registered weights: model, tag, dataset, measured accuracy, input "
-                              "and normalisation, and where the file comes from.")
-    p.add_argument("model", nargs="?", help="only this model's weights")
-    p.set_defaults(func=run_weights)
-
-
-def run_weights(args) -> int:
-    specs = list_weights(args.model)
-    if not specs:
-        raise ValueError(f"no registered weights for {args.model}")
-    print(f"{'model':<24} {'tag':<14} {'dataset':<14} {'top-1':>7} {'input':>10}  source")
-    for w in specs:
-        where = w.source if w.is_url else f"shipped ({w.source})"
-        print(f"{w.model:<24} {w.tag:<14} {w.dataset:<14} {w.accuracy:>7.4f} {'x'.join(map(str, w.input_size)):>10}"
-              f"  {where}")
-    print("\nUse: convnets.create_model(MODEL, weights=TAG) or --weights TAG; ImageNet files download once "
-          "into ~/.cache/convnets/weights.")
-    return 0

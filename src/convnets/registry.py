@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from convnets.errors import ConfigError, UnknownModelError
+
 if TYPE_CHECKING:
     from convnets.models.base import ConvNet
 
@@ -68,7 +70,7 @@ def register_model(
     def decorator(builder: Callable[..., ConvNet]) -> Callable[..., ConvNet]:
         name = builder.__name__
         if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
+            raise ConfigError(f"model {name!r} is registered twice")
         doc = (builder.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = ModelEntry(name, builder, family, input_size, published, doc[0] if doc else "")
         return builder
@@ -135,13 +137,6 @@ def _is_tag(weights: str) -> bool:
     from convnets.pretrained import is_tag
 
     return is_tag(weights)
-
-
-class UnknownModelError(KeyError):
-    """Raised for a model name that is not registered."""
-
-    def __str__(self) -> str:  # KeyError would print the message with quotes around it
-        return str(self.args[0])
 
 
 def _load_families() -> None:

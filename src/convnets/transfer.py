@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from convnets.errors import ConfigError
 from convnets.models.base import ConvNet
 
 FREEZE_HELP = ("none | all-but-head | auto | K (stem + first K stages) | stages.A-B (stem up to stage B) | "
@@ -53,20 +54,20 @@ def freeze_paths(model: ConvNet, spec: str) -> list[str]:
     if spec.isdigit():
         k = int(spec)
         if k > len(stages):
-            raise ValueError(f"cannot freeze {k} stages: {model.name} has {len(stages)} ({', '.join(stages)})")
+            raise ConfigError(f"cannot freeze {k} stages: {model.name} has {len(stages)} ({', '.join(stages)})")
         return ["stem", *stages[:k]]
     match = re.fullmatch(r"stages\.(\d+)-(\d+)", spec)
     if match:
         first, last = int(match[1]), int(match[2])
         if first != 0:
-            raise ValueError("a frozen range starts at stages.0: freezing a later stage alone would leave "
+            raise ConfigError("a frozen range starts at stages.0: freezing a later stage alone would leave "
                              "earlier layers training on features that no longer move")
         return freeze_paths(model, str(last + 1))
     paths = [p.strip() for p in spec.split(",") if p.strip()]
     known = dict(model.named_modules())
     unknown = [p for p in paths if p not in known]
     if unknown:
-        raise ValueError(f"--freeze {spec!r}: {model.name} has no {', '.join(unknown)}; use {FREEZE_HELP}; "
+        raise ConfigError(f"--freeze {spec!r}: {model.name} has no {', '.join(unknown)}; use {FREEZE_HELP}; "
                          f"stages are {', '.join(['stem', *stages])}")
     return paths
 

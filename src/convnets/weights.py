@@ -18,10 +18,7 @@ import torch
 from torch import nn
 
 import convnets
-
-
-class WeightsMismatchError(ValueError):
-    """A state dict that does not fit the model; the message lists the keys that differ."""
+from convnets.errors import WeightsError, WeightsMismatchError
 
 
 def atomic_write(path: str | Path, write: Any) -> Path:
@@ -76,7 +73,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
     except Exception as err:  # safetensors raises its own error types for damaged headers
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from err
+        raise WeightsError(f"{path}: not a readable safetensors file ({err})") from err
     out: dict[str, Any] = {}
     for key, value in raw.items():
         try:
@@ -92,22 +89,22 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: the file is empty (an interrupted download or copy?)")
+        raise WeightsError(f"{path}: the file is empty (an interrupted download or copy?)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
         except Exception as err:
-            raise ValueError(f"{path}: damaged or truncated safetensors file ({err})") from err
+            raise WeightsError(f"{path}: damaged or truncated safetensors file ({err})") from err
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path}: cannot be read as a plain tensor checkpoint ({err})") from err
+        raise WeightsError(f"{path}: cannot be read as a plain tensor checkpoint ({err})") from err
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not a state dict")
+        raise WeightsError(f"{path}: holds a {type(state).__name__}, not a state dict")
     return state
 
 
@@ -147,7 +144,7 @@ def load_weights(path: str | Path, model: nn.Module | None = None, **model_kwarg
     if model is None:
         meta = read_metadata(path)
         if "model" not in meta:
-            raise ValueError(f"{path}: no model name in its metadata; pass the model to load into")
+            raise WeightsError(f"{path}: no model name in its metadata; pass the model to load into")
         kwargs = {"num_classes": meta.get("num_classes", 1000), "in_chans": meta.get("in_chans", 3)}
         kwargs.update(meta.get("model_kwargs", {}))
         kwargs.update(model_kwargs)

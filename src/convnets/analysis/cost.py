@@ -18,6 +18,7 @@ from torch import nn
 
 from convnets.analysis.counting import count
 from convnets.analysis.formatting import exact, render_table
+from convnets.errors import ConfigError
 
 
 def conv_output_size(n: int, f: int, p: int = 0, s: int = 1) -> int:
@@ -33,10 +34,10 @@ def conv_output_size(n: int, f: int, p: int = 0, s: int = 1) -> int:
         ValueError: a non-positive size, stride or padding, or a filter larger than the padded input.
     """
     if n < 1 or f < 1 or s < 1 or p < 0:
-        raise ValueError(f"need n >= 1, f >= 1, s >= 1, p >= 0; got n={n}, f={f}, p={p}, s={s}")
+        raise ConfigError(f"need n >= 1, f >= 1, s >= 1, p >= 0; got n={n}, f={f}, p={p}, s={s}")
     size = (n + 2 * p - f) // s + 1
     if size < 1:
-        raise ValueError(
+        raise ConfigError(
             f"(n + 2p - f)/s + 1 = ({n} + 2*{p} - {f})/{s} + 1 = {size}: the {f}x{f} filter does not fit "
             f"in the {n + 2 * p}-pixel padded input; use a smaller filter or more padding"
         )
@@ -51,9 +52,9 @@ def resolve_padding(padding: int | str, f: int) -> int:
         return 0
     if padding == "same":
         if f % 2 == 0:
-            raise ValueError(f"'same' padding needs an odd filter size, got f={f}")
+            raise ConfigError(f"'same' padding needs an odd filter size, got f={f}")
         return (f - 1) // 2
-    raise ValueError(f"padding must be an integer, 'same' or 'valid', got {padding!r}")
+    raise ConfigError(f"padding must be an integer, 'same' or 'valid', got {padding!r}")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from convnets.errors import ConfigError
+
 aten = torch.ops.aten
 
 COUNTING_RULE = (
@@ -141,7 +143,7 @@ def count(
     """
     size = _resolve_input_size(model, input_size)
     if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
+        raise ConfigError(f"batch must be >= 1, got {batch}")
     try:
         return _count_on(meta_copy(model), "meta", model, size, batch, forward_kwargs)
     except (NotImplementedError, RuntimeError) as err:
@@ -207,10 +209,10 @@ def _on_meta(model: nn.Module) -> bool:
 def _resolve_input_size(model: nn.Module, input_size: Sequence[int] | None) -> tuple[int, ...]:
     size = input_size if input_size is not None else getattr(model, "input_size", None)
     if size is None:
-        raise ValueError(f"{type(model).__name__} has no input_size attribute: pass input_size=(C, H, W)")
+        raise ConfigError(f"{type(model).__name__} has no input_size attribute: pass input_size=(C, H, W)")
     size = tuple(int(s) for s in size)
     if not size or min(size) < 1:
-        raise ValueError(f"input size must be positive, got {size}")
+        raise ConfigError(f"input size must be positive, got {size}")
     return size
 
 

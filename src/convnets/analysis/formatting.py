@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from convnets.errors import ConfigError
+
 _UNITS = ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K"))
 
 
@@ -61,7 +63,7 @@ def parse_size(text: str, n: int = 3, order: str = "CxHxW") -> tuple[int, ...]:
         values = ()
     if len(values) != n or min(values, default=0) < 1:
         example = "x".join(["3", "224", "224"][:n]) if order == "CxHxW" else "x".join(["28", "28", "192"][:n])
-        raise ValueError(f"bad size {text!r}: expected {n} positive integers {order}, e.g. {example}")
+        raise ConfigError(f"bad size {text!r}: expected {n} positive integers {order}, e.g. {example}")
     return values
 
 

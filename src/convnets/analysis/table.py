@@ -10,6 +10,7 @@ from torch import nn
 
 from convnets.analysis.counting import COUNTING_RULE, ROOT, Counts, LayerCount, count
 from convnets.analysis.formatting import both, exact, human, render_table, shape_str
+from convnets.errors import ConfigError
 
 DEFAULT_DEPTH = 4  # deep enough for stages.2.1.conv1, the layer level of every family
 
@@ -118,7 +119,7 @@ def summary(
         A :class:`Summary`; ``print(summary(model))`` shows the table.
     """
     if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+        raise ConfigError(f"depth must be >= 1, got {depth}")
     counts = count(model, input_size, batch)
     records = {r.path: r for r in counts.layers}
     children = _children(counts.layers)

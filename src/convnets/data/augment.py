@@ -20,6 +20,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 import torch.nn.functional as F
 
+from convnets.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -85,11 +87,11 @@ def get_preset(name: str, **overrides) -> AugmentConfig:
     Example: ``get_preset("standard", hflip=0)`` for digits, whose mirror images are not digits.
     """
     if name not in PRESETS:
-        raise ValueError(f"unknown augmentation preset {name!r}; choose from {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown augmentation preset {name!r}; choose from {', '.join(PRESETS)}")
     known = {f.name for f in fields(AugmentConfig)}
     unknown = set(overrides) - known
     if unknown:
-        raise ValueError(f"unknown augmentation settings {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(f"unknown augmentation settings {sorted(unknown)}; known: {sorted(known)}")
     return replace(PRESETS[name], **overrides)
 
 
@@ -236,7 +238,7 @@ class Augmenter:
     def __init__(self, config: AugmentConfig | str = "standard", pixel_cov: torch.Tensor | None = None) -> None:
         self.config = get_preset(config) if isinstance(config, str) else config
         if self.config.pca_std and pixel_cov is None:
-            raise ValueError("PCA colour augmentation needs the training pixel covariance (pixel_cov)")
+            raise ConfigError("PCA colour augmentation needs the training pixel covariance (pixel_cov)")
         self.basis = pca_basis(pixel_cov) if self.config.pca_std else None
 
     def __repr__(self) -> str:
@@ -250,7 +252,7 @@ class Augmenter:
         std: Sequence[float] | torch.Tensor | None = None,
     ) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ConfigError(f"expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         cfg, dev = self.config, images.device
         if generator is None:
             generator = torch.Generator(device=dev)

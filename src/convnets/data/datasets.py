@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 
 from convnets.data.badfiles import BadFileLog
 from convnets.data.idx import read_idx
+from convnets.errors import DataError, DownloadError
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -142,7 +143,7 @@ def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[tuple[float,
         outer += x @ x.T
         count += x.shape[1]
     if count == 0:
-        raise ValueError("cannot compute statistics of an empty split")
+        raise DataError("cannot compute statistics of an empty split")
     mean = total / count
     cov = outer / count - torch.outer(mean, mean)
     std = cov.diagonal().clamp_min(1e-12).sqrt()
@@ -162,7 +163,7 @@ def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     if c == 3 and channels == 1:
         luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
         return (images.float() * luma).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
-    raise ValueError(f"cannot convert {c}-channel images to {channels} channels")
+    raise DataError(f"cannot convert {c}-channel images to {channels} channels")
 
 
 def resize_images(images: torch.Tensor, size: tuple[int, int], mode: str = "auto") -> torch.Tensor:
@@ -187,11 +188,11 @@ def resize_images(images: torch.Tensor, size: tuple[int, int], mode: str = "auto
         mode = "pad" if h <= th <= h * 1.25 and w <= tw <= w * 1.25 else "interpolate"
     if mode == "pad":
         if th < h or tw < w:
-            raise ValueError(f"cannot pad {h}x{w} images to the smaller size {th}x{tw}; use resize='interpolate'")
+            raise DataError(f"cannot pad {h}x{w} images to the smaller size {th}x{tw}; use resize='interpolate'")
         top, left = (th - h) // 2, (tw - w) // 2
         return F.pad(images, (left, tw - w - left, top, th - h - top))
     if mode != "interpolate":
-        raise ValueError(f"unknown resize mode {mode!r}; expected 'auto', 'pad' or 'interpolate'")
+        raise DataError(f"unknown resize mode {mode!r}; expected 'auto', 'pad' or 'interpolate'")
     out = torch.empty(images.shape[0], images.shape[1], th, tw, dtype=torch.uint8)
     for start in range(0, len(images), 4096):  # chunks: a float copy of all of CIFAR would be 600 MB
         x = images[start : start + 4096].float()
@@ -212,7 +213,7 @@ def _as_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
 def _check_labels(labels: np.ndarray, num_classes: int, path: str | Path) -> None:
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         bad = labels[(labels < 0) | (labels >= num_classes)]
-        raise ValueError(
+        raise DataError(
             f"{path}: labels must lie in 0..{num_classes - 1}, found {len(bad)} outside (e.g. {int(bad[0])})"
         )
 
@@ -258,13 +259,13 @@ def load_idx_pair(images_path: str | Path, labels_path: str | Path) -> tuple[np.
     """
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise ValueError(
+        raise DataError(
             f"{images_path}: expected uint8 images (N, H, W) or (N, H, W, C), got {images.dtype} {images.shape}"
         )
     if labels.ndim != 1:
-        raise ValueError(f"{labels_path}: expected one label per image (1 dimension), got shape {labels.shape}")
+        raise DataError(f"{labels_path}: expected one label per image (1 dimension), got shape {labels.shape}")
     if len(images) != len(labels):
-        raise ValueError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
+        raise DataError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
     images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
     return images, labels.astype(np.int64)
 
@@ -277,7 +278,7 @@ def _idx_name(directory: Path, stem: str) -> Path | None:
         raw = [p for p in found if not p.name.endswith(".gz")]
         if len(raw) == 1 and all(p.name.removesuffix(".gz") == raw[0].name for p in found):
             return raw[0]
-        raise ValueError(f"{directory}: several files match *{stem}*: {', '.join(p.name for p in found)}")
+        raise DataError(f"{directory}: several files match *{stem}*: {', '.join(p.name for p in found)}")
     return found[0] if found else None
 
 
@@ -375,7 +376,7 @@ def download_file(url: str, dest: str | Path, sha256: str | None = None, *, time
                 out.write(block)
     except (urllib.error.URLError, OSError) as err:
         part.unlink(missing_ok=True)
-        raise ConnectionError(f"cannot download {url}: {err}") from err
+        raise DownloadError(f"cannot download {url}: {err}") from err
     if sha256 is not None:
         try:
             got = _sha256_of_content(part)
@@ -383,7 +384,7 @@ def download_file(url: str, dest: str | Path, sha256: str | None = None, *, time
             got = f"unreadable ({err})"
         if got != sha256:
             part.unlink(missing_ok=True)
-            raise ValueError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}")
+            raise DataError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}")
     os.replace(part, dest)
     return dest
 
@@ -480,7 +481,7 @@ def load_digits(
         from sklearn.datasets import load_digits as sk_load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as err:
-        raise ValueError("the digits dataset needs scikit-learn: pip install scikit-learn") from err
+        raise DataError("the digits dataset needs scikit-learn: pip install scikit-learn") from err
     bunch = sk_load_digits()
     images = np.rint(bunch.images * (255 / 16)).astype(np.uint8)[:, None]
     labels = bunch.target.astype(np.int64)
@@ -525,7 +526,7 @@ def _unpickle(path: str) -> dict:
         try:
             return pickle.load(f, encoding="latin1")
         except Exception as err:  # pickle raises many kinds on a damaged file
-            raise ValueError(f"{path}: not a CIFAR python batch ({type(err).__name__}: {err})") from err
+            raise DataError(f"{path}: not a CIFAR python batch ({type(err).__name__}: {err})") from err
 
 
 def load_cifar(
@@ -555,7 +556,7 @@ def load_cifar(
             batch = _unpickle(path)
             data, lab = np.asarray(batch["data"]), np.asarray(batch[key], dtype=np.int64)
             if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(lab):
-                raise ValueError(
+                raise DataError(
                     f"{path}: expected uint8 data (N, 3072) and N labels, got {data.dtype} {data.shape} "
                     f"and {len(lab)} labels"
                 )
@@ -654,7 +655,7 @@ def _scan_class_folders(root: Path, bad: BadFileLog) -> tuple[list[str], list[tu
     """Classes (sorted subfolder names) and (path, label) samples of ``root/CLASS/...``."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
-        raise ValueError(f"{root}: no class folders; expected {root}/CLASS_NAME/IMAGE.jpg")
+        raise DataError(f"{root}: no class folders; expected {root}/CLASS_NAME/IMAGE.jpg")
     samples = []
     for label, class_dir in enumerate(class_dirs):
         found = 0
@@ -669,7 +670,7 @@ def _scan_class_folders(root: Path, bad: BadFileLog) -> tuple[list[str], list[tu
                 samples.append((str(path), label))
                 found += 1
         if not found:
-            raise ValueError(f"class folder {class_dir} has no images")
+            raise DataError(f"class folder {class_dir} has no images")
     return [d.name for d in class_dirs], samples
 
 
@@ -704,7 +705,7 @@ def _stats_of_folder(
         images.append(x)
     images = [x for x in images if len(x)]
     if not images:
-        raise ValueError("no training image could be decoded; see the bad-file report")
+        raise DataError("no training image could be decoded; see the bad-file report")
     return channel_stats(torch.cat(images))
 
 
@@ -760,13 +761,13 @@ def load_image_folder(
         classes, train = _scan_class_folders(train_dir, bad)
         val_classes, val = _scan_class_folders(held_out, bad)
         if val_classes != classes:
-            raise ValueError(f"{held_out} has classes {val_classes} but {train_dir} has {classes}")
+            raise DataError(f"{held_out} has classes {val_classes} but {train_dir} has {classes}")
     else:  # a lone train/ folder is split like a plain one
         classes, samples = _scan_class_folders(train_dir if train_dir.is_dir() else root, bad)
         train, val = _stratified_split(samples, val_fraction, seed)
     c = channels or 3
     if c not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {c}")
+        raise DataError(f"channels must be 1 or 3, got {c}")
     size = _as_size(image_size) or (_probe_size(train),) * 2
     train_split, val_split = ImageFolderSplit(train, size, c), ImageFolderSplit(val, size, c)
     workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
@@ -826,7 +827,7 @@ def load_dataset(
     if not path.exists():
         raise FileNotFoundError(f"unknown dataset {spec!r}: not one of {', '.join(DATASET_NAMES)} nor an existing path")
     if not path.is_dir():
-        raise ValueError(f"{path}: expected a dataset name or a directory")
+        raise DataError(f"{path}: expected a dataset name or a directory")
     if _cifar_layout(path):
         return load_cifar(path, **shape)
     if find_idx_files(path):
@@ -843,9 +844,9 @@ def subsample_per_class(dataset: Dataset, per_class: int, seed: int = 0, split: 
     the normalisation statistics are kept, so results stay comparable across sizes.
     """
     if per_class < 1:
-        raise ValueError(f"per_class must be at least 1, got {per_class}")
+        raise DataError(f"per_class must be at least 1, got {per_class}")
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
     labels = getattr(dataset, split).labels
     generator = torch.Generator().manual_seed(seed)
     keep = []

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from convnets.errors import DataError
+
 # Type codes of the format (LeCun's MNIST page); values are stored big-endian.
 _IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(np.uint8),
@@ -25,7 +27,7 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class IDXFormatError(ValueError):
+class IDXFormatError(DataError):
     """An IDX file whose header is invalid or does not match its size."""
 
 
@@ -90,7 +92,7 @@ def write_idx(path: str | Path, array: np.ndarray, *, compress: bool | None = No
     codes = {dt.newbyteorder("="): code for code, dt in _IDX_DTYPES.items()}
     native = array.dtype.newbyteorder("=")
     if native not in codes:
-        raise ValueError(f"IDX cannot store dtype {array.dtype}")
+        raise DataError(f"IDX cannot store dtype {array.dtype}")
     code = codes[native]
     payload = (
         bytes([0, 0, code, array.ndim])

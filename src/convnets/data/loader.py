@@ -19,6 +19,7 @@ import torch
 from convnets.data.augment import AugmentConfig, Augmenter
 from convnets.data.badfiles import BadFileLog
 from convnets.data.datasets import Dataset, ImageFolderSplit, TensorSplit, collate_images
+from convnets.errors import DataError
 
 
 def derive_seed(*parts: int) -> int:
@@ -82,9 +83,9 @@ class BatchLoader:
         cpu_threads: int | None = 1,
     ) -> None:
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+            raise DataError(f"rank {rank} is not in 0..{world_size - 1}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise DataError(f"batch_size must be positive, got {batch_size}")
         self.split = split
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -128,7 +129,7 @@ class BatchLoader:
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Choose the epoch the next iteration yields, starting at batch ``start_batch`` of it."""
         if not 0 <= start_batch <= len(self):
-            raise ValueError(f"start_batch {start_batch} is outside 0..{len(self)}")
+            raise DataError(f"start_batch {start_batch} is outside 0..{len(self)}")
         self.epoch, self.start_batch = epoch, start_batch
 
     def batch_indices(self) -> list[torch.Tensor]:
@@ -252,7 +253,7 @@ def make_loader(
         shuffle: Default: shuffle the training split, not the test split.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise DataError(f"split must be 'train' or 'test', got {split!r}")
     augmenter = None
     if augment is not None and augment != "none":
         augmenter = Augmenter(augment, dataset.pixel_cov)

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from convnets.errors import ConfigError
+
 
 def _size(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -32,7 +34,7 @@ def center_crop(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tens
     h, w = _size(size)
     top, left = (images.shape[-2] - h) // 2, (images.shape[-1] - w) // 2
     if top < 0 or left < 0:
-        raise ValueError(f"crop {h}x{w} is larger than the images ({images.shape[-2]}x{images.shape[-1]})")
+        raise ConfigError(f"crop {h}x{w} is larger than the images ({images.shape[-2]}x{images.shape[-1]})")
     return images[..., top : top + h, left : left + w]
 
 
@@ -69,7 +71,7 @@ def ten_crop_views(
         images = F.pad(images - value, (pad, pad, pad, pad)) + value  # F.pad takes one scalar for all channels
     big_h, big_w = images.shape[-2:]
     if h > big_h or w > big_w:
-        raise ValueError(f"crop {h}x{w} is larger than the images ({big_h}x{big_w})")
+        raise ConfigError(f"crop {h}x{w} is larger than the images ({big_h}x{big_w})")
     crops = [center_crop(images, (h, w))] + [
         images[..., top : top + h, left : left + w] for top in (0, big_h - h) for left in (0, big_w - w)
     ]
@@ -95,5 +97,5 @@ TTA_VIEWS: dict[str, Callable[..., torch.Tensor]] = {
 def tta_views(images: torch.Tensor, name: str, **kwargs) -> torch.Tensor:
     """Views by name (identity/none, mirror, ten-crop); keyword arguments go to the view function."""
     if name not in TTA_VIEWS:
-        raise ValueError(f"unknown test-time views {name!r}; choose from {', '.join(TTA_VIEWS)}")
+        raise ConfigError(f"unknown test-time views {name!r}; choose from {', '.join(TTA_VIEWS)}")
     return TTA_VIEWS[name](images, **kwargs)

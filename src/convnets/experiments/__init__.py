@@ -17,6 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from convnets.errors import ConfigError
+
 BUDGETS = ("tiny", "small", "full")  # tiny: a seconds-long smoke run for the test suite
 MODULES = ("costs", "degradation", "architecture", "practice", "classic")  # each registers its experiments
 
@@ -151,14 +153,14 @@ def experiment(name: str, summary: str) -> Callable[[Experiment], Experiment]:
 
     def register(fn: Experiment) -> Experiment:
         if name in EXPERIMENTS:
-            raise ValueError(f"experiment {name!r} registered twice")
+            raise ConfigError(f"experiment {name!r} registered twice")
         EXPERIMENTS[name] = (summary, fn)
         return fn
 
     return register
 
 
-def _register_all() -> None:
+def register_all() -> None:
     import importlib
 
     for module in MODULES:
@@ -171,46 +173,13 @@ def run_experiment(name: str, budget: str = "small", out: str | Path | None = No
 
     ``data`` is the dataset of the experiments that train (``fashion-mnist``, ``cifar10``...).
     """
-    _register_all()
+    register_all()
     if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
+        raise ConfigError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
     if budget not in BUDGETS:
-        raise ValueError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+        raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
     out = Path(out) if out else Path("runs") / "experiments" / name
     result = EXPERIMENTS[name][1](Setting(budget, out, data, data_dir, threads))
     result.write(out, budget)
     result.out = out
     return result
-
-
-def add_parsers(subparsers) -> None:
-    p = subparsers.add_parser("experiment", help="reproduce a claim of the case studies, with a figure",
-                              description="Run one of the case studies' claims as an experiment; writes a PNG "
-                              "figure, results.json and results.md to --out.")
-    p.add_argument("name", nargs="?", help="experiment name (omit to list them)")
-    p.add_argument("--budget", choices=BUDGETS, default="small",
-                   help="tiny: a seconds-long smoke run; small (default): minutes to tens of minutes on a 2-core CPU; "
-                   "full: the papers' scale, for a GPU")
-    p.add_argument("--out", help="output directory (default runs/experiments/NAME); re-running with the same "
-                   "--out reuses finished training runs and resumes an interrupted one")
-    p.add_argument("--data", default="fashion-mnist", help="dataset of the experiments that train (default "
-                   "fashion-mnist; cifar10 when you have its files)")
-    p.add_argument("--data-dir", help="where named datasets are looked up")
-    p.add_argument("--threads", type=int, help="CPU threads (1 avoids stalls on a machine shared with other work)")
-    p.set_defaults(func=_run)
-
-
-def _run(args) -> int:
-    _register_all()
-    if not args.name:
-        for name, (summary, _) in sorted(EXPERIMENTS.items()):
-            print(f"{name:<14} {summary}")
-        return 0
-    result = run_experiment(args.name, args.budget, args.out, data=args.data, data_dir=args.data_dir,
-                            threads=args.threads)
-    print(f"{result.name}: {result.claim}\n")
-    print(result.table)
-    for note in result.notes:
-        print(f"- {note}")
-    print(f"\nwrote {result.out}/results.md, results.json" + (f", {result.figure.name}" if result.figure else ""))
-    return 0

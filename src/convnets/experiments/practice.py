@@ -23,6 +23,7 @@ from convnets.data.augment import get_preset
 from convnets.data.datasets import load_dataset, subsample_per_class
 from convnets.data.loader import make_loader
 from convnets.data.views import tta_views
+from convnets.errors import ConfigError
 from convnets.evaluate import Ensemble, Member, combine_outputs, load_member, scores, tta, view_kwargs
 from convnets.experiments import Result, Setting, Trained, experiment, markdown_table, plot, standard_error
 from convnets.export import median_latency_ms
@@ -56,7 +57,7 @@ def _members_and_test_set(setting: Setting, runs: Sequence[Trained], per_class: 
     members = [load_member(run.out / "last.safetensors") for run in runs]
     first = members[0]
     if any((m.input_size, m.mean, m.std) != (first.input_size, first.mean, first.std) for m in members):
-        raise ValueError("the runs were trained with different preprocessing; evaluate them separately")
+        raise ConfigError("the runs were trained with different preprocessing; evaluate them separately")
     c, h, _ = first.input_size
     dataset = load_dataset(runs[0].config["data"], data_dir=setting.data_dir, image_size=h, channels=c)
     dataset = dataclasses.replace(dataset, mean=first.mean, std=first.std)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from convnets.errors import InputShapeError
 from convnets.layers import ClassifierHead
 
 
@@ -27,10 +28,6 @@ class StageInfo:
     name: str
     channels: int
     reduction: int
-
-
-class InputShapeError(ValueError):
-    """An input whose shape the model cannot take; the message names the expected shape."""
 
 
 class ConvNet(nn.Module):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from convnets.errors import ConfigError
 from convnets.layers import ClassifierHead, ConvBNAct, InvertedResidual, make_divisible
 from convnets.models.base import ConvNet, StageInfo
 from convnets.registry import Published, register_model
@@ -76,7 +77,7 @@ def compound_scaling(phi: float) -> Scaling:
     (the published values do so, approximately).
     """
     if not phi >= 0:
-        raise ValueError(f"phi must be >= 0 (0 is B0; each step about doubles the MACs), got {phi}")
+        raise ConfigError(f"phi must be >= 0 (0 is B0; each step about doubles the MACs), got {phi}")
     resolution = max(32, int(round(224 * GAMMA**phi / 8)) * 8)
     return Scaling(BETA**phi, ALPHA**phi, resolution, min(0.5, 0.2 + 0.3 * phi / 7))
 
@@ -104,7 +105,7 @@ class EfficientNet(ConvNet):
     ) -> None:
         super().__init__()
         if not scaling.width > 0 or not scaling.depth > 0:
-            raise ValueError(f"width and depth multipliers must be > 0, got {scaling}")
+            raise ConfigError(f"width and depth multipliers must be > 0, got {scaling}")
         self.small_input = small_input
         self.scaling = scaling
         channels = make_divisible(32 * scaling.width)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from convnets.errors import ConfigError
 from convnets.layers import ClassifierHead, ConvBNAct, he_init
 from convnets.models.base import ConvNet, InputShapeError, StageInfo
 from convnets.registry import Published, register_model
@@ -216,7 +217,7 @@ class GoogLeNet(ConvNet):
         if not return_aux:
             return self.forward_head(self.forward_features(x))
         if self.aux is None:
-            raise ValueError("this GoogLeNet was built with aux_logits=False: it has no auxiliary classifiers")
+            raise ConfigError("this GoogLeNet was built with aux_logits=False: it has no auxiliary classifiers")
         x = self.stem(x)
         aux_logits = []
         for stage in self.stages:

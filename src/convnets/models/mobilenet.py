@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from convnets.errors import ConfigError
 from convnets.layers import ClassifierHead, ConvBNAct, InvertedResidual, make_divisible
 from convnets.models.base import ConvNet, StageInfo
 from convnets.registry import Published, register_model
@@ -56,12 +57,12 @@ V2_ROWS = (
 
 def _check_width(width: float) -> None:
     if not width > 0:
-        raise ValueError(f"the width multiplier must be > 0 (the papers use 0.25 to 1.4), got {width}")
+        raise ConfigError(f"the width multiplier must be > 0 (the papers use 0.25 to 1.4), got {width}")
 
 
 def _input_size(image_size: int | None, in_chans: int) -> tuple[int, int, int]:
     if image_size is not None and image_size < 32:
-        raise ValueError(f"image_size must be at least 32, got {image_size}")
+        raise ConfigError(f"image_size must be at least 32, got {image_size}")
     return (in_chans, image_size or 224, image_size or 224)
 
 

@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from convnets.errors import ConfigError
 from convnets.layers import ClassifierHead, ConvBNAct, ZeroPadShortcut, relu
 from convnets.models.base import ConvNet, StageInfo
 from convnets.registry import Published, register_model
@@ -38,7 +39,7 @@ def make_shortcut(option: Shortcut, in_channels: int, out_channels: int, stride:
     if option is None:
         return None
     if option not in ("A", "B", "C"):
-        raise ValueError(f"shortcut must be 'A', 'B', 'C' or None (plain), got {option!r}")
+        raise ConfigError(f"shortcut must be 'A', 'B', 'C' or None (plain), got {option!r}")
     same_shape = stride == 1 and in_channels == out_channels
     if option == "C" or (option == "B" and not same_shape):
         return ConvBNAct(in_channels, out_channels, 1, stride, act=None)
@@ -120,7 +121,7 @@ IMAGENET = {
 def cifar_spec(depth: int) -> ResNetSpec:
     """He et al. 2015 Section 4.2: depth 6n + 2, n basic blocks per stage at 16/32/64 filters."""
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"a CIFAR ResNet has 6n + 2 layers (20, 32, 44, 56, 110, ...), got {depth}")
+        raise ConfigError(f"a CIFAR ResNet has 6n + 2 layers (20, 32, 44, 56, 110, ...), got {depth}")
     n = (depth - 2) // 6
     return ResNetSpec(BasicBlock, (n, n, n), (16, 32, 64), cifar=True)
 
@@ -150,7 +151,7 @@ class ResNet(ConvNet):
     ) -> None:
         super().__init__()
         if downsample_on not in ("1x1", "3x3"):
-            raise ValueError(f"downsample_on must be '1x1' or '3x3', got {downsample_on!r}")
+            raise ConfigError(f"downsample_on must be '1x1' or '3x3', got {downsample_on!r}")
         self.small_input = small_input
         if spec.cifar:
             self.stem = ConvBNAct(in_chans, spec.widths[0], 3)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convnets.errors import ConfigError
+
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -113,14 +115,14 @@ class TrainConfig:
             try:
                 import tomllib
             except ModuleNotFoundError as err:  # Python 3.10
-                raise ValueError(f"{path}: TOML configs need Python 3.11+; use JSON") from err
+                raise ConfigError(f"{path}: TOML configs need Python 3.11+; use JSON") from err
             values = tomllib.loads(text)
         else:
             values = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown config fields {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"{path}: unknown config fields {unknown}; known: {sorted(known)}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -181,7 +183,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
 def _validate(c: TrainConfig) -> None:
     def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         if value not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
     choice("optimizer", c.optimizer, OPTIMIZERS)
     choice("schedule", c.schedule, SCHEDULES)
@@ -190,10 +192,10 @@ def _validate(c: TrainConfig) -> None:
     choice("nan_policy", c.nan_policy, ("stop", "skip"))
     for name in ("epochs", "batch_size"):
         if getattr(c, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(c, name)}")
+            raise ConfigError(f"{name} must be at least 1, got {getattr(c, name)}")
     if not c.lr > 0:
-        raise ValueError(f"lr must be > 0, got {c.lr}")
+        raise ConfigError(f"lr must be > 0, got {c.lr}")
     if c.weight_decay < 0 or c.label_smoothing < 0 or c.warmup_epochs < 0:
-        raise ValueError("weight_decay, label_smoothing and warmup_epochs must be >= 0")
+        raise ConfigError("weight_decay, label_smoothing and warmup_epochs must be >= 0")
     if c.warmup_epochs >= c.epochs and c.warmup_epochs > 0:
-        raise ValueError(f"warmup_epochs ({c.warmup_epochs}) must be shorter than the run ({c.epochs} epochs)")
+        raise ConfigError(f"warmup_epochs ({c.warmup_epochs}) must be shorter than the run ({c.epochs} epochs)")

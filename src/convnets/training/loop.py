@@ -32,6 +32,8 @@ from torch import nn
 import convnets
 from convnets.data.datasets import load_dataset, subsample_per_class
 from convnets.data.loader import make_loader
+from convnets.device import set_threads
+from convnets.errors import ConfigMismatchError, TrainingDiverged
 from convnets.models.base import ConvNet
 from convnets.models.inception import AUX_LOSS_WEIGHT
 from convnets.pretrained import get_weights, is_tag, load_pretrained, weights_preprocessing
@@ -42,14 +44,6 @@ from convnets.transfer import FeatureLoader, cached_features, freeze, parameter_
 from convnets.weights import atomic_write, save_weights
 
 STATE_FILE = "state.pt"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the checkpoint kept."""
-
-
-class ConfigMismatchError(ValueError):
-    """Model and data (or a run being resumed) do not fit; the message says what to change."""
 
 
 @dataclass
@@ -95,8 +89,7 @@ class _Run:
             )
         if cfg.deterministic:
             _make_deterministic()
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        set_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
 
         # Pretrained weights fix the preprocessing: input size, channels and normalisation.

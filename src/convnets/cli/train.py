@@ -3,49 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import json
-from typing import Any
 
+from convnets.cli.options import parse_model_args
+from convnets.device import DEVICE_HELP
 from convnets.training.config import AUGMENT_PRESETS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
 
 
-def parse_model_args(items: list[str]) -> dict[str, Any]:
-    """``["small_input=true", "width=0.5"]`` -> ``{"small_input": True, "width": 0.5}`` (JSON values)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--model-arg takes KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value.lower() if value.lower() in ("true", "false", "null") else value)
-        except json.JSONDecodeError:
-            out[key] = value  # a bare string such as shortcut=A
-    return out
-
-
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    train = subparsers.add_parser(
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
         "train",
         help="train a model (from scratch, or from --weights)",
         description="Train MODEL on --data and write a run directory: config, metrics, weights, curves, report. "
         "Unset options take the model's recipe. Under torchrun, trains on every process (DDP).",
     )
-    _add_run_arguments(train)
-    _add_transfer_arguments(train, weights_required=False)
-    train.set_defaults(func=run_train, freeze=None, pretrained_lr_scale=None)
-    transfer = subparsers.add_parser(
-        "transfer",
-        help="fine-tune pretrained weights on new data: new head, freezing, cached features",
-        description="Start from --weights, replace the classifier for the new classes, freeze what --freeze says "
-        "(auto: by examples per class, as the case studies advise), train the rest; with --cache-features the "
-        "frozen trunk runs once and only the head trains.",
-    )
-    _add_run_arguments(transfer)
-    _add_transfer_arguments(transfer, weights_required=True)
-    transfer.set_defaults(func=run_train, freeze="auto", pretrained_lr_scale=0.1)
+    add_run_arguments(p)
+    add_transfer_arguments(p, weights_required=False)
+    p.set_defaults(run=run, freeze=None, pretrained_lr_scale=None)
 
 
-def _add_transfer_arguments(p: argparse.ArgumentParser, *, weights_required: bool) -> None:
+def add_transfer_arguments(p: argparse.ArgumentParser, *, weights_required: bool) -> None:
     from convnets.transfer import FREEZE_HELP
 
     p.add_argument("--weights", required=weights_required,
@@ -60,7 +36,7 @@ def _add_transfer_arguments(p: argparse.ArgumentParser, *, weights_required: boo
     p.add_argument("--test-per-class", type=int, help="evaluate on only N test examples per class (fixed choice)")
 
 
-def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="registered model name (convnets list)")
     p.add_argument("--data", default=None, help="fashion-mnist (default), digits, cifar10, or an image folder")
     p.add_argument("--data-dir", help="where named datasets are looked up")
@@ -87,7 +63,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action="store_true", default=None, help="deterministic kernels (slower)")
     p.add_argument("--nan-policy", choices=("stop", "skip"))
     p.add_argument("--max-steps", type=int, help="stop with a checkpoint after this many steps")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--workers", dest="num_workers", type=int, help="decoding processes for image folders")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: one per core)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
@@ -104,7 +80,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(model=args.model, model_kwargs=model_kwargs, **given)
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from convnets.training.loop import train
 
     train(config_from_args(args))

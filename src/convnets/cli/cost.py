@@ -1,8 +1,4 @@
-"""``convnets summary``, ``convnets list`` and ``convnets cost``: shapes and costs on the command line.
-
-Every model is built on the meta device, so no weights are allocated and no arithmetic is
-done: listing every architecture takes seconds.
-"""
+"""``convnets cost EXAMPLE``: the case studies' worked cost examples, for any numbers."""
 
 from __future__ import annotations
 
@@ -10,80 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from convnets.analysis import cost
-from convnets.analysis.catalog import build_for_counting, catalog, render_catalog
-from convnets.analysis.formatting import parse_size
-from convnets.analysis.table import DEFAULT_DEPTH, summary
-
-
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``summary``, ``list`` and ``cost`` to the main ``convnets`` parser."""
-    _add_list(subparsers)
-    _add_summary(subparsers)
-    _add_cost(subparsers)
-
-
-def _size_type(n: int, order: str) -> Callable[[str], tuple[int, ...]]:
-    def parse(text: str) -> tuple[int, ...]:
-        try:
-            return parse_size(text, n, order)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    return parse
-
-
-def _add_summary(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "summary",
-        help="layer table of a model: output shapes, params, MACs",
-        description="One row per layer (output shape, params, MACs), totals, the per-stage n_H x n_W x n_C "
-        "pattern, and the counting rule. The model is built on the meta device: nothing is computed.",
-    )
-    p.add_argument("name", help="registered model name (see `convnets list`)")
-    p.add_argument(
-        "--input",
-        type=_size_type(3, "CxHxW"),
-        metavar="CxHxW",
-        help="input size, e.g. 3x224x224 (default: the model's own)",
-    )
-    p.add_argument(
-        "--depth",
-        type=int,
-        default=DEFAULT_DEPTH,
-        help=f"deepest module path level shown, stages.2.1.conv1 being 4 (default {DEFAULT_DEPTH})",
-    )
-    p.add_argument("--num-classes", type=int, help="classifier outputs (default: the model's)")
-    p.add_argument("--in-chans", type=int, help="input channels (default: the model's)")
-    p.add_argument("--batch", type=int, default=1, help="batch size N the MACs are counted for (default 1)")
-    p.set_defaults(func=run_summary)
-
-
-def run_summary(args: argparse.Namespace) -> int:
-    """``convnets summary NAME``: print the layer table of a registered model built on meta."""
-    kwargs = {k: v for k, v in (("num_classes", args.num_classes), ("in_chans", args.in_chans)) if v is not None}
-    model = build_for_counting(args.name, **kwargs)
-    print(summary(model, args.input, depth=args.depth, batch=args.batch))
-    return 0
-
-
-def _add_list(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "list",
-        help="every registered model with params, MACs and the published figures",
-        description="Every registered model: family, default input, our params and MACs, and the published "
-        "figures beside them (= equal, ~ equal up to the published rounding, != differs).",
-    )
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'resnet*' (default: all)")
-    p.set_defaults(func=run_list)
-
-
-def run_list(args: argparse.Namespace) -> int:
-    """``convnets list [PATTERN]``: print every matching model beside its published figures."""
-    rows = catalog(args.pattern)
-    if not rows:
-        raise ValueError(f"no registered model matches {args.pattern!r}")
-    print(render_catalog(rows))
-    return 0
+from convnets.cli.options import size_type
 
 
 def _opt(flags: tuple[str, ...], default: object, help_text: str, kind: type = int) -> tuple:
@@ -95,7 +18,7 @@ def _volume(default: tuple[int, int, int]) -> tuple:
     return (
         "--input",
         {
-            "type": _size_type(3, "HxWxC"),
+            "type": size_type(3, "HxWxC"),
             "default": default,
             "metavar": "HxWxC",
             "help": f"input volume n_H x n_W x n_C (default {text})",
@@ -173,7 +96,7 @@ _COST_COMMANDS = (
 )
 
 
-def _add_cost(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "cost",
         help="the case studies' worked cost examples, for any numbers",
@@ -185,7 +108,7 @@ def _add_cost(subparsers: argparse._SubParsersAction) -> None:
         q = sub.add_parser(name, help=help_text, description=description)
         for *flags, kwargs in options:
             q.add_argument(*flags, **kwargs)
-        q.set_defaults(func=_cost_runner(build))
+        q.set_defaults(run=_cost_runner(build))
 
 
 def _cost_runner(build: Callable[[argparse.Namespace], cost.CostReport]) -> Callable[[argparse.Namespace], int]:

@@ -1,0 +1,62 @@
+"""convnets: the deep convolutional network case studies, exact to their papers.
+
+One module per command, each with ``add_parser(subparsers)`` and ``run(args)``. :func:`main` is the
+one error boundary: an expected failure (a :class:`~convnets.errors.ConvnetsError`, or a file or
+disk the operating system refused) prints ``convnets CMD: error: MESSAGE`` and exits with status 2,
+the same form and status argparse uses for a bad option. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+
+from convnets.errors import ConvnetsError
+
+# The order `convnets --help` lists them in: look at networks, then data, train, evaluate, deploy.
+COMMANDS = ("list", "summary", "cost", "augment", "train", "transfer", "evaluate", "export", "latency",
+            "fit_device", "weights", "experiment")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="convnets", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"convnets.cli.{name}").add_parser(sub)
+    return parser
+
+
+def describe_os_error(err: OSError) -> str:
+    """``path: reason`` for a file the operating system refused, with what to do for a full or read-only disk."""
+    where = f"{err.filename}: " if err.filename else ""
+    reason = err.strerror or str(err)
+    hints = {errno.ENOSPC: " (free some space or choose another --out; the last checkpoint written is kept)",
+             errno.EROFS: " (choose a writable --out)", errno.EACCES: " (choose a location you can write)"}
+    return where + reason + hints.get(err.errno, "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        sys.stderr.close()
+        return 0
+    except ConvnetsError as err:
+        return fail(args.command, str(err))
+    except OSError as err:  # a missing file, a full or read-only disk, a refused connection
+        return fail(args.command, describe_os_error(err))
+
+
+def fail(command: str, message: str) -> int:
+    print(f"convnets {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

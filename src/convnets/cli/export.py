@@ -1,0 +1,71 @@
+"""``convnets export``: ONNX checked against PyTorch, optional int8, with accuracy and latency."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from convnets.cli.options import parse_model_args
+from convnets.export import (
+    accuracy_of,
+    dataset_images,
+    export_onnx,
+    load_model_or_run,
+    onnx_latency_ms,
+    quantize_int8,
+    run_onnx,
+    session,
+    torch_latency_ms,
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export", help="export to ONNX (checked against PyTorch), optionally int8, with accuracy and latency",
+        description="Export a run (or a registered model with random weights) to ONNX, check ONNX Runtime against "
+        "PyTorch on real images, optionally quantize to int8 and measure the accuracy change on the test set.")
+    p.add_argument("source", metavar="RUN_OR_MODEL")
+    p.add_argument("--onnx", action="store_true", default=True, help="export to ONNX (the default and only format)")
+    p.add_argument("--int8", action="store_true", help="also write a statically quantized int8 model")
+    p.add_argument("--out", help="output directory (default: RUN/export or ./export-MODEL)")
+    p.add_argument("--calibration-images", type=int, default=512)
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, meta = load_model_or_run(args.source, **parse_model_args(args.model_arg))
+    path = Path(args.source)
+    out = Path(args.out) if args.out else (path / "export" if path.is_dir() else Path(f"export-{model.name}"))
+    data = dataset_images(meta, "test")
+    check = data[0][:64] if data else torch.randn(8, *model.input_size)
+    result = export_onnx(model, out / f"{model.name}.onnx", check)
+    print(f"wrote {result.path}: max |ONNX - PyTorch| = {result.max_abs_diff:.2e} on {len(check)} "
+          f"{'test images' if data else 'random inputs'} (largest logit {result.max_logit:.2f})")
+    x1 = check[:1]
+    rows = [("PyTorch eager fp32", torch_latency_ms(model, x1), None),
+            ("ONNX Runtime fp32", onnx_latency_ms(result.path, x1), None)]
+    if data:
+        x, y = data
+        rows[0] = (*rows[0][:2], accuracy_of(lambda b: model(b), x, y))
+        sess = session(result.path)
+        rows[1] = (*rows[1][:2], accuracy_of(lambda b: run_onnx(sess, b), x, y))
+    if args.int8:
+        calib = dataset_images(meta, "train", args.calibration_images)
+        calib_x = calib[0] if calib else torch.randn(64, *model.input_size)
+        int8_path = quantize_int8(result.path, out / f"{model.name}.int8.onnx", calib_x)
+        acc = None
+        if data:
+            sess8 = session(int8_path)
+            acc = accuracy_of(lambda b: run_onnx(sess8, b), *data)
+        rows.append(("ONNX Runtime int8", onnx_latency_ms(int8_path, x1), acc))
+        print(f"wrote {int8_path} (calibrated on {len(calib_x)} {'training images' if calib else 'random inputs'})")
+    base = rows[0][1]
+    print(f"\n{'runtime':<22} {'batch-1 ms':>10} {'speed-up':>9} {'accuracy':>9}")
+    for name, ms, acc in rows:
+        print(f"{name:<22} {ms:>10.2f} {base / ms:>8.2f}x {acc if acc is None else f'{acc:.4f}':>9}")
+    if data and args.int8:
+        print(f"int8 changes test accuracy by {100 * (rows[-1][2] - rows[0][2]):+.2f} points")
+    return 0

@@ -1,0 +1,52 @@
+"""``convnets latency``: batch-1 and batched latency of PyTorch eager and ONNX Runtime, beside params and MACs."""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+
+from convnets.analysis import count
+from convnets.analysis.formatting import parse_size
+from convnets.export import export_onnx, load_model_or_run, onnx_latency_ms, quantize_int8, torch_latency_ms
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "latency", help="batch-1 and batched latency of PyTorch eager and ONNX Runtime, beside params and MACs",
+        description="Median latency over repeated runs on this machine, for each model: PyTorch eager fp32 and "
+        "the exported ONNX model (fp32, and int8 with --int8).")
+    p.add_argument("sources", nargs="+", metavar="RUN_OR_MODEL")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--input", help="CxHxW (default: the model's input size)")
+    p.add_argument("--int8", action="store_true", help="also quantize (random calibration unless the run has data)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, help="CPU threads for both runtimes (default: all)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"{'model':<24} {'params':>10} {'MACs':>9} {'batch':>5} {'eager ms':>9} {'onnx ms':>8} "
+          + (f"{'int8 ms':>8} " if args.int8 else "") + f"{'images/s (best)':>15}")
+    for source in args.sources:
+        model, meta = load_model_or_run(source)
+        size = parse_size(args.input) if args.input else tuple(meta.get("input_size", model.input_size))
+        counts = count(model, size)
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = export_onnx(model, Path(tmp) / "m.onnx", torch.randn(2, *size)).path
+            int8_path = quantize_int8(onnx_path, Path(tmp) / "m8.onnx", torch.randn(32, *size)) if args.int8 else None
+            for batch in args.batch:
+                x = torch.randn(batch, *size)
+                eager = torch_latency_ms(model, x, repeats=args.repeats)
+                ort = onnx_latency_ms(onnx_path, x, repeats=args.repeats)
+                q = onnx_latency_ms(int8_path, x, repeats=args.repeats) if int8_path else None
+                best = min(t for t in (eager, ort, q) if t is not None)
+                print(f"{model.name:<24} {counts.params / 1e6:>9.2f}M {counts.macs / 1e6:>8.1f}M {batch:>5} "
+                      f"{eager:>9.2f} {ort:>8.2f} " + (f"{q:>8.2f} " if q is not None else "")
+                      + f"{1000 * batch / best:>15,.0f}")
+    print("\nMedian of repeated runs on this machine; MACs per image (see `convnets summary`).")
+    return 0

@@ -1,0 +1,75 @@
+"""Option parsing shared by the commands: KEY=VALUE lists and numbers with a range.
+
+Ranges that the Python API also needs are checked in the library (``TrainConfig``, ``evaluate``...);
+the types here are for options that exist only on the command line, so that argparse names the
+option and its allowed range in its own ``convnets CMD: error: argument --X: ...`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import math
+from collections.abc import Callable
+from typing import Any
+
+from convnets.analysis.formatting import parse_size
+from convnets.errors import ConfigError
+
+
+def parse_key_values(items: list[str], option: str) -> dict[str, Any]:
+    """``["small_input=true", "width=0.5", "shortcut=A", "crop_scale=(0.3, 1)"]`` -> a dict of Python values.
+
+    Values are Python literals (numbers, tuples, quoted strings), ``true``/``false``/``null`` in any
+    case, or else taken as a bare string (``shortcut=A``).
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise ConfigError(f"{option} takes KEY=VALUE, got {item!r}")
+        words = {"true": True, "false": False, "null": None, "none": None}
+        if value.lower() in words:
+            out[key] = words[value.lower()]
+            continue
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            out[key] = value
+    return out
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """``--model-arg KEY=VALUE`` options as builder keyword arguments."""
+    return parse_key_values(items, "--model-arg")
+
+
+def number(kind: type = int, low: float | None = None, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: an ``int`` or finite ``float`` from ``low`` to ``high`` (inclusive; None: unbounded)."""
+    noun = "a whole number" if kind is int else "a number"
+    bounds = f" from {low} to {high}" if low is not None and high is not None else (
+        f" >= {low}" if low is not None else (f" <= {high}" if high is not None else ""))
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {noun}{bounds}; got {text!r}") from None
+        if (kind is float and not math.isfinite(value)) or (low is not None and value < low) or (
+                high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {noun}{bounds}; got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+def size_type(n: int, order: str) -> Callable[[str], tuple[int, ...]]:
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            return parse_size(text, n, order)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse

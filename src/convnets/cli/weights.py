@@ -1,0 +1,30 @@
+"""``convnets weights [MODEL]``: the pretrained weights known to convnets, with their accuracy."""
+
+from __future__ import annotations
+
+import argparse
+
+from convnets.errors import WeightsError
+from convnets.pretrained import list_weights
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("weights", help="the pretrained weights known to convnets, with their accuracy",
+                              description="List registered weights: model, tag, dataset, measured accuracy, input "
+                              "and normalisation, and where the file comes from.")
+    p.add_argument("model", nargs="?", help="only this model's weights")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    specs = list_weights(args.model)
+    if not specs:
+        raise WeightsError(f"no registered weights for {args.model}")
+    print(f"{'model':<24} {'tag':<14} {'dataset':<14} {'top-1':>7} {'input':>10}  source")
+    for w in specs:
+        where = w.source if w.is_url else f"shipped ({w.source})"
+        print(f"{w.model:<24} {w.tag:<14} {w.dataset:<14} {w.accuracy:>7.4f} {'x'.join(map(str, w.input_size)):>10}"
+              f"  {where}")
+    print("\nUse: convnets.create_model(MODEL, weights=TAG) or --weights TAG; ImageNet files download once "
+          "into ~/.cache/convnets/weights.")
+    return 0

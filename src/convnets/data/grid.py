@@ -1,0 +1,49 @@
+"""Pictures of a dataset: training images sampled past undecodable files, and tiled into one PNG grid."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+from convnets.data.datasets import Dataset
+
+
+def sample_images(dataset: Dataset, count: int, seed: int) -> torch.Tensor:
+    """``count`` training images as uint8 (count, C, H, W), chosen by ``seed``; undecodable files are passed over."""
+    order = np.random.default_rng(seed).permutation(len(dataset.train)).tolist()
+    if dataset.in_memory:
+        return dataset.train.images[order[:count]]
+    images = []
+    for i in order:
+        image, _, error = dataset.train[i]
+        if error is not None:
+            dataset.bad_files.add(*error)
+        else:
+            images.append(image)
+        if len(images) == count:
+            break
+    return torch.stack(images)
+
+
+def render_grid(rows: list[torch.Tensor], min_tile: int = 96, gap: int = 2) -> Image.Image:
+    """Tile images into a PNG-ready picture: one row per list entry, images side by side.
+
+    Args:
+        rows: Each a float (K, C, H, W) batch on the 0..1 scale (C = 1 or 3).
+        min_tile: Small images are enlarged (nearest neighbour, so pixels stay visible) to at least this side.
+        gap: White pixels between tiles.
+    """
+    _, c, h, w = rows[0].shape
+    scale = max(1, math.ceil(min_tile / max(h, w)))
+    th, tw = h * scale, w * scale
+    cols = max(len(r) for r in rows)
+    canvas = Image.new("RGB", (cols * (tw + gap) + gap, len(rows) * (th + gap) + gap), "white")
+    for i, row in enumerate(rows):
+        pixels = (row.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        for j, tile in enumerate(pixels):
+            image = Image.fromarray(tile[:, :, 0] if c == 1 else tile).convert("RGB")
+            canvas.paste(image.resize((tw, th), Image.Resampling.NEAREST), (gap + j * (tw + gap), gap + i * (th + gap)))
+    return canvas
