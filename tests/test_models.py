@@ -279,12 +279,12 @@ def test_registering_a_name_twice_is_refused() -> None:
 @pytest.mark.parametrize(
     ("name", "kwargs", "message"),
     [
-        ("mobilenet_v2", {"width": 0}, "width multiplier must be > 0"),
-        ("mobilenet_v1", {"width": -0.5}, "width multiplier must be > 0"),
+        ("mobilenet_v2", {"width": 0}, "width must be > 0 and <= 4"),
+        ("mobilenet_v1", {"width": -0.5}, "width must be > 0 and <= 4"),
         ("resnet18", {"shortcut": "D"}, "shortcut must be"),
         ("resnet50", {"downsample_on": "5x5"}, "downsample_on must be"),
-        ("resnet18", {"num_classes": -1}, "num_classes must be >= 0"),
-        ("mobilenet_v1", {"image_size": 16}, "image_size must be at least 32"),
+        ("resnet18", {"num_classes": -1}, "num_classes must be a whole number from 0 to 100,000"),
+        ("mobilenet_v1", {"image_size": 16}, "image_size must be a whole number from 32 to 4,096"),
     ],
 )
 def test_invalid_hyperparameters_get_clear_errors(name: str, kwargs: dict, message: str) -> None:

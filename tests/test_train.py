@@ -144,7 +144,7 @@ def test_nan_policy_skip_skips_those_steps(tmp_path, monkeypatch, capsys) -> Non
         (dict(model="lenet5", data="digits", image_size=28), r"lenet5 takes only 32x32 images.*--image-size 32"),
         (dict(model="lenet5", data="digits", batch_size=5000), r"make no full batch of 5000.*lower --batch-size"),
         (dict(model="lenet5", data="digits", optimizer="adam"), r"optimizer must be one of sgd, adamw"),
-        (dict(model="lenet5", data="digits", epochs=0), r"epochs must be at least 1"),
+        (dict(model="lenet5", data="digits", epochs=0), r"epochs must be a whole number >= 1"),
     ],
 )
 def test_mismatches_are_reported_before_training(tmp_path: Path, config: dict, message: str) -> None:

@@ -69,3 +69,10 @@ class ExportMismatchError(ConvnetsError, RuntimeError):
 
 class MissingDependencyError(ConvnetsError, ModuleNotFoundError):
     """An optional package a feature needs is not installed; the message names the extra to install."""
+
+
+class UnknownArgumentError(ConfigError, TypeError):
+    """A keyword argument a model builder does not take; the message lists the ones it does.
+
+    Also a ``TypeError``, which Python raises for an unexpected keyword argument.
+    """

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from convnets.errors import ConfigError, UnknownModelError
+from convnets.checks import FLAG, Rule, choice, number, whole
+from convnets.errors import ConfigError, UnknownArgumentError, UnknownModelError
 
 if TYPE_CHECKING:
     from convnets.models.base import ConvNet
@@ -51,6 +53,36 @@ class ModelEntry:
     input_size: tuple[int, int, int]
     published: Published | None
     summary: str
+
+    def arguments(self) -> dict[str, inspect.Parameter]:
+        """The keyword arguments the builder takes, by name, in its order (with their defaults)."""
+        return {name: p for name, p in inspect.signature(self.builder).parameters.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    def takes(self, argument: str) -> bool:
+        """Whether the builder takes ``argument`` (a builder with ``**kwargs`` takes any)."""
+        parameters = inspect.signature(self.builder).parameters.values()
+        return argument in self.arguments() or any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+# The largest classifier a builder makes: ImageNet-21k has 21,843 classes; 10**9 would need 336 GB.
+MAX_CLASSES = 100_000
+
+# What each builder argument takes, by name (the same name means the same thing in every family).
+# create_model checks every argument against its rule before building, so that a wrong value is one
+# sentence naming the argument and its range rather than a traceback from deep inside a layer.
+BUILDER_ARGUMENTS: dict[str, Rule] = {
+    "num_classes": whole(0, MAX_CLASSES, note="0: no classifier, the model outputs its features"),
+    "in_chans": whole(1, 1024),
+    "small_input": FLAG,
+    "aux_logits": FLAG,
+    "width": number(gt=0, le=4, note="the width multiplier; the papers use 0.25 to 1.4"),
+    "image_size": whole(32, 4096).or_none("the paper's 224"),
+    "dropout": number(ge=0, lt=1),
+    "drop_path": number(ge=0, lt=1),
+    "shortcut": choice("A", "B", "C", quoted=True).or_none("no shortcut, the plain net"),
+    "downsample_on": choice("1x1", "3x3", quoted=True),
+}
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -96,6 +128,8 @@ def list_models(pattern: str = "*") -> list[str]:
 def model_entry(name: str) -> ModelEntry:
     """The registry entry of ``name``; an unknown name gets an error suggesting close names."""
     _load_families()
+    if not isinstance(name, str):
+        raise UnknownModelError(f"a model is named by a string (`convnets list` shows them); got {name!r}")
     key = _canonical(name)
     if key not in _REGISTRY:
         close = difflib.get_close_matches(key, _REGISTRY, n=4, cutoff=0.6)
@@ -115,6 +149,11 @@ def create_model(name: str, weights: str | None = None, **kwargs) -> ConvNet:
         weights: a registered tag (``"fashion-mnist"``, ``"imagenet"``), a weights file or a URL.
             The tag's builder arguments (input channels, ``small_input``...) are used unless
             given here; another ``num_classes`` replaces the classifier with a printed line.
+
+    Raises:
+        UnknownModelError: ``name`` is not registered (the message suggests close names).
+        UnknownArgumentError: an argument the builder does not take (the message lists those it takes).
+        ConfigError: an argument value out of its range (see :data:`BUILDER_ARGUMENTS`).
     """
     entry = model_entry(name)
     spec = None
@@ -123,6 +162,7 @@ def create_model(name: str, weights: str | None = None, **kwargs) -> ConvNet:
 
         spec = get_weights(entry.name, weights)
         kwargs = {"num_classes": spec.num_classes, "in_chans": spec.input_size[0], **spec.model_kwargs, **kwargs}
+    check_arguments(entry.name, kwargs)
     model = entry.builder(**kwargs)
     model.name = entry.name
     if weights is not None:
@@ -131,6 +171,31 @@ def create_model(name: str, weights: str | None = None, **kwargs) -> ConvNet:
         load_pretrained(model, weights)
         model.pretrained = spec
     return model
+
+
+def check_arguments(name: str, kwargs: dict[str, Any], *, hide: tuple[str, ...] = ()) -> None:
+    """Check builder arguments of model ``name`` without building it.
+
+    Args:
+        name: a registered model.
+        kwargs: the builder arguments.
+        hide: arguments to leave out of the list of those the builder takes (ones the caller sets itself).
+
+    Raises:
+        UnknownArgumentError: an argument the builder does not take (the message lists those it takes).
+        ConfigError: a value outside the argument's range (the message gives the range).
+    """
+    entry = model_entry(name)
+    for key, value in kwargs.items():
+        if not entry.takes(key):
+            takes = {k: p for k, p in entry.arguments().items() if k not in hide}
+            close = difflib.get_close_matches(str(key), takes, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            listed = ", ".join(f"{k}={p.default!r}" if p.default is not p.empty else k for k, p in takes.items())
+            listed = listed or "no arguments" + (f" but {', '.join(hide)}" if hide else "")
+            raise UnknownArgumentError(f"{entry.name} takes no argument {key!r}{hint}; it takes {listed}")
+        if key in BUILDER_ARGUMENTS:
+            BUILDER_ARGUMENTS[key].check(key, value, where=f"{entry.name}: ")
 
 
 def _is_tag(weights: str) -> bool:

@@ -26,7 +26,7 @@ from torch import nn
 from convnets.errors import ConfigError
 from convnets.models.base import ConvNet
 
-FREEZE_HELP = ("none | all-but-head | auto | K (stem + first K stages) | stages.A-B (stem up to stage B) | "
+FREEZE_HELP = ("none | all-but-head | auto | K (stem + first K stages) | stages.0-B (stem up to stage B) | "
                "comma-separated module paths")
 
 
@@ -44,31 +44,46 @@ def recommend(examples_per_class: float, num_stages: int) -> tuple[str, str]:
 
 
 def freeze_paths(model: ConvNet, spec: str) -> list[str]:
-    """The module paths a freeze spec names, validated against the model."""
-    spec = spec.strip()
+    """The module paths a freeze spec names, validated against the model.
+
+    Raises:
+        ConfigError: a spec of none of the forms of :data:`FREEZE_HELP`, or naming stages or modules
+            the model does not have (the message lists its stages).
+    """
     stages = [info.name for info in model.stage_info]
-    if spec in ("none", ""):
+
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(f"freeze {spec!r}: {why}; its stages are {', '.join(['stem', *stages])}; "
+                           f"use {FREEZE_HELP}")
+
+    text = spec.strip()
+    if text in ("none", ""):
         return []
-    if spec in ("all-but-head", "trunk"):
+    if text in ("all-but-head", "trunk"):
         return ["stem", "stages"]
-    if spec.isdigit():
-        k = int(spec)
+    if text.isdigit():
+        k = int(text)
         if k > len(stages):
-            raise ConfigError(f"cannot freeze {k} stages: {model.name} has {len(stages)} ({', '.join(stages)})")
+            raise refuse(f"cannot freeze {k} stages: {model.name} has {len(stages)}")
         return ["stem", *stages[:k]]
-    match = re.fullmatch(r"stages\.(\d+)-(\d+)", spec)
+    match = re.fullmatch(r"stages\.(\d+)-(\d+)", text)
     if match:
         first, last = int(match[1]), int(match[2])
         if first != 0:
-            raise ConfigError("a frozen range starts at stages.0: freezing a later stage alone would leave "
-                             "earlier layers training on features that no longer move")
-        return freeze_paths(model, str(last + 1))
-    paths = [p.strip() for p in spec.split(",") if p.strip()]
+            raise refuse("a frozen range starts at stages.0: freezing a later stage alone would leave earlier "
+                         "layers training on features that no longer move")
+        if last >= len(stages):
+            raise refuse(f"{model.name} has no stages.{last}")
+        return ["stem", *stages[:last + 1]]
+    if text.startswith("stages.") and "-" in text:
+        raise refuse("a range is stages.0-B with B a stage number")
+    paths = [p.strip() for p in text.split(",")]
+    if "" in paths:
+        raise refuse("an empty path between commas")
     known = dict(model.named_modules())
     unknown = [p for p in paths if p not in known]
     if unknown:
-        raise ConfigError(f"--freeze {spec!r}: {model.name} has no {', '.join(unknown)}; use {FREEZE_HELP}; "
-                         f"stages are {', '.join(['stem', *stages])}")
+        raise refuse(f"{model.name} has no {', '.join(unknown)}")
     return paths
 
 

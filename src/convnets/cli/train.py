@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from convnets.cli.options import parse_model_args
 from convnets.device import DEVICE_HELP
-from convnets.training.config import AUGMENT_PRESETS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig
+from convnets.training.config import AUGMENT_PRESETS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, read_config_file
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_run_arguments(p)
     add_transfer_arguments(p, weights_required=False)
-    p.set_defaults(run=run, freeze=None, pretrained_lr_scale=None)
+    p.set_defaults(run=run, config_defaults={})
 
 
 def add_transfer_arguments(p: argparse.ArgumentParser, *, weights_required: bool) -> None:
@@ -42,7 +43,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="where named datasets are looked up")
     p.add_argument("--config", help="JSON or TOML file with TrainConfig fields (options given here win)")
     p.add_argument("--out", help="run directory (default runs/MODEL-DATA)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run in --out from its last checkpoint")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="per process")
     p.add_argument("--lr", type=float, help="peak learning rate")
@@ -70,14 +72,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's config: the command's defaults, then the ``--config`` file, then the options given (they win)."""
     fields = {f for f in TrainConfig.__dataclass_fields__} - {"model", "model_kwargs"}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    from_file = read_config_file(args.config) if args.config else {}
+    config = TrainConfig(**{**args.config_defaults, **from_file, **given, "model": args.model})
     model_kwargs = parse_model_args(args.model_arg)
-    if args.config:
-        config = TrainConfig.from_file(args.config, model=args.model, **given)
-        config.model_kwargs.update(model_kwargs)
-        return config
-    return TrainConfig(model=args.model, model_kwargs=model_kwargs, **given)
+    if model_kwargs:
+        config = dataclasses.replace(config, model_kwargs={**config.model_kwargs, **model_kwargs})
+    return config
 
 
 def run(args: argparse.Namespace) -> int:

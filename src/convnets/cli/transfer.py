@@ -17,4 +17,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_run_arguments(p)
     train.add_transfer_arguments(p, weights_required=True)
-    p.set_defaults(run=train.run, freeze="auto", pretrained_lr_scale=0.1)
+    # Defaults of this command, below a --config file's values and the options given.
+    p.set_defaults(run=train.run, config_defaults={"freeze": "auto", "pretrained_lr_scale": 0.1})

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from convnets.checks import number
 from convnets.errors import ConfigError
 from convnets.layers import ClassifierHead, ConvBNAct, InvertedResidual, make_divisible
 from convnets.models.base import ConvNet, StageInfo
@@ -76,8 +77,8 @@ def compound_scaling(phi: float) -> Scaling:
     Resolution is rounded to a multiple of 8; dropout grows linearly from B0's 0.2 to B7's 0.5
     (the published values do so, approximately).
     """
-    if not phi >= 0:
-        raise ConfigError(f"phi must be >= 0 (0 is B0; each step about doubles the MACs), got {phi}")
+    # Bounded above: each step about doubles the MACs, so phi = 30 would be a billion times B0's.
+    number(ge=0, le=10, note="0 is B0, about 7 is B7; each step about doubles the MACs").check("phi", phi)
     resolution = max(32, int(round(224 * GAMMA**phi / 8)) * 8)
     return Scaling(BETA**phi, ALPHA**phi, resolution, min(0.5, 0.2 + 0.3 * phi / 7))
 

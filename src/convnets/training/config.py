@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convnets.errors import ConfigError
+from convnets.checks import FLAG, TEXT, Rule, choice, number, pathlike, whole
+from convnets.device import check_threads, resolve_device
+from convnets.errors import ConfigError, ConfigMismatchError
+from convnets.transfer import FREEZE_HELP
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
@@ -106,24 +111,23 @@ class TrainConfig:
     test_per_class: int | None = None
     threads: int | None = None
 
+    def __post_init__(self) -> None:
+        # Checked when made, so that a bad value stops the Python API and the command line alike
+        # before any data is read or any directory is made. Paths may be given as Path objects;
+        # they are kept as strings, which is what config.json can hold.
+        for name in ("data", "data_dir", "out", "weights", "cache_dir"):
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        for f in dataclasses.fields(self):
+            check_field(f.name, getattr(self, f.name))
+
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Read a JSON or TOML file with the same field names; ``overrides`` win."""
-        path = Path(path)
-        text = path.read_text()
-        if path.suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError as err:  # Python 3.10
-                raise ConfigError(f"{path}: TOML configs need Python 3.11+; use JSON") from err
-            values = tomllib.loads(text)
-        else:
-            values = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown config fields {unknown}; known: {sorted(known)}")
+        """Read a JSON or TOML file with the same field names (see :func:`read_config_file`); ``overrides`` win."""
+        values = read_config_file(path)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if "model" not in values:
+            raise ConfigError(f"{path}: no model: name one in the file (\"model\": \"resnet20\") or pass it")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +157,108 @@ RECIPES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+_RECIPE = "the model's recipe"
+
+# What each field takes. None, where allowed, takes the recipe or the default said after "or None".
+FIELDS: dict[str, Rule] = {
+    "model": TEXT,
+    "data": pathlike("a dataset name (fashion-mnist, digits, cifar10) or an image folder"),
+    "data_dir": pathlike("a folder").or_none("the default location"),
+    "out": pathlike("a folder").or_none("runs/MODEL-DATA"),
+    "epochs": whole(1).or_none(_RECIPE),
+    "batch_size": whole(1).or_none(_RECIPE),
+    "lr": number(gt=0).or_none(_RECIPE),
+    "optimizer": choice(*OPTIMIZERS).or_none(_RECIPE),
+    "momentum": number(ge=0, lt=1),
+    "weight_decay": number(ge=0).or_none(_RECIPE),
+    "schedule": choice(*SCHEDULES).or_none(_RECIPE),
+    "warmup_epochs": number(ge=0).or_none(_RECIPE),
+    "label_smoothing": number(ge=0, lt=1).or_none(_RECIPE),
+    # A negative clip norm is accepted by PyTorch and reverses the gradient: refused here.
+    "grad_clip": number(gt=0, note="the largest gradient norm").or_none("no clipping"),
+    "augment": choice(*AUGMENT_PRESETS).or_none(_RECIPE),
+    "precision": choice(*PRECISIONS),
+    "channels_last": FLAG.or_none("on, except with cached features"),
+    # The model's own minimum (or fixed size) is checked against the data by the loop.
+    "image_size": whole(1, 4096).or_none("the data's own size, or the model's fixed one"),
+    "model_kwargs": Rule(lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+                         'a mapping of builder arguments to values, such as {"width": 0.5}'),
+    "seed": whole(0, 2**63 - 1),
+    "deterministic": FLAG,
+    "resume": FLAG,
+    "nan_policy": choice("stop", "skip"),
+    "checkpoint_minutes": number(gt=0),
+    "max_steps": whole(1).or_none("no limit"),
+    "num_workers": whole(0, 256).or_none("up to 4"),
+    "device": TEXT.or_none("CUDA when present, else cpu"),
+    "progress": FLAG,
+    "weights": pathlike("a registered tag, a weights file or a URL").or_none("train from scratch"),
+    "freeze": Rule(lambda v: isinstance(v, str), "a string (" + FREEZE_HELP + ")").or_none("nothing frozen"),
+    "pretrained_lr_scale": number(gt=0),
+    "cache_features": FLAG,
+    "cache_dir": pathlike("a folder").or_none("~/.cache/convnets/features"),
+    # 0 is refused, not read as "all": a user who asks for 0 examples has made a mistake.
+    "train_per_class": whole(1).or_none("all"),
+    "test_per_class": whole(1).or_none("all"),
+}
+
+
+def check_field(name: str, value: Any, where: str = "") -> None:
+    """Raise a :class:`ConfigError` naming the field and its allowed values unless ``value`` fits it."""
+    if name == "threads":
+        try:
+            check_threads(value)
+        except ConfigError as err:
+            raise ConfigError(f"{where}{err}") from None
+    else:
+        FIELDS[name].check(name, value, where)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The fields of a JSON (or, with a ``.toml`` suffix, TOML) config file, each checked.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, is not valid JSON/TOML (with the line and
+            column), is not a table of fields, names an unknown field, or has a value a field cannot take.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not text (byte {err.start} is not UTF-8): "
+                          "a config is JSON or TOML") from None
+    except OSError as err:
+        raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError as err:  # Python 3.10
+            raise ConfigError(f"{path}: TOML configs need Python 3.11+; use JSON") from err
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            hint = "" if path.suffix.lower() == ".json" else " (read as JSON; a TOML file needs the .toml suffix)"
+            raise ConfigError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: "
+                              f"{err.msg}{hint}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f'{path}: a config file is a table of TrainConfig fields ({{"epochs": 3, ...}}); '
+                          f"this one holds a {type(values).__name__}")
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{path}: unknown config fields {unknown}{hint}; known: {sorted(known)}")
+    for name, value in values.items():
+        check_field(name, value, where=f"{path}: ")
+    return values
+
+
 def default_out(model: str, data: str, *, resume: bool = False) -> Path:
     """``runs/MODEL-DATA``, or ``-2``, ``-3``... when taken: running the same command twice starts a
     second run rather than failing; ``--resume`` without ``--out`` continues the latest one."""
@@ -166,6 +272,9 @@ def default_out(model: str, data: str, *, resume: bool = False) -> Path:
 
 def resolve(config: TrainConfig) -> TrainConfig:
     """A copy of ``config`` with every ``None`` recipe field filled in, validated."""
+    from convnets.registry import model_entry
+
+    model_entry(config.model)  # an unknown name is reported before anything else, with close names
     recipe = next(r for pattern, r in RECIPES if fnmatch.fnmatchcase(config.model, pattern))
     values = config.to_dict()
     for key, value in recipe.items():
@@ -180,22 +289,38 @@ def resolve(config: TrainConfig) -> TrainConfig:
     return resolved
 
 
-def _validate(c: TrainConfig) -> None:
-    def choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-        if value not in allowed:
-            raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+# Builder arguments a training run takes from the data, never from model_kwargs.
+FROM_DATA = ("num_classes", "in_chans")
+# Freeze specs that leave exactly the classifier training, as cached features need.
+HEAD_ONLY = ("all-but-head", "trunk")
 
-    choice("optimizer", c.optimizer, OPTIMIZERS)
-    choice("schedule", c.schedule, SCHEDULES)
-    choice("precision", c.precision, PRECISIONS)
-    choice("augment", c.augment, AUGMENT_PRESETS)
-    choice("nan_policy", c.nan_policy, ("stop", "skip"))
-    for name in ("epochs", "batch_size"):
-        if getattr(c, name) < 1:
-            raise ConfigError(f"{name} must be at least 1, got {getattr(c, name)}")
-    if not c.lr > 0:
-        raise ConfigError(f"lr must be > 0, got {c.lr}")
-    if c.weight_decay < 0 or c.label_smoothing < 0 or c.warmup_epochs < 0:
-        raise ConfigError("weight_decay, label_smoothing and warmup_epochs must be >= 0")
+
+def _validate(c: TrainConfig) -> None:
+    """What a field alone cannot say: agreement between fields, the model's arguments, the device."""
+    from convnets.registry import check_arguments
+
     if c.warmup_epochs >= c.epochs and c.warmup_epochs > 0:
         raise ConfigError(f"warmup_epochs ({c.warmup_epochs}) must be shorter than the run ({c.epochs} epochs)")
+    given = [k for k in FROM_DATA if k in c.model_kwargs]
+    if given:
+        raise ConfigError(f"model_kwargs cannot set {', '.join(given)}: the number of classes and input channels "
+                          "come from the data")
+    check_arguments(c.model, c.model_kwargs, hide=FROM_DATA)
+    resolve_device(c.device)
+    if c.cache_features and c.freeze not in (*HEAD_ONLY, "auto"):
+        raise ConfigMismatchError(f"cache_features needs everything but the classifier frozen (--freeze "
+                                  f"all-but-head, or auto on little data); got freeze={c.freeze!r}")
+    if c.freeze not in (None, "auto"):
+        _check_freeze(c)
+
+
+def _check_freeze(c: TrainConfig) -> None:
+    """Check the freeze spec against the model's stages, on a model with no memory (the meta device)."""
+    import torch
+
+    from convnets.registry import create_model
+    from convnets.transfer import freeze_paths
+
+    with torch.device("meta"):
+        probe = create_model(c.model, **c.model_kwargs)
+    freeze_paths(probe, c.freeze)

@@ -512,7 +512,7 @@ def _check_fit(cfg: TrainConfig, probe: ConvNet, dataset: Any) -> None:
                                   f"use --image-size {fh}")
     if min(h, w) < probe.min_input_size:
         hint = f"--image-size {probe.min_input_size}"
-        if hasattr(probe, "small_input") and not probe.small_input:
+        if convnets.model_entry(cfg.model).takes("small_input") and not getattr(probe, "small_input", True):
             hint += " or --model-arg small_input=true"
         raise ConfigMismatchError(f"{cfg.model} needs images of at least {probe.min_input_size}x"
                                   f"{probe.min_input_size} but {dataset.name} gives {h}x{w}: pass {hint}")
