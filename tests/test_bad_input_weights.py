@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 
 import convnets
-from badinput import Case, check_case, params, run_cli
+from badinput import Case, check_case, expect_cli_error, params, run_cli
 from convnets.errors import ConfigError, DownloadError, LayoutError
 from convnets.weights import (
     IMAGENET_MEAN,
@@ -516,6 +516,21 @@ def test_a_killed_download_is_cleaned_up_when_the_cache_is_next_used(tmp_path: P
         cached_download(url("/files/lenet5.safetensors"), cache_dir=cache)
     assert not partial[0].exists() and "left by an interrupted download" in caplog.text
     assert sorted(p for p in cache.rglob("*") if p.is_file()) == [cache_path(url("/files/lenet5.safetensors"), cache)]
+
+
+def test_a_url_on_the_command_line_uses_the_cache_and_keeps_no_unreadable_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served(tmp_path)
+    monkeypatch.setenv("CONVNETS_CACHE", str(tmp_path / "cache"))
+    transfer = [a.replace("{tmp}", str(tmp_path)) for a in TRANSFER]
+    expect_cli_error([*transfer, "--weights", url("/text/lenet5.safetensors")], r"not a readable safetensors file"
+                     r".*removed from the cache", capsys)
+    nothing_cached(tmp_path)
+    status, _, err = run_cli([*transfer, "--weights", url("/files/lenet5.safetensors"), "--max-steps", "1"], capsys)
+    assert status == 0, err
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == [
+        cache_path(url("/files/lenet5.safetensors"), tmp_path / "cache")]
 
 
 def test_the_deadline_and_stall_limits_are_checked(tmp_path: Path) -> None:

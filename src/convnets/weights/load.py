@@ -14,10 +14,11 @@ prefixes of DataParallel and ``torch.compile``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,30 @@ def local_path(source: str | os.PathLike[str], *, sha256: str | None = None,
     return path
 
 
+def _resolve(source: str | os.PathLike[str], model_name: str | None, sha256: str | None,
+             cache_dir: str | Path | None) -> tuple[Path, WeightSpec | None, str | None]:
+    """The local file of a tag, path or URL, the spec of a tag, and the URL the file was downloaded from."""
+    if not is_tag(source):
+        text = os.fspath(source)
+        return local_path(text, sha256=sha256, cache_dir=cache_dir), None, text if is_url(text) else None
+    if not model_name:
+        raise WeightsError(f"{os.fspath(source)!r} is a weights tag: name the model it is for")
+    spec = get_weights(model_name, os.fspath(source))
+    return weights_path(spec, cache_dir), spec, spec.source if spec.is_url else None
+
+
+@contextlib.contextmanager
+def _reading(path: Path, url: str | None) -> Iterator[None]:
+    """Reading ``path``: a file downloaded from ``url`` that cannot be read leaves the cache, to be fetched again."""
+    try:
+        yield
+    except WeightsError as err:
+        if url is None:
+            raise
+        discard(path)
+        raise WeightsError(f"{err} (downloaded from {url}; removed from the cache)") from err
+
+
 def open_checkpoint(source: Source, *, model_name: str | None = None, layout: str | None = None,
                     sha256: str | None = None, cache_dir: str | Path | None = None) -> Checkpoint:
     """Read ``source`` into a :class:`Checkpoint` in our naming (metadata checked before the tensors are read).
@@ -151,23 +176,11 @@ def open_checkpoint(source: Source, *, model_name: str | None = None, layout: st
     if isinstance(source, Mapping):
         state, label = tensors_of(source, "state dict"), "state dict"
     else:
-        if is_tag(source):
-            if not model_name:
-                raise WeightsError(f"{os.fspath(source)!r} is a weights tag: name the model it is for")
-            spec = get_weights(model_name, os.fspath(source))
-            path = weights_path(spec, cache_dir)
-        else:
-            path = local_path(source, sha256=sha256, cache_dir=cache_dir)
-        try:
+        path, spec, url = _resolve(source, model_name, sha256, cache_dir)
+        with _reading(path, url):
             if path.suffix == ".safetensors":
                 meta = read_metadata(path)
             state, label = read_state_dict(path), path.name
-        except WeightsError as err:
-            if not (is_url(os.fspath(source)) or (spec is not None and spec.is_url)):
-                raise
-            discard(path)  # a download that cannot be used is not kept: the next try fetches it again
-            raise WeightsError(f"{err} (downloaded from {spec.source if spec else os.fspath(source)}; removed from "
-                               "the cache)") from err
     state = strip_wrapper_prefixes(state)
     name = spec.peer if spec is not None else layout
     if name is None and not is_own_layout(state):
@@ -377,11 +390,13 @@ def weights_preprocessing(weights: str | Path, model: str) -> dict[str, Any]:
         spec = get_weights(model, str(weights))
         return dict(input_size=spec.input_size, mean=spec.mean, std=spec.std, model_kwargs=spec.model_kwargs,
                     classes=list(spec.categories) or None)
-    ckpt = open_checkpoint(weights, model_name=model)
-    meta = ckpt.meta
-    if "input_size" in meta and "mean" in meta and "std" in meta:
+    path, _, url = _resolve(weights, model, None, None)
+    with _reading(path, url):
+        meta = read_metadata(path) if path.suffix == ".safetensors" else {}
+    if "input_size" in meta and "mean" in meta and "std" in meta:  # one of ours: the header says it all
         return dict(input_size=tuple(meta["input_size"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]),
                     model_kwargs=meta.get("model_kwargs", {}), classes=meta.get("classes"))
+    ckpt = open_checkpoint(path, model_name=model)
     kwargs = meta.get("model_kwargs", {})
     channels = meta.get("in_chans") or first_conv_channels(model, ckpt.state, kwargs)
     if ckpt.layout is not None:  # the peer's statistics are RGB's; other channel counts bring their own data
