@@ -31,8 +31,7 @@ from convnets.export import (
     session,
     torch_latency_ms,
 )
-from convnets.pretrained import get_weights, weights_path
-from convnets.weights import read_metadata
+from convnets.weights import get_weights, read_metadata, weights_path
 
 
 def latency(rounds: int, repeats: int, tmp: Path) -> dict:

@@ -16,15 +16,17 @@ import torch
 from safetensors.torch import save_file
 
 import convnets
-from convnets.importers import (
+from convnets.weights import (
     LAYOUTS,
+    DownloadError,
     LayoutError,
+    WeightsMismatchError,
+    cache_path,
     convert_state_dict,
     detect_layout,
     load_peer_weights,
     strip_wrapper_prefixes,
 )
-from convnets.weights import WeightsMismatchError
 
 # The exact key/shape layouts of the published torchvision/timm checkpoints (names and shapes only,
 # no weights), kept with the tests so that a clone of the repository runs them as they are.
@@ -233,7 +235,7 @@ def test_strip_wrapper_prefixes_refuses_collisions() -> None:
 def test_num_classes_replaces_the_head(
     resnet18_file: Path, resnet18_state: dict[str, torch.Tensor], caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="convnets.importers"):
+    with caplog.at_level(logging.WARNING, logger="convnets.weights"):
         model = load_peer_weights(resnet18_file, num_classes=3)
     assert "1000 classes" in caplog.text and "head.fc.weight" in caplog.text
     assert model.head.fc.weight.shape == (3, 512)
@@ -247,7 +249,7 @@ def test_num_classes_replaces_the_head(
 
 def test_googlenet_aux_heads(caplog: pytest.LogCaptureFixture) -> None:
     state = peer_state("torchvision:googlenet", device="cpu", fill="index")
-    with caplog.at_level(logging.WARNING, logger="convnets.importers"):
+    with caplog.at_level(logging.WARNING, logger="convnets.weights"):
         model = load_peer_weights(state, num_classes=3)
     # The main and both auxiliary classifiers are new; the auxiliary hidden layers are kept.
     assert "aux.4a.head.fc.weight" in caplog.text and "aux.4d.head.fc.bias" in caplog.text
@@ -257,7 +259,7 @@ def test_googlenet_aux_heads(caplog: pytest.LogCaptureFixture) -> None:
     assert torch.equal(got["aux.4d.head.hidden.0.fc.weight"], state["aux2.fc1.weight"])
     assert torch.equal(got["stages.1.4e.branch5x5.conv.conv.weight"], state["inception4e.branch3.1.conv.weight"])
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="convnets.importers"):
+    with caplog.at_level(logging.WARNING, logger="convnets.weights"):
         bare = load_peer_weights(state, convnets.create_model("googlenet_torchvision", aux_logits=False))
     assert "no auxiliary classifiers" in caplog.text
     assert_loaded(bare, {k: v for k, v in state.items() if not k.startswith("aux")})
@@ -266,7 +268,7 @@ def test_googlenet_aux_heads(caplog: pytest.LogCaptureFixture) -> None:
 def test_efficientnet_b7_keeps_torchvision_bn_eps(caplog: pytest.LogCaptureFixture) -> None:
     state = peer_state("torchvision:efficientnet_b7")  # meta tensors into a meta model: nothing allocated
     model = meta_model("efficientnet_b7")
-    with caplog.at_level(logging.WARNING, logger="convnets.importers"):
+    with caplog.at_level(logging.WARNING, logger="convnets.weights"):
         load_peer_weights(state, model)
     assert model.stem.bn.eps == 1e-3 and "eps" in caplog.text
 
@@ -387,7 +389,8 @@ def test_url_downloads_once_into_the_cache(
     cache = tmp_path / "cache"
     assert_loaded(load_peer_weights(url, cache_dir=cache), resnet18_state)
     assert hits == [f"/resnet18-{digest[:8]}.pth"]
-    assert [p.name for p in cache.iterdir()] == [f"resnet18-{digest[:8]}.pth"]
+    assert [p for p in cache.rglob("*") if p.is_file()] == [cache_path(url, cache)]
+    assert cache_path(url, cache).name == f"resnet18-{digest[:8]}.pth"
     assert_loaded(load_peer_weights(url, cache_dir=cache, sha256=digest), resnet18_state)
     assert len(hits) == 1  # the second load used the cache
 
@@ -398,7 +401,7 @@ def test_cache_dir_from_environment(
     base, _ = server
     monkeypatch.setenv("CONVNETS_CACHE", str(tmp_path / "env-cache"))
     load_peer_weights(f"{base}/r18.pth")
-    assert (tmp_path / "env-cache" / "r18.pth").is_file()
+    assert cache_path(f"{base}/r18.pth", tmp_path / "env-cache").is_file()
 
 
 @pytest.mark.parametrize(("name", "sha256"), [("r18.pth", "0" * 64), ("resnet18-deadbeef.pth", None)])
@@ -407,7 +410,7 @@ def test_wrong_hash_is_refused_and_not_cached(
 ) -> None:
     base, hits = server
     cache = tmp_path / "cache"
-    with pytest.raises(ValueError, match="sha256 mismatch"):
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
         load_peer_weights(f"{base}/{name}", cache_dir=cache, sha256=sha256)
     assert hits == [f"/{name}"]
     assert list(cache.iterdir()) == []  # no partial or bad file left behind

@@ -9,10 +9,16 @@ import pytest
 import torch
 
 import convnets
-from convnets import pretrained
 from convnets.export import accuracy_of, dataset_images
-from convnets.pretrained import get_weights, list_weights, weights_preprocessing
-from convnets.weights import read_metadata
+from convnets.weights import (
+    IMAGENET_MEAN,
+    PACKAGE_DIR,
+    get_weights,
+    list_weights,
+    read_metadata,
+    specs,
+    weights_preprocessing,
+)
 
 OURS = [w for w in list_weights() if w.tag == "fashion-mnist"]
 
@@ -33,7 +39,7 @@ def test_every_spec_names_a_registered_model_and_its_layers() -> None:
 def test_shipped_weights_load_offline_and_reach_their_recorded_accuracy(spec) -> None:
     model = convnets.create_model(spec.model, weights="fashion-mnist").eval()
     assert model.pretrained is spec and model.num_classes == 10
-    meta = read_metadata(pretrained.PACKAGE_DIR / spec.source)
+    meta = read_metadata(PACKAGE_DIR / spec.source)
     assert meta["model"] == spec.model and tuple(meta["input_size"]) == spec.input_size
     data = dataset_images(meta, "test")  # Fashion-MNIST: CI installs it
     with torch.inference_mode():
@@ -43,11 +49,11 @@ def test_shipped_weights_load_offline_and_reach_their_recorded_accuracy(spec) ->
 
 def test_a_damaged_shipped_file_is_refused(tmp_path: Path, monkeypatch) -> None:
     spec = OURS[0]
-    shutil.copy(pretrained.PACKAGE_DIR / spec.source, tmp_path / spec.source)
+    shutil.copy(PACKAGE_DIR / spec.source, tmp_path / spec.source)
     data = bytearray((tmp_path / spec.source).read_bytes())
     data[-10] ^= 0xFF
     (tmp_path / spec.source).write_bytes(bytes(data))
-    monkeypatch.setattr(pretrained, "PACKAGE_DIR", tmp_path)
+    monkeypatch.setattr(specs, "PACKAGE_DIR", tmp_path)
     with pytest.raises(ValueError, match="sha256 differs from the registry's"):
         convnets.create_model(spec.model, weights="fashion-mnist")
 
@@ -60,5 +66,5 @@ def test_unknown_tags_list_the_known_ones() -> None:
 def test_preprocessing_comes_from_the_weights() -> None:
     pre = weights_preprocessing("fashion-mnist", "lenet5")
     assert pre["input_size"] == (1, 32, 32) and len(pre["mean"]) == 1
-    assert weights_preprocessing("imagenet", "resnet18")["mean"] == pretrained.IMAGENET_MEAN
+    assert weights_preprocessing("imagenet", "resnet18")["mean"] == IMAGENET_MEAN
     assert weights_preprocessing("imagenet", "googlenet_torchvision")["mean"] == (0.5, 0.5, 0.5)

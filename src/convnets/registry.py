@@ -158,7 +158,7 @@ def create_model(name: str, weights: str | None = None, **kwargs) -> ConvNet:
     entry = model_entry(name)
     spec = None
     if weights is not None and _is_tag(weights):
-        from convnets.pretrained import get_weights
+        from convnets.weights import get_weights
 
         spec = get_weights(entry.name, weights)
         kwargs = {"num_classes": spec.num_classes, "in_chans": spec.input_size[0], **spec.model_kwargs, **kwargs}
@@ -166,7 +166,7 @@ def create_model(name: str, weights: str | None = None, **kwargs) -> ConvNet:
     model = entry.builder(**kwargs)
     model.name = entry.name
     if weights is not None:
-        from convnets.pretrained import load_pretrained
+        from convnets.weights import load_pretrained
 
         load_pretrained(model, weights)
         model.pretrained = spec
@@ -199,7 +199,7 @@ def check_arguments(name: str, kwargs: dict[str, Any], *, hide: tuple[str, ...] 
 
 
 def _is_tag(weights: str) -> bool:
-    from convnets.pretrained import is_tag
+    from convnets.weights import is_tag
 
     return is_tag(weights)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from convnets.errors import WeightsError
-from convnets.pretrained import list_weights
+from convnets.registry import model_entry
+from convnets.weights import CACHE_ENV, cache_root, list_weights
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,14 +18,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    specs = list_weights(args.model)
+    name = model_entry(args.model).name if args.model else None  # an unknown name gets close suggestions
+    specs = list_weights(name)
     if not specs:
-        raise WeightsError(f"no registered weights for {args.model}")
+        having = ", ".join(sorted({w.model for w in list_weights()}))
+        raise WeightsError(f"no registered weights for {name}; models with weights: {having}")
     print(f"{'model':<24} {'tag':<14} {'dataset':<14} {'top-1':>7} {'input':>10}  source")
     for w in specs:
         where = w.source if w.is_url else f"shipped ({w.source})"
         print(f"{w.model:<24} {w.tag:<14} {w.dataset:<14} {w.accuracy:>7.4f} {'x'.join(map(str, w.input_size)):>10}"
               f"  {where}")
-    print("\nUse: convnets.create_model(MODEL, weights=TAG) or --weights TAG; ImageNet files download once "
-          "into ~/.cache/convnets/weights.")
+    print(f"\nUse: convnets.create_model(MODEL, weights=TAG) or --weights TAG; ImageNet files download once "
+          f"into {cache_root()} (${CACHE_ENV} moves it).")
     return 0

@@ -36,12 +36,11 @@ from convnets.device import set_threads
 from convnets.errors import ConfigMismatchError, TrainingDiverged
 from convnets.models.base import ConvNet
 from convnets.models.inception import AUX_LOSS_WEIGHT
-from convnets.pretrained import get_weights, is_tag, load_pretrained, weights_preprocessing
 from convnets.training import distributed
 from convnets.training.config import TrainConfig, resolve
 from convnets.training.report import MetricsLog, write_report
 from convnets.transfer import FeatureLoader, cached_features, freeze, parameter_groups, recommend
-from convnets.weights import atomic_write, save_weights
+from convnets.weights import atomic_write, get_weights, is_tag, load_pretrained, save_weights, weights_preprocessing
 
 STATE_FILE = "state.pt"
 
@@ -104,7 +103,7 @@ class _Run:
             image_size = probe.fixed_input_size[0]
         dataset = load_dataset(cfg.data, data_dir=cfg.data_dir, image_size=image_size, channels=channels,
                                num_workers=cfg.num_workers)
-        if self.preprocessing:
+        if self.preprocessing and self.preprocessing["mean"] is not None:  # None: the data's own statistics
             dataset = dataclasses.replace(dataset, mean=tuple(self.preprocessing["mean"]),
                                           std=tuple(self.preprocessing["std"]))
         if cfg.train_per_class:

@@ -1,0 +1,233 @@
+"""Weights files: save, read the tensors, read and check the metadata, check a state dict's fit.
+
+A weights file of ours holds the state dict and, in its safetensors header, the model name, the
+number of classes, input size, normalisation and where the weights came from, so that
+``load_weights(path)`` rebuilds the right model without the user repeating any of it. That
+metadata is checked field by field, and against the tensors' shapes in the header, before any
+model is built: a file saying ``num_classes = 10**9`` is refused, not allocated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from convnets.errors import ConvnetsError, WeightsError, WeightsMismatchError
+from convnets.weights.io import atomic_write
+
+# The metadata fields convnets writes and reads, by the type each must have. Others are kept as they are.
+_STR_FIELDS = ("model", "dataset", "command")
+_JSON_FIELDS = ("num_classes", "in_chans", "input_size", "mean", "std", "classes", "model_kwargs", "bn_eps")
+MAX_SIDE = 16384  # largest input height/width a weights file may ask for
+MAX_CHANNELS = 1024  # most input channels (hyperspectral images have a few hundred)
+
+
+def save_weights(model: nn.Module, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+    """Save ``model``'s state dict as safetensors (atomically) with JSON-encoded metadata.
+
+    A BatchNorm eps other than PyTorch's 1e-5, shared by every BatchNorm layer (set when peer
+    weights that need it were loaded, e.g. torchvision's EfficientNet-B5), is recorded as
+    ``bn_eps`` so that the file loads into the same network.
+    """
+    from safetensors.torch import save_file
+
+    import convnets
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": "pt", "convnets": convnets.__version__}
+    eps = {m.eps for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    if len(eps) == 1 and eps != {1e-5}:
+        meta["bn_eps"] = json.dumps(eps.pop())
+    meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise WeightsError(f"{path} is a directory, not a weights file")
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: the file is empty (an interrupted download or copy?)")
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata stored with a safetensors weights file, decoded from JSON and checked.
+
+    Raises:
+        WeightsError: not a safetensors file, or a field of the wrong type, out of range, or at
+            odds with the tensors (the message names the field).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            names = f.keys()
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in names if k.startswith("head.fc.")}
+    except Exception as err:  # safetensors raises its own error types for damaged headers
+        raise WeightsError(f"{path}: not a readable safetensors file (damaged, truncated or another format: "
+                           f"{err})") from err
+    meta: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            meta[key] = json.loads(value)
+        except json.JSONDecodeError as err:
+            if key in _JSON_FIELDS:
+                raise WeightsError(f"{path}: metadata field {key!r} is not JSON: {value[:60]!r}") from err
+            meta[key] = value  # "format": "pt", a version string, or a plain string a user wrote
+    check_metadata(meta, str(path), shapes)
+    return meta
+
+
+def check_metadata(meta: Mapping[str, Any], label: str, shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
+    """Check each field convnets uses, and that it agrees with the classifier's shape in ``shapes``.
+
+    Raises:
+        WeightsError: naming the first field that is wrong and what it may be.
+    """
+
+    def bad(field: str, why: str) -> WeightsError:
+        return WeightsError(f"{label}: metadata field {field!r} = {_short(meta[field])} {why}")
+
+    for field in _STR_FIELDS:
+        if field in meta and not isinstance(meta[field], str):
+            raise bad(field, "must be a string")
+    if "model" in meta:
+        from convnets.registry import model_entry
+
+        try:
+            model_entry(meta["model"])
+        except ConvnetsError as err:
+            raise bad("model", f"is not a model convnets knows ({err})") from err
+    if "num_classes" in meta:
+        n = meta["num_classes"]
+        if not _is_int(n) or n < 0:
+            raise bad("num_classes", "must be a whole number >= 0")
+        rows = next((s[0] for k, s in sorted((shapes or {}).items()) if s), None)
+        if shapes is not None and rows != (n or None):
+            held = f"its classifier head.fc has {rows} outputs" if rows else "it holds no classifier (head.fc)"
+            raise bad("num_classes", f"disagrees with the file's tensors: {held}")
+    if "in_chans" in meta and (not _is_int(meta["in_chans"]) or not 1 <= meta["in_chans"] <= MAX_CHANNELS):
+        raise bad("in_chans", f"must be a whole number from 1 to {MAX_CHANNELS}")
+    if "input_size" in meta:
+        size = meta["input_size"]
+        if not (isinstance(size, list) and len(size) == 3 and all(_is_int(s) for s in size)
+                and 1 <= size[0] <= MAX_CHANNELS and all(1 <= s <= MAX_SIDE for s in size[1:])):
+            raise bad("input_size", f"must be [channels, height, width]: channels 1-{MAX_CHANNELS}, "
+                      f"sides 1-{MAX_SIDE}")
+        if "in_chans" in meta and size[0] != meta["in_chans"]:
+            raise bad("input_size", f"has {size[0]} channels but in_chans is {meta['in_chans']}")
+    channels = meta["input_size"][0] if "input_size" in meta else meta.get("in_chans")
+    for field in ("mean", "std"):
+        if field in meta:
+            values = meta[field]
+            if not (isinstance(values, list) and values and all(_is_number(v) for v in values)):
+                raise bad(field, "must be a list of numbers, one per channel")
+            if channels is not None and len(values) != channels:
+                raise bad(field, f"has {len(values)} values for {channels} input channel(s)")
+            if field == "std" and not all(v > 0 for v in values):
+                raise bad(field, "must be positive")
+    if "classes" in meta:
+        classes = meta["classes"]
+        if not (isinstance(classes, list) and all(isinstance(c, (str, int)) for c in classes)):
+            raise bad("classes", "must be a list of class names")
+        if _is_int(meta.get("num_classes")) and len(classes) != meta["num_classes"]:
+            raise bad("classes", f"names {len(classes)} classes but num_classes is {meta['num_classes']}")
+    if "bn_eps" in meta and not (_is_number(meta["bn_eps"]) and 0 < meta["bn_eps"] < 1):
+        raise bad("bn_eps", "must be a number between 0 and 1")
+    if "model_kwargs" in meta and not (isinstance(meta["model_kwargs"], dict)
+                                       and all(isinstance(k, str) for k in meta["model_kwargs"])):
+        raise bad("model_kwargs", "must be a JSON object of builder arguments")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors file, or of a .pt/.pth file loaded without unpickling code.
+
+    A training checkpoint that nests the weights under ``"state_dict"`` or ``"model"`` (ours,
+    Lightning's, timm's train script's) gives the nested state dict.
+
+    Raises:
+        WeightsError: empty, damaged, truncated, a pickle that asks for code, or not a state dict.
+        FileNotFoundError: no such file.
+    """
+    path = Path(path)
+    _check_file(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:
+            raise WeightsError(f"{path}: damaged or truncated safetensors file, or another format ({err})") from err
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(f"{path}: cannot be read as a plain tensor checkpoint ({err})") from err
+    return tensors_of(state, str(path))
+
+
+def tensors_of(state: object, label: str) -> dict[str, torch.Tensor]:
+    """The tensors of a state dict, also when nested under ``"state_dict"`` or ``"model"``.
+
+    Raises:
+        WeightsError: not a mapping of names to tensors (the odd entries are named).
+    """
+    if isinstance(state, Mapping):
+        for nest in ("state_dict", "model"):
+            if isinstance(state.get(nest), Mapping):
+                state = state[nest]
+                break
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"{label}: holds a {type(state).__name__}, not a state dict")
+    odd = [k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if odd:
+        raise WeightsError(f"{label}: not a state dict of tensors: {', '.join(map(repr, odd[:5]))} hold other values")
+    return dict(state)
+
+
+def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise :class:`WeightsMismatchError` listing missing, unexpected and mis-shaped keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} in the {source}, {tuple(v.shape)} in the model"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+
+    def listing(title: str, items: list[str]) -> str:
+        shown = "\n    ".join(items[:10]) + (f"\n    ... and {len(items) - 10} more" if len(items) > 10 else "")
+        return f"\n  {title} ({len(items)}):\n    {shown}" if items else ""
+
+    name = getattr(model, "name", "") or type(model).__name__
+    raise WeightsMismatchError(
+        f"the {source} does not fit {name}:"
+        + listing("missing from the " + source, missing)
+        + listing("not in the model", unexpected)
+        + listing("different shapes", shapes)
+    )

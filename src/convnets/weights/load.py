@@ -1,0 +1,407 @@
+"""The one way weights get into a model: :func:`load`.
+
+Every path uses it: ``create_model(name, weights=...)`` and ``train``/``transfer --weights``
+(through :func:`load_pretrained`), ``evaluate``/``export`` loading a run (:func:`load_weights`)
+and :func:`load_peer_weights`. So a checkpoint gives the same model whichever way it comes in:
+the same layout conversion, BatchNorm eps, classifier and auxiliary-head handling.
+
+A source is a registered tag (``"fashion-mnist"``), a local file (``.safetensors``, or a
+``.pt``/``.pth`` read without unpickling code), a run directory (its ``best.safetensors``), an
+http(s) URL (downloaded once into the cache) or a state dict. Its keys may be ours or a peer
+library's (:mod:`convnets.weights.layouts`), with or without the ``module.``/``_orig_mod.``
+prefixes of DataParallel and ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from convnets.errors import ConfigError, ConvnetsError, WeightsError
+from convnets.weights import specs
+from convnets.weights.files import check_state_dict, read_metadata, read_state_dict, tensors_of
+from convnets.weights.io import cached_download, discard, expected_sha256, hash_matches, is_url, sha256_of
+from convnets.weights.layouts import (
+    PeerLayout,
+    convert,
+    detect_layout,
+    is_own_layout,
+    strip_wrapper_prefixes,
+)
+from convnets.weights.specs import WeightSpec, get_weights, is_tag
+
+logger = logging.getLogger("convnets.weights")
+
+Source = str | os.PathLike[str] | Mapping[str, torch.Tensor]
+
+# Our classifier layers: the main head's final layer and GoogLeNet's auxiliary ones. A model for
+# another number of classes keeps its own, freshly initialised.
+_CLASSIFIER_KEY = re.compile(r"(?:aux\.[^.]+\.)?head\.fc\.[^.]+")
+
+
+@dataclass
+class Checkpoint:
+    """A state dict in our naming, with what is known about where it came from.
+
+    Attributes:
+        state: the tensors, renamed into our layout, wrapper prefixes removed.
+        label: how messages name it (``torchvision:resnet50 checkpoint resnet50-0676ba61.pth``).
+        layout: the peer layout it was converted from; None for our own.
+        spec: the registry entry, for a tag.
+        meta: the checked metadata of one of our safetensors files, else empty.
+    """
+
+    state: dict[str, torch.Tensor]
+    label: str
+    layout: PeerLayout | None = None
+    spec: WeightSpec | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str | None:
+        """The model the weights are for, where the tag, metadata or layout says it."""
+        if self.spec is not None:
+            return self.spec.model
+        return self.meta.get("model") or (self.layout.model if self.layout else None)
+
+    @property
+    def num_classes(self) -> int:
+        """Outputs of the checkpoint's classifier (0 when it holds none)."""
+        return next((t.shape[0] for k, t in sorted(self.state.items()) if k.startswith("head.fc.") and t.ndim), 0)
+
+    @property
+    def has_aux(self) -> bool:
+        return any(k.startswith("aux.") for k in self.state)
+
+    def build_kwargs(self, model_name: str) -> dict[str, Any]:
+        """Builder arguments of the model the weights fit: classes, input channels, the spec's or file's options."""
+        if self.spec is not None:
+            return {"num_classes": self.spec.num_classes, "in_chans": self.spec.input_size[0],
+                    **self.spec.model_kwargs}
+        kwargs = dict(self.meta.get("model_kwargs", {}))
+        in_chans = self.meta.get("in_chans") or first_conv_channels(model_name, self.state, kwargs)
+        return {"num_classes": self.meta.get("num_classes", self.num_classes), "in_chans": in_chans or 3, **kwargs}
+
+
+def weights_path(spec: WeightSpec, cache_dir: str | Path | None = None) -> Path:
+    """A local, checked file holding ``spec``'s weights: the shipped file, or the URL downloaded once.
+
+    Raises:
+        WeightsError: the shipped file is missing or damaged (its sha256 differs from the registry's).
+        DownloadError: the download failed or gave another file.
+    """
+    if spec.is_url:
+        return cached_download(spec.source, sha256=spec.sha256, cache_dir=cache_dir)
+    path = specs.PACKAGE_DIR / spec.source
+    if not path.is_file():
+        raise WeightsError(f"{path}: the shipped weights file is missing (a broken install?)")
+    if sha256_of(path) != spec.sha256:
+        raise WeightsError(f"{path}: its sha256 differs from the registry's: the file is damaged (reinstall convnets)")
+    return path
+
+
+def local_path(source: str | os.PathLike[str], *, sha256: str | None = None,
+               cache_dir: str | Path | None = None) -> Path:
+    """The local file of a path or URL: a run directory gives its ``best.safetensors``, a URL its cached copy.
+
+    Raises:
+        WeightsError: another URL scheme, a directory that is not a run, or a local file with another sha256.
+        DownloadError: the download failed or gave another file.
+    """
+    text = os.fspath(source)
+    if is_url(text):
+        return cached_download(text, sha256=sha256, cache_dir=cache_dir)
+    if "://" in text:
+        raise WeightsError(f"{text}: only local paths and http(s) URLs are supported")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if (path / "best.safetensors").is_file():
+            return path / "best.safetensors"
+        raise WeightsError(f"{path} is a directory, not a weights file (.safetensors, .pth) or a run directory "
+                           "holding best.safetensors")
+    expected = expected_sha256(sha256)  # only an explicit hash: "resnet50-20240101.pth" is a date, not a digest
+    if expected and path.is_file() and not hash_matches(path, expected):
+        raise WeightsError(f"sha256 mismatch for {path}: expected {expected}, got {sha256_of(path)}")
+    return path
+
+
+def _resolve(source: str | os.PathLike[str], model_name: str | None, sha256: str | None,
+             cache_dir: str | Path | None) -> tuple[Path, WeightSpec | None, str | None]:
+    """The local file of a tag, path or URL, the spec of a tag, and the URL the file was downloaded from."""
+    if not is_tag(source):
+        text = os.fspath(source)
+        return local_path(text, sha256=sha256, cache_dir=cache_dir), None, text if is_url(text) else None
+    if not model_name:
+        raise WeightsError(f"{os.fspath(source)!r} is a weights tag: name the model it is for")
+    spec = get_weights(model_name, os.fspath(source))
+    return weights_path(spec, cache_dir), spec, spec.source if spec.is_url else None
+
+
+@contextlib.contextmanager
+def _reading(path: Path, url: str | None) -> Iterator[None]:
+    """Reading ``path``: a file downloaded from ``url`` that cannot be read leaves the cache, to be fetched again."""
+    try:
+        yield
+    except WeightsError as err:
+        if url is None:
+            raise
+        discard(path)
+        raise WeightsError(f"{err} (downloaded from {url}; removed from the cache)") from err
+
+
+def open_checkpoint(source: Source, *, model_name: str | None = None, layout: str | None = None,
+                    sha256: str | None = None, cache_dir: str | Path | None = None) -> Checkpoint:
+    """Read ``source`` into a :class:`Checkpoint` in our naming (metadata checked before the tensors are read).
+
+    Args:
+        source: a tag, path, run directory, URL or state dict.
+        model_name: the model a tag belongs to.
+        layout: a peer layout name (:data:`~convnets.weights.layouts.LAYOUTS`); detected when None.
+        sha256: expected digest (or prefix) of a file or download.
+        cache_dir: download cache (``$CONVNETS_CACHE`` or ``~/.cache/convnets/weights`` by default).
+
+    Raises:
+        WeightsError: unknown tag, unreadable or implausible file, unknown layout.
+    """
+    spec, meta = None, {}
+    if isinstance(source, Mapping):
+        state, label = tensors_of(source, "state dict"), "state dict"
+    else:
+        path, spec, url = _resolve(source, model_name, sha256, cache_dir)
+        with _reading(path, url):
+            if path.suffix == ".safetensors":
+                meta = read_metadata(path)
+            state, label = read_state_dict(path), path.name
+    state = strip_wrapper_prefixes(state)
+    name = spec.peer if spec is not None else layout
+    if name is None and not is_own_layout(state):
+        name = detect_layout(state)
+    if name is None:
+        return Checkpoint(state, f"weights file {label}", None, spec, meta)
+    peer, state = convert(state, name)
+    return Checkpoint(state, f"{peer.name} checkpoint {label}", peer, spec, meta)
+
+
+def first_conv_channels(model_name: str, state: Mapping[str, torch.Tensor],
+                        model_kwargs: Mapping[str, Any]) -> int | None:
+    """Input channels of the weights: the second dimension of the model's first convolution in ``state``."""
+    from convnets.registry import create_model
+
+    try:
+        with torch.device("meta"):  # only the key order is needed: nothing is allocated
+            keys = create_model(model_name, **model_kwargs).state_dict()
+    except (ConvnetsError, TypeError, ValueError):
+        return None  # the fit check that follows names what is wrong
+    first = next((k for k, t in keys.items() if t.ndim == 4 and k in state and state[k].ndim == 4), None)
+    return int(state[first].shape[1]) if first else None
+
+
+def load(source: Source, model: nn.Module | None = None, *, model_name: str | None = None,
+         num_classes: int | None = None, layout: str | None = None, sha256: str | None = None,
+         cache_dir: str | Path | None = None, new_head: bool = True, **model_kwargs: Any) -> nn.Module:
+    """Load weights from any source into ``model``, or into the model they name.
+
+    The checkpoint is converted to our layout (peer layouts are detected), its fit is checked
+    against the model (on the ``meta`` device, before a model it names is built), and then:
+
+    - a classifier for another number of classes is left as the model's own, freshly
+      initialised one (``new_head=True``; logged), or refused (``new_head=False``);
+    - GoogLeNet's auxiliary classifiers: a checkpoint without them removes the model's (as
+      ``aux_logits=False`` would have built it), and the checkpoint's are dropped for a model
+      built without them (both logged);
+    - BatchNorm layers get the eps the weights were trained with (torchvision's EfficientNet-B5
+      to B7: 1e-3; one of our files records it when it is not 1e-5).
+
+    Args:
+        source: a tag (with ``model`` or ``model_name``), path, run directory, URL or state dict.
+        model: the model to load into; built when None from ``model_name`` or what the weights
+            name (tag, metadata, layout), with their class count, channels and builder options.
+        model_name: the model to build (and a tag's owner) when ``model`` is None.
+        num_classes: outputs of the model built; the checkpoint's when None.
+        layout: the peer layout to convert from; detected when None.
+        sha256: expected sha256 (or its first 8+ hex digits) of the file or download.
+        cache_dir: download cache.
+        new_head: replace a classifier that does not fit instead of refusing it.
+        **model_kwargs: builder arguments overriding the weights' own (only when building).
+
+    Returns:
+        The model with the weights loaded (its train/eval mode unchanged).
+
+    Raises:
+        WeightsMismatchError: keys missing, unexpected or mis-shaped, listed by name.
+        LayoutError: unknown layout, or keys no rename rule covers.
+        WeightsError: unreadable, damaged or implausible file, unknown tag, wrong sha256.
+        DownloadError: a URL that cannot be downloaded.
+    """
+    if model is not None and (model_kwargs or num_classes is not None):
+        given = ", ".join([*model_kwargs, *(["num_classes"] if num_classes is not None else [])])
+        raise ConfigError(f"builder arguments ({given}) are for a model load() builds; a model was given")
+    ckpt = open_checkpoint(source, model_name=model_name or getattr(model, "name", None), layout=layout,
+                           sha256=sha256, cache_dir=cache_dir)
+    if model is None:
+        model = _build(ckpt, model_name, num_classes, model_kwargs, new_head)
+    elif ckpt.model_name and getattr(model, "name", ckpt.model_name) != ckpt.model_name:
+        # Same keys and shapes can still mean another network (torchvision's ResNet-50 puts the
+        # stride on the 3x3, our resnet50 on the 1x1): load, but say so.
+        logger.warning("%s: the weights are for %s; loading them into %s", ckpt.label, ckpt.model_name, model.name)
+    state, notes = _fit(model, ckpt, new_head)
+    model.load_state_dict(state)
+    notes += _apply_training_settings(model, ckpt)
+    for note in notes:
+        logger.warning("%s", note)
+    return model
+
+
+def _build(ckpt: Checkpoint, model_name: str | None, num_classes: int | None, model_kwargs: dict[str, Any],
+           new_head: bool) -> nn.Module:
+    """The model the checkpoint names, checked on the meta device before it is built for real."""
+    from convnets.registry import create_model
+
+    name = model_name or ckpt.model_name
+    if name is None:
+        raise WeightsError(f"{ckpt.label}: no model name in its metadata; pass the model to load into")
+    kwargs = {**ckpt.build_kwargs(name), **({} if num_classes is None else {"num_classes": num_classes}),
+              **model_kwargs}
+    try:
+        with torch.device("meta"):
+            probe = create_model(name, **kwargs)
+    except (TypeError, ConfigError) as err:  # e.g. a builder argument in the metadata that the builder does not take
+        raise WeightsError(f"{ckpt.label}: cannot build {name} with {kwargs}: {err}") from err
+    _fit(probe, ckpt, new_head)  # a misfit is refused before anything is allocated
+    return create_model(name, **kwargs)
+
+
+def _fit(model: nn.Module, ckpt: Checkpoint, new_head: bool) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The checkpoint's state adjusted to ``model`` (aux heads, new classifier), checked key by key.
+
+    Returns:
+        The state to load, and the lines that say what was adjusted.
+    """
+    state, notes = dict(ckpt.state), []
+    own = model.state_dict()
+    if getattr(model, "aux", None) is not None and not ckpt.has_aux:
+        # torchvision's googlenet(weights=...) and any fine-tune of it save no auxiliary heads.
+        model.aux = None
+        own = model.state_dict()
+        notes.append(f"{ckpt.label} has no auxiliary classifiers: the model's are removed (as aux_logits=False "
+                     "builds it)")
+    elif ckpt.has_aux and not any(k.startswith("aux.") for k in own):
+        aux = [k for k in state if k.startswith("aux.")]
+        state = {k: v for k, v in state.items() if not k.startswith("aux.")}
+        notes.append(f"the model has no auxiliary classifiers: not loading the {len(aux)} aux.* tensors of "
+                     f"{ckpt.label}")
+    if new_head:
+        layers = {k.rpartition(".")[0] for k in own
+                  if _CLASSIFIER_KEY.fullmatch(k) and (k not in state or state[k].shape != own[k].shape)}
+        if layers:
+            dropped = sorted(k for k in state if k.rpartition(".")[0] in layers)
+            state = {k: v for k, v in state.items() if k.rpartition(".")[0] not in layers}
+            state |= {k: v for k, v in own.items() if k.rpartition(".")[0] in layers}
+            held = f"{ckpt.num_classes} classes" if ckpt.num_classes else "no classifier"
+            notes.append(f"{ckpt.label} has {held}, the model {getattr(model, 'num_classes', 0)}: new classifier "
+                         f"(freshly initialised); not loaded: {', '.join(dropped) or 'nothing'}")
+    check_state_dict(model, state, source=ckpt.label)
+    return state, notes
+
+
+def _apply_training_settings(model: nn.Module, ckpt: Checkpoint) -> list[str]:
+    """Set the BatchNorm eps that comes with the weights (not in the state dict); returns what to tell the user."""
+    notes = []
+    eps = ckpt.layout.bn_eps if ckpt.layout else ckpt.meta.get("bn_eps")
+    if eps is not None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eps = eps
+        notes.append(f"{ckpt.label}: BatchNorm eps set to {eps:g}, as the weights were trained with")
+    if ckpt.layout and ckpt.layout.note:
+        notes.append(f"{ckpt.layout.name}: {ckpt.layout.note}")
+    return notes
+
+
+# --------------------------------------------------------------------------------------------
+# The named paths, each a call of load()
+# --------------------------------------------------------------------------------------------
+
+
+def load_weights(path: str | Path, model: nn.Module | None = None, **model_kwargs: Any) -> nn.Module:
+    """Load a weights file of ours into ``model``, or into the model its metadata names.
+
+    Exact: a classifier of another size is refused, not replaced (evaluation, export, resume).
+
+    Raises:
+        WeightsMismatchError: the file was saved from another architecture or head size.
+        WeightsError: a damaged file, or metadata that is missing, of the wrong type or implausible.
+    """
+    return load(path, model, new_head=False, **model_kwargs)
+
+
+def load_pretrained(model: nn.Module, weights: str | Path, cache_dir: str | Path | None = None) -> WeightSpec | None:
+    """Load ``weights`` into ``model``: a registered tag (``"fashion-mnist"``), a file, run directory or URL.
+
+    A classifier for another number of classes is replaced, with a logged line.
+
+    Returns:
+        The spec for a registered tag, None otherwise.
+    """
+    load(weights, model, cache_dir=cache_dir)
+    return get_weights(model.name, str(weights)) if is_tag(weights) else None
+
+
+def load_peer_weights(source: Source, model: nn.Module | None = None, *, num_classes: int | None = None,
+                      layout: str | None = None, cache_dir: str | Path | None = None,
+                      sha256: str | None = None) -> nn.Module:
+    """Load a peer checkpoint (torchvision, timm), or one of ours, into our model.
+
+    ``load_peer_weights("https://download.pytorch.org/models/resnet50-0676ba61.pth")`` builds
+    ``resnet50_torchvision`` with the published weights; ``num_classes=3`` gives it a fresh
+    3-way classifier. See :func:`load` for the arguments.
+    """
+    if model is not None and num_classes is not None and num_classes != getattr(model, "num_classes", num_classes):
+        raise WeightsError(f"num_classes={num_classes} but the given model has {model.num_classes} outputs")
+    return load(source, model, num_classes=None if model is not None else num_classes, layout=layout,
+                cache_dir=cache_dir, sha256=sha256)
+
+
+def weights_preprocessing(weights: str | Path, model: str) -> dict[str, Any]:
+    """Input size, normalisation and builder arguments that ``weights`` were trained with.
+
+    From the registry for a tag and from the metadata of one of our files. Otherwise the input
+    channels come from the first convolution's weights; a peer layout gives the peer's
+    normalisation (ImageNet's; 0.5/0.5 for torchvision's GoogLeNet) at 224x224, and a file of
+    our own layout without metadata gives ``mean``/``std`` None: normalise the data with its own
+    statistics, as its training did with the data it had (any normalisation it used put the
+    inputs at mean 0 and std 1, which the new data's own statistics reproduce), and the height
+    and width None (the data's own size, or the model's fixed one).
+
+    Returns:
+        ``input_size`` (C, H, W; H and W may be None), ``mean``, ``std`` (or None), ``model_kwargs``
+        and ``classes`` (or None).
+    """
+    if is_tag(weights):
+        spec = get_weights(model, str(weights))
+        return dict(input_size=spec.input_size, mean=spec.mean, std=spec.std, model_kwargs=spec.model_kwargs,
+                    classes=list(spec.categories) or None)
+    path, _, url = _resolve(weights, model, None, None)
+    with _reading(path, url):
+        meta = read_metadata(path) if path.suffix == ".safetensors" else {}
+    if "input_size" in meta and "mean" in meta and "std" in meta:  # one of ours: the header says it all
+        return dict(input_size=tuple(meta["input_size"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]),
+                    model_kwargs=meta.get("model_kwargs", {}), classes=meta.get("classes"))
+    ckpt = open_checkpoint(path, model_name=model)
+    kwargs = meta.get("model_kwargs", {})
+    channels = meta.get("in_chans") or first_conv_channels(model, ckpt.state, kwargs)
+    if ckpt.layout is not None:  # the peer's statistics are RGB's; other channel counts bring their own data
+        rgb = (channels or 3) == 3
+        return dict(input_size=(channels or 3, 224, 224), mean=ckpt.layout.mean if rgb else None,
+                    std=ckpt.layout.std if rgb else None, model_kwargs=kwargs, classes=None)
+    return dict(input_size=(channels, None, None), mean=None, std=None, model_kwargs=kwargs,
+                classes=meta.get("classes"))
