@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from convnets.data.datasets import Dataset
+from convnets.data.core import Dataset
+from convnets.errors import DataError
 
 
 def sample_images(dataset: Dataset, count: int, seed: int) -> torch.Tensor:
@@ -25,6 +26,8 @@ def sample_images(dataset: Dataset, count: int, seed: int) -> torch.Tensor:
             images.append(image)
         if len(images) == count:
             break
+    if not images:
+        raise DataError(f"{dataset.source}: none of the {len(order)} training images can be decoded")
     return torch.stack(images)
 
 
