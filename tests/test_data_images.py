@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -182,3 +183,12 @@ def test_a_stray_idx_label_is_refused_naming_it_and_its_count(tmp_path):
     with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte: label 255 \(1 image\) lies far beyond the others "
                                          r"\(0\.\.9\) and would make a 256-way classifier"):
         load_dataset(root)
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_as_its_bytes(tmp_path):
+    root = _folder(tmp_path / "d")
+    name = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 name, as old archives hold
+    (root / "cat" / name).write_bytes(b"")
+    data = load_image_folder(root, image_size=8, num_workers=0)
+    written = data.bad_files.write(tmp_path / "run").read_bytes()
+    assert b"caf\xe9.jpg\tempty file" in written

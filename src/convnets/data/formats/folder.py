@@ -184,12 +184,13 @@ def load_image_folder(
         val_classes, val = _scan_class_folders(held_out, bad)
         if val_classes != classes:
             raise DataError(f"{held_out} has classes {val_classes} but {train_dir} has {classes}")
+        check_classes(classes, [y for _, y in train], root)
     else:  # a lone train/ folder is split like a plain one
         classes, samples = _scan_class_folders(train_dir if train_dir.is_dir() else root, bad)
-        train, val = _stratified_split(samples, options.val_fraction, options.seed)
+        check_classes(classes, [y for _, y in samples], root)
+        train, val = _stratified_split(samples, options.val_fraction, options.seed)  # keeps every class in train
         if not val and options.val_fraction > 0:
             logger.warning("%s: no class has two images, so nothing is held out for testing", root)
-    check_classes(classes, [y for _, y in train], root)
     c = options.channels or 3
     size = options.image_size or (_probe_size(train),) * 2
     train_split, val_split = ImageFolderSplit(train, size, c), ImageFolderSplit(val, size, c)
