@@ -81,6 +81,22 @@ def test_exif_orientation_stands_a_phone_photo_up(tmp_path):
     assert image[:18].mean() < 10 and image[22:].mean() > 245
 
 
+def test_a_damaged_exif_block_still_decodes_and_turns(tmp_path):
+    """An EXIF entry whose tag was damaged into ImageWidth holding text made Pillow's exif_transpose fail
+    (struct.error) as it rewrote the block: a decodable photo was lost."""
+    stored = np.zeros((20, 40), np.uint8)
+    stored[:, 20:] = 255
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F], exif[0x0110] = 6, "Camera", "Model X"  # orientation, camera make and model
+    path = tmp_path / "damaged.jpg"
+    Image.fromarray(stored).convert("RGB").save(path, quality=95, exif=exif)
+    data = path.read_bytes()
+    entry = data.index(b"\x01\x0f\x00\x02")  # big-endian tag 0x010f (make), type 2 (ASCII)
+    path.write_bytes(data[: entry + 1] + b"\x00" + data[entry + 2 :])  # now tag 0x0100, ImageWidth, as text
+    image = decode_image(path, (40, 20), 1)[0].float()
+    assert image[:18].mean() < 10 and image[22:].mean() > 245
+
+
 def test_real_photos_decode_exactly_and_turn_with_exif(tmp_path):
     from sklearn.datasets import load_sample_image
 
@@ -139,6 +155,19 @@ def test_bad_files_of_the_held_out_split_are_in_the_one_log(tmp_path):
     written = data.bad_files.write(tmp_path / "run").read_text()
     assert "garbage.png\tUnidentifiedImageError" in written and "cut.png\t" in written
     assert data.bad_files.summary() == "2 bad files skipped (see bad_files.tsv)"
+
+
+def test_a_tiff_whose_strip_offset_is_a_fraction_is_skipped_not_a_crash(tmp_path):
+    """Pillow raises TypeError on this damage: it used to escape the loader and end the epoch."""
+    root = _folder(tmp_path / "d", per_class=3)
+    path = root / "dog" / "odd.tif"
+    Image.new("RGB", (8, 6)).save(path)
+    data = path.read_bytes()
+    entry = data.index(b"\x11\x01\x04\x00")  # little-endian tag 273 (StripOffsets), type 4 (LONG)
+    path.write_bytes(data[: entry + 2] + b"\x05" + data[entry + 3 :])  # now type 5, RATIONAL
+    data = load_image_folder(root, image_size=8, val_fraction=0, num_workers=0)
+    assert sum(len(y) for _, y in make_loader(data, batch_size=4, num_workers=0)) == 6
+    assert dict(data.bad_files.items)[str(path)].startswith("TypeError")
 
 
 def test_broken_links_are_recorded(tmp_path):

@@ -9,25 +9,39 @@ skipped sample with its reason, so one bad file never ends an epoch.
 
 from __future__ import annotations
 
+import struct
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
 )
 # What Pillow raises on a file it cannot decode (found by fuzzing every format above with corrupted
 # bytes): OSError (UnidentifiedImageError, truncated data), ValueError, SyntaxError and EOFError from
-# some parsers, and the decompression-bomb checks, whose warning is made an error while decoding.
+# some parsers, struct.error and TypeError from TIFF/EXIF offsets that point nowhere, and the
+# decompression-bomb checks, whose warning is made an error while decoding.
 DECODE_ERRORS = (
-    OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError, Image.DecompressionBombWarning
+    OSError, ValueError, SyntaxError, EOFError, struct.error, TypeError,
+    Image.DecompressionBombError, Image.DecompressionBombWarning,
 )
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
-_ORIENTATION = 0x0112  # the EXIF tag
+# EXIF orientation -> the transposition that stands the image up: the table of PIL.ImageOps.exif_transpose.
+# That function also rewrites the EXIF block without the tag, which fails on a damaged block (struct.error,
+# found by fuzzing) and would lose a decodable photo; the pixels need only the transposition.
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _bits_per_sample(image: Image.Image) -> int:
@@ -101,8 +115,9 @@ def decode_image(path: str | Path, size: tuple[int, int], channels: int = 3) -> 
             # The draft must cover the target in either orientation: EXIF may turn the image by 90 degrees.
             side = max(h, w)
             image.draft("RGB" if channels == 3 else "L", (side, side))
-            if image.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even an upright image
-                image = ImageOps.exif_transpose(image)
+            turn = _ORIENTATION_TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+            if turn is not None:
+                image = image.transpose(turn)
             image = ImageOps.fit(_to_mode(image, channels), (w, h), method=Image.Resampling.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
