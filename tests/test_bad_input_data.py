@@ -291,3 +291,10 @@ def test_augment_writes_a_grid_when_the_options_are_in_range(tmp_path: Path, cap
         assert grid.size == (4 * 98 + 2, 2 * 98 + 2)
     assert not list(out.parent.glob(".*part"))
     assert "rotate=180.0" in capsys.readouterr().out
+    # --image-size brings only the shown images to that size (resizing all of a dataset would not fit
+    # in memory at the larger sides): 8x8 digits shown at 40 px, enlarged x3 to 120 px tiles.
+    assert main(["augment", "--data", "digits", "--rows", "1", "--variants", "1", "--image-size", "40",
+                 "--out", str(out)]) == 0
+    with Image.open(out) as grid:
+        assert grid.size == (2 * 122 + 2, 122 + 2)
+    assert "1x8x8" in capsys.readouterr().out  # the dataset itself was not resized

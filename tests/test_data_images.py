@@ -118,6 +118,13 @@ def test_folder_of_real_photos_loads_and_trains_through(tmp_path):
     assert data.classes == ["china", "flower"] and (len(data.train), len(data.test)) == (4, 2)
     seen = sum(len(y) for _, y in make_loader(data, batch_size=4, augment="standard", num_workers=0))
     assert seen == 4 and len(data.bad_files) == 0
+    from convnets.cli import main  # the photos in the augment grid, decoded at --image-size (x2 to 128 px tiles)
+
+    out = tmp_path / "grid.jpg"
+    assert main(["augment", "--data", str(tmp_path / "photos"), "--rows", "2", "--variants", "1",
+                 "--image-size", "64", "--out", str(out)]) == 0
+    with Image.open(out) as grid:
+        assert grid.format == "JPEG" and grid.size == (2 * 130 + 2, 2 * 130 + 2)
 
 
 # ------------------------------------------------------------------ files that cannot be decoded

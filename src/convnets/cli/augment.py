@@ -11,6 +11,7 @@ from PIL import Image
 
 from convnets.cli.options import number, parse_key_values
 from convnets.data.augment import PRESETS, Augmenter, get_preset
+from convnets.data.core import check_image_size
 from convnets.data.datasets import load_dataset
 from convnets.data.grid import render_grid, sample_images
 from convnets.data.loader import derive_seed
@@ -66,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     config = get_preset(args.preset, **parse_key_values(args.set, "--set"))
     out = Path(args.out)
     image_format = check_out(out)
-    dataset = load_dataset(args.data, data_dir=args.data_dir, image_size=args.image_size, channels=args.channels)
-    originals = sample_images(dataset, args.rows, args.seed)
+    dataset = load_dataset(args.data, data_dir=args.data_dir, channels=args.channels)
+    originals = sample_images(dataset, args.rows, args.seed, check_image_size(args.image_size))
     augmenter = Augmenter(config, dataset.pixel_cov)
     versions = [originals.float() / 255]
     for v in range(args.variants):
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
-    print(dataset.describe())
+    print(dataset.describe() + (f"; shown at {args.image_size}x{args.image_size}" if args.image_size else ""))
     print(f"preset {args.preset}: {config}")
     print(f"wrote {out} ({len(originals)} images x (original + {args.variants} augmented), first column original)")
     if len(dataset.bad_files):
