@@ -104,8 +104,9 @@ def load_dataset(
         FileNotFoundError: Unknown name that is not an existing path, or files missing.
         DataError: Data that cannot make a classifier, or malformed data (the message names the file).
     """
-    if not isinstance(name_or_path, (str, Path)):
-        raise ConfigError(f"expected a dataset name or a path, got {type(name_or_path).__name__}")
+    if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
+        # An empty name would be the current directory, read as an image folder.
+        raise ConfigError(f"expected a dataset name ({', '.join(DATASET_NAMES)}) or a path, got {name_or_path!r}")
     if not isinstance(download, bool):
         raise ConfigError(f"download must be True or False, got {download!r}")
     options = LoadOptions(image_size=image_size, channels=channels, resize=resize, seed=seed,
