@@ -59,13 +59,13 @@ class BatchLoader:
         rank, world_size: This process's shard.
         num_workers: Decoding processes for image folders; ``min(4, cpu count)`` by default.
         preload: Move an in-memory split to ``device`` once (default), instead of batch by batch.
-        bad_files: The log undecodable files are recorded in; a new one by default. :func:`make_loader`
-            passes the dataset's, so that one log covers the scan and every split.
         cpu_threads: torch intra-op threads while a batch is augmented on the CPU, restored
             afterwards so the model keeps its own; None leaves torch's setting. 1 by default: each
             operation on a batch of small images lasts ~0.1 ms, too short to pay for a thread team,
             and with decoding workers or other jobs on the other cores a team of two stalls on its
             descheduled member (measured on 2 cores: 165,000 images/s with 1 thread, 3,600 with 2).
+        bad_files: The log undecodable files are recorded in; a new one by default. :func:`make_loader`
+            passes the dataset's, so that one log covers the scan and every split.
     """
 
     def __init__(
