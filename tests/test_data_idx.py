@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from convnets.data import datasets as ds
 from convnets.data import find_fashion_mnist, load_dataset, load_idx_dataset, read_idx, write_idx
+from convnets.data.formats import fashion_mnist as ds
 from convnets.data.idx import IDXFormatError
 
 SYSTEM_FMNIST = ds.FASHION_MNIST_SYSTEM_DIR

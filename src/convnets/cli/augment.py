@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import torch
+from PIL import Image
 
-from convnets.cli.options import parse_key_values
+from convnets.cli.options import number, parse_key_values
 from convnets.data.augment import PRESETS, Augmenter, get_preset
+from convnets.data.core import check_image_size
 from convnets.data.datasets import load_dataset
 from convnets.data.grid import render_grid, sample_images
 from convnets.data.loader import derive_seed
 from convnets.errors import ConfigError
+
+# The grid holds rows x (variants + 1) tiles of at least 96 px: these bounds keep it a picture one can open.
+MAX_ROWS, MAX_VARIANTS, MAX_SIDE = 64, 32, 1024
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -31,31 +37,52 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override one preset setting, e.g. --set rotate=20 --set crop_scale='(0.3, 1)'",
     )
-    p.add_argument("--image-size", type=int, help="resize images to this side first")
+    p.add_argument("--image-size", type=number(int, 1, MAX_SIDE),
+                   help=f"resize images to this side first (1-{MAX_SIDE})")
     p.add_argument("--channels", type=int, choices=(1, 3), help="convert to 1 or 3 channels")
-    p.add_argument("--rows", type=int, default=8, help="how many training images (default 8)")
-    p.add_argument("--variants", type=int, default=7, help="augmented versions of each (default 7)")
-    p.add_argument("--seed", type=int, default=0, help="picks the images and the augmentations")
-    p.add_argument("--out", default="augment_grid.png", help="PNG file to write (default augment_grid.png)")
+    p.add_argument("--rows", type=number(int, 1, MAX_ROWS), default=8,
+                   help=f"how many training images (1-{MAX_ROWS}, default 8)")
+    p.add_argument("--variants", type=number(int, 0, MAX_VARIANTS), default=7,
+                   help=f"augmented versions of each (0-{MAX_VARIANTS}, default 7)")
+    p.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=0, help="picks the images and the augmentations")
+    p.add_argument("--out", default="augment_grid.png", help="image file to write (default augment_grid.png)")
     p.set_defaults(run=run)
+
+
+def check_out(out: Path) -> str:
+    """The image format ``--out`` names; a ConfigError, before any work, when it cannot become an image file."""
+    if out.is_dir():
+        raise ConfigError(f"{out}: is a directory; --out takes the image file to write, e.g. {out / 'grid.png'}")
+    image_format = Image.registered_extensions().get(out.suffix.lower())
+    if image_format not in Image.SAVE:
+        raise ConfigError(f"{out}: --out must end in an image extension Pillow writes, such as .png or .jpg")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"{out}: cannot be written: {parent} is a file, not a folder")
+    return image_format
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the grid of originals and augmented versions; print where it went."""
     config = get_preset(args.preset, **parse_key_values(args.set, "--set"))
-    if args.rows < 1 or args.variants < 0:
-        raise ConfigError("--rows must be at least 1 and --variants at least 0")
-    dataset = load_dataset(args.data, data_dir=args.data_dir, image_size=args.image_size, channels=args.channels)
-    originals = sample_images(dataset, args.rows, args.seed)
+    out = Path(args.out)
+    image_format = check_out(out)
+    dataset = load_dataset(args.data, data_dir=args.data_dir, channels=args.channels)
+    originals = sample_images(dataset, args.rows, args.seed, check_image_size(args.image_size))
     augmenter = Augmenter(config, dataset.pixel_cov)
     versions = [originals.float() / 255]
     for v in range(args.variants):
         versions.append(augmenter(originals, torch.Generator().manual_seed(derive_seed(args.seed, v))))
     grid = render_grid([torch.stack([version[i] for version in versions]) for i in range(len(originals))])
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out)
-    print(dataset.describe())
+    # Written beside the target and renamed, so that a failed write never leaves half a picture at --out.
+    partial = out.with_name(f".{out.name}.part")
+    try:
+        grid.save(partial, format=image_format)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(dataset.describe() + (f"; shown at {args.image_size}x{args.image_size}" if args.image_size else ""))
     print(f"preset {args.preset}: {config}")
     print(f"wrote {out} ({len(originals)} images x (original + {args.variants} augmented), first column original)")
     if len(dataset.bad_files):

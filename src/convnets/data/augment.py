@@ -58,10 +58,51 @@ class AugmentConfig:
     color_shift: float = 0.0
     pca_std: float = 0.0
 
+    def __post_init__(self) -> None:
+        """Check every setting against :data:`SETTING_RANGES`, so the CLI and the Python API refuse the same values."""
+        for f in fields(self):
+            low, high, meaning = SETTING_RANGES[f.name]
+            value = getattr(self, f.name)
+            if f.name in _PAIRS:
+                if value is None and f.name == "crop_scale":
+                    continue
+                pair = list(value) if isinstance(value, (list, tuple)) and len(value) == 2 else None
+                if pair is None or not all(_is_number(v) for v in pair) or not low <= pair[0] <= pair[1] <= high:
+                    off = " None (off) or" if f.name == "crop_scale" else ""
+                    raise ConfigError(f"augmentation setting {f.name} ({meaning}) must be{off} (min, max) with "
+                                      f"{low:g} <= min <= max <= {high:g}; got {value!r}")
+                object.__setattr__(self, f.name, (float(pair[0]), float(pair[1])))
+            elif _is_number(value) and low <= value <= high:
+                object.__setattr__(self, f.name, float(value))
+            else:
+                raise ConfigError(f"augmentation setting {f.name} ({meaning}) must be a number from {low:g} to "
+                                  f"{high:g}; got {value!r}")
+
     @property
     def warps(self) -> bool:
         """Whether a transform needs interpolation (anything beyond mirrors and integer shifts)."""
         return self.crop_scale is not None or bool(self.rotate or self.shear or self.elastic_alpha)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# (low, high, meaning) of every AugmentConfig field; pairs take (min, max) within the range.
+SETTING_RANGES: dict[str, tuple[float, float, str]] = {
+    "hflip": (0, 1, "a probability"),
+    "vflip": (0, 1, "a probability"),
+    "pad_crop": (0, 0.5, "fraction of the side"),
+    "crop_scale": (0.01, 1, "fraction of the area kept"),
+    "crop_ratio": (0.1, 10, "aspect ratio, width / height"),
+    "rotate": (0, 180, "degrees"),
+    "shear": (0, 60, "degrees"),
+    "elastic_alpha": (0, 4, "fraction of the side"),
+    "elastic_sigma": (0.01, 1, "fraction of the side"),
+    "color_shift": (0, 255, "on the 0..255 scale"),
+    "pca_std": (0, 2, "sigma of the PCA coefficients"),
+}
+_PAIRS = ("crop_scale", "crop_ratio")
 
 
 PRESETS: dict[str, AugmentConfig] = {
@@ -85,13 +126,15 @@ def get_preset(name: str, **overrides) -> AugmentConfig:
     """A named preset (none, light, standard, heavy) with some fields replaced.
 
     Example: ``get_preset("standard", hflip=0)`` for digits, whose mirror images are not digits.
+
+    Raises:
+        ConfigError: An unknown preset or setting, or a value outside the setting's range.
     """
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError(f"unknown augmentation preset {name!r}; choose from {', '.join(PRESETS)}")
-    known = {f.name for f in fields(AugmentConfig)}
-    unknown = set(overrides) - known
+    unknown = sorted(set(overrides) - set(SETTING_RANGES))
     if unknown:
-        raise ConfigError(f"unknown augmentation settings {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(f"unknown augmentation settings: {', '.join(unknown)}; known: {', '.join(SETTING_RANGES)}")
     return replace(PRESETS[name], **overrides)
 
 

@@ -54,5 +54,6 @@ class BadFileLog:
         out = Path(run_dir) / name
         out.parent.mkdir(parents=True, exist_ok=True)
         lines = ["path\treason"] + [f"{p}\t{r.replace(chr(9), ' ').replace(chr(10), ' ')}" for p, r in self.items]
-        out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        # surrogateescape writes a file name that is not valid UTF-8 (a Latin-1 name from an old archive) as its bytes.
+        out.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")
         return out

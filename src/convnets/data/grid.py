@@ -8,23 +8,38 @@ import numpy as np
 import torch
 from PIL import Image
 
-from convnets.data.datasets import Dataset
+from convnets.data.core import Dataset, resize_images
+from convnets.data.images import ImageFolderSplit
+from convnets.errors import DataError
 
 
-def sample_images(dataset: Dataset, count: int, seed: int) -> torch.Tensor:
-    """``count`` training images as uint8 (count, C, H, W), chosen by ``seed``; undecodable files are passed over."""
+def sample_images(dataset: Dataset, count: int, seed: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``count`` training images as uint8 (count, C, H, W), chosen by ``seed``; undecodable files are passed over.
+
+    Args:
+        dataset: Where the images come from.
+        count: How many.
+        seed: Chooses them.
+        size: Bring only these images to (height, width): decoded at that size from an image folder,
+            resized as :func:`~convnets.data.resize_images` does from memory. Resizing a whole in-memory
+            dataset to show eight images of it would cost its full size at the new resolution.
+    """
     order = np.random.default_rng(seed).permutation(len(dataset.train)).tolist()
     if dataset.in_memory:
-        return dataset.train.images[order[:count]]
+        images = dataset.train.images[order[:count]]
+        return images if size is None else resize_images(images, size)
+    split = dataset.train if size is None else ImageFolderSplit(dataset.train.samples, size, dataset.channels)
     images = []
     for i in order:
-        image, _, error = dataset.train[i]
+        image, _, error = split[i]
         if error is not None:
             dataset.bad_files.add(*error)
         else:
             images.append(image)
         if len(images) == count:
             break
+    if not images:
+        raise DataError(f"{dataset.source}: none of the {len(order)} training images can be decoded")
     return torch.stack(images)
 
 

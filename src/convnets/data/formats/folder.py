@@ -1,0 +1,210 @@
+"""Image folders, ``root/CLASS/*.jpg`` (or ``root/train/CLASS`` and ``root/val/CLASS``), streamed from disk."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from convnets.data.badfiles import BadFileLog
+from convnets.data.core import Dataset, LoadOptions, channel_stats, check_classes, check_whole
+from convnets.data.images import (
+    DECODE_ERRORS,
+    IMAGE_EXTENSIONS,
+    ImageFolderSplit,
+    collate_images,
+    decode_image,
+    describe_error,
+)
+from convnets.errors import DataError
+
+logger = logging.getLogger("convnets.data")
+
+
+def _none_decodes(files: list[Path], bad: BadFileLog) -> str | None:
+    """None when one of ``files`` decodes; else the reason the first failed. Failures are recorded in ``bad``.
+
+    A healthy class costs one small decode; a class of nothing but broken files is tried through,
+    so that each of them is reported with its reason.
+    """
+    first = None
+    for path in files:
+        try:
+            decode_image(path, (8, 8), 3)
+            return None
+        except DECODE_ERRORS as err:
+            bad.add(path, describe_error(err))
+            first = first or f"{path.name}: {describe_error(err)}"
+    return first
+
+
+def _scan_class_folders(root: Path, bad: BadFileLog) -> tuple[list[str], list[tuple[str, int]]]:
+    """Classes (sorted subfolder names) and (path, label) samples of ``root/CLASS/...``.
+
+    Raises:
+        DataError: No class folders, or a class folder without one decodable image (naming it).
+    """
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        found = f"found {loose} images directly in it, but " if loose else ""
+        raise DataError(
+            f"{root}: no class folders; {found}images go in one folder per class: {root}/CLASS_NAME/IMAGE.jpg"
+        )
+    samples = []
+    for label, class_dir in enumerate(class_dirs):
+        images = []
+        for path in sorted(class_dir.rglob("*")):
+            if path.name.startswith("."):
+                continue  # hidden files (.DS_Store, editor backups) are not data
+            if path.is_symlink() and not path.exists():
+                bad.add(path, "broken link")
+            elif not path.is_file():
+                continue
+            elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+                bad.add(path, f"not an image file (extension {path.suffix or 'none'})")
+            elif path.stat().st_size == 0:
+                bad.add(path, "empty file (0 bytes)")
+            else:
+                images.append(path)
+        if not images:
+            raise DataError(f"class folder {class_dir} has no images")
+        failure = _none_decodes(images, bad)
+        if failure:
+            raise DataError(
+                f"class folder {class_dir}: none of its {len(images)} image files can be decoded "
+                f"(e.g. {failure}); fix or remove them"
+            )
+        samples += [(str(p), label) for p in images]
+    return [d.name for d in class_dirs], samples
+
+
+def _stratified_split(
+    samples: list[tuple[str, int]], val_fraction: float, seed: int
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Hold out ``val_fraction`` of every class (at least one image when a class has two or more)."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    labels = np.array([y for _, y in samples])
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        rng.shuffle(idx)
+        n_val = min(len(idx) - 1, max(1, round(len(idx) * val_fraction))) if val_fraction > 0 else 0
+        val += [samples[i] for i in sorted(idx[:n_val])]
+        train += [samples[i] for i in sorted(idx[n_val:])]
+    return train, val
+
+
+def _stats_of_folder(
+    split: ImageFolderSplit, samples: int, seed: int, num_workers: int, bad: BadFileLog
+) -> tuple[tuple[float, ...], tuple[float, ...], torch.Tensor]:
+    """Channel statistics of a seeded random subset of a folder split, decoded in parallel."""
+    rng = np.random.default_rng(seed)
+    indices = rng.permutation(len(split))[:samples].tolist()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(split, indices), batch_size=64, num_workers=num_workers, collate_fn=collate_images
+    )
+    images = []
+    for x, _, errors in loader:
+        bad.extend(errors)
+        images.append(x)
+    images = [x for x in images if len(x)]
+    if not images:
+        raise DataError("no training image could be decoded; see the bad-file report")
+    return channel_stats(torch.cat(images))
+
+
+def _probe_size(samples: Sequence[tuple[str, int]], cap: int = 224) -> int:
+    """The shorter side of the first readable image, at most ``cap``."""
+    for path, _ in samples[:64]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    return min(min(image.size), cap)
+        except DECODE_ERRORS:
+            continue
+    return cap
+
+
+def load_image_folder(
+    root: str | Path,
+    *,
+    image_size: int | Sequence[int] | None = None,
+    channels: int | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    stats_samples: int = 1000,
+    num_workers: int | None = None,
+) -> Dataset:
+    """An image folder ``root/CLASS/*.jpg`` (or ``root/train/CLASS``, ``root/val/CLASS``), streamed from disk.
+
+    Files with other extensions, empty files and broken links are skipped and recorded in
+    ``Dataset.bad_files``; so are files that fail to decode, whether found while checking each
+    class, computing the statistics, or later by a loader (see :func:`~convnets.data.make_loader`).
+    Images are decoded as :func:`~convnets.data.decode_image` says: EXIF orientation applied,
+    16-bit and float images scaled to 8 bits.
+
+    Args:
+        root: The folder. With ``train/`` and ``val/`` (or ``test/``) subfolders those are the
+            splits; otherwise a stratified ``val_fraction`` of every class is held out, chosen by ``seed``.
+        image_size: Output (height, width) or side; by default the shorter side of the first
+            image, at most 224. Images are scaled to cover it and centre-cropped.
+        channels: 1 (grey) or 3 (RGB, the default); other modes (palette, RGBA, CMYK) are converted.
+        seed: Seed of the held-out split and of the subset used for statistics.
+        val_fraction: Fraction of each class held out when there are no split folders, in [0, 1).
+        stats_samples: How many training images the mean, std and covariance are estimated from.
+        num_workers: Decoding processes for the statistics; ``min(4, cpu count)`` by default.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        ConfigError: An argument outside its range.
+        DataError: ``root`` is not a folder; no class folders; fewer than two classes; a class folder
+            without a decodable image; or split folders whose classes differ.
+    """
+    options = LoadOptions(image_size=image_size, channels=channels, seed=seed, val_fraction=val_fraction,
+                          num_workers=num_workers)
+    check_whole("stats_samples", stats_samples, 1)
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"{root}: is a file; an image folder is a directory of class folders (ROOT/CLASS/IMAGE.jpg)")
+    bad = BadFileLog()
+    train_dir = root / "train"
+    held_out = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
+    if train_dir.is_dir() and held_out is not None:
+        classes, train = _scan_class_folders(train_dir, bad)
+        val_classes, val = _scan_class_folders(held_out, bad)
+        if val_classes != classes:
+            raise DataError(f"{held_out} has classes {val_classes} but {train_dir} has {classes}")
+        check_classes(classes, [y for _, y in train], root)
+    else:  # a lone train/ folder is split like a plain one
+        classes, samples = _scan_class_folders(train_dir if train_dir.is_dir() else root, bad)
+        check_classes(classes, [y for _, y in samples], root)
+        train, val = _stratified_split(samples, options.val_fraction, options.seed)  # keeps every class in train
+        if not val and options.val_fraction > 0:
+            logger.warning("%s: no class has two images, so nothing is held out for testing", root)
+    c = options.channels or 3
+    size = options.image_size or (_probe_size(train),) * 2
+    train_split, val_split = ImageFolderSplit(train, size, c), ImageFolderSplit(val, size, c)
+    workers = min(4, os.cpu_count() or 1) if options.num_workers is None else options.num_workers
+    mean, std, cov = _stats_of_folder(train_split, stats_samples, options.seed, workers, bad)
+    return Dataset(root.name, classes, c, size, mean, std, cov, train_split, val_split, bad, str(root))
+
+
+def recognise(path: Path) -> bool:
+    """Any directory: the last format tried, whose errors say what an image folder must hold."""
+    return path.is_dir()
+
+
+def load(path: Path, options: LoadOptions) -> Dataset:
+    """:func:`load_image_folder` with :func:`~convnets.data.load_dataset`'s options."""
+    return load_image_folder(path, image_size=options.image_size, channels=options.channels, seed=options.seed,
+                             val_fraction=options.val_fraction, num_workers=options.num_workers)
