@@ -16,6 +16,7 @@ import torch
 from convnets.data import find_fashion_mnist, load_dataset, load_idx_dataset, read_idx, write_idx
 from convnets.data.formats import fashion_mnist as ds
 from convnets.data.idx import IDXFormatError
+from convnets.errors import DownloadError
 
 SYSTEM_FMNIST = ds.FASHION_MNIST_SYSTEM_DIR
 
@@ -156,7 +157,7 @@ def test_download_rejects_a_wrong_checksum_and_leaves_nothing(tmp_path, http_ser
     www, url = http_server
     (www / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"tampered"))
     dest = tmp_path / "dl"
-    with pytest.raises(ValueError, match="checksum mismatch"):
+    with pytest.raises(DownloadError, match="checksum mismatch"):
         ds.download_fashion_mnist(dest, base_url=url, checksums={"train-labels-idx1-ubyte.gz": "0" * 64})
     assert not dest.exists() or not any(dest.iterdir())
 

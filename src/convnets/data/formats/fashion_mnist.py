@@ -5,14 +5,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from convnets.data.core import Dataset
 from convnets.data.formats.idx import find_idx_files, load_idx_dataset
-from convnets.errors import DataError, DownloadError
+from convnets.errors import DownloadError
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -51,35 +49,26 @@ def _sha256_of_content(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_file(url: str, dest: str | Path, sha256: str | None = None, *, timeout: float = 60) -> Path:
-    """Download ``url`` to ``dest``, verifying the SHA-256 of its (decompressed) content.
-
-    The file is written to ``dest.part`` and renamed only once verified, so an interrupted
-    or corrupted download never leaves a file that looks complete.
+def download_file(url: str, dest: str | Path, sha256: str | None = None) -> Path:
+    """Download ``url`` to ``dest`` (with the weights' downloader: a deadline, a progress bar, nothing left
+    half-written), then check the SHA-256 of its *decompressed* content.
 
     Raises:
-        ConnectionError: The server cannot be reached or answers with an error.
-        ValueError: The checksum does not match (the partial file is removed).
+        DownloadError: The server cannot be reached, answers an error or stalls, or the checksum does
+            not match (the file is removed).
     """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                out.write(block)
-    except (urllib.error.URLError, OSError) as err:
-        part.unlink(missing_ok=True)
-        raise DownloadError(f"cannot download {url}: {err}") from err
+    from convnets.weights.io import download
+
+    dest = download(url, dest)
     if sha256 is not None:
         try:
-            got = _sha256_of_content(part)
+            got = _sha256_of_content(dest)
         except (OSError, EOFError) as err:
             got = f"unreadable ({err})"
         if got != sha256:
-            part.unlink(missing_ok=True)
-            raise DataError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}")
-    os.replace(part, dest)
+            dest.unlink(missing_ok=True)
+            raise DownloadError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}; "
+                                "the file was not kept")
     return dest
 
 
