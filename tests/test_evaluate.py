@@ -70,7 +70,7 @@ def test_evaluate_one_run_and_an_ensemble(two_runs: list[Path], tmp_path: Path) 
     assert single.ensemble is None and 0.5 < single.members[0].scores.accuracy <= 1
     both = evaluate(two_runs, views="mirror")
     assert both.ensemble is not None and len(both.members) == 2
-    assert both.ensemble.seconds == pytest.approx(sum(m.seconds for m in both.members))
+    assert both.ensemble.model_seconds == pytest.approx(sum(m.model_seconds for m in both.members))
     assert "ensemble of 2" in both.table() and "cost x" in both.table()
     from convnets.evaluate import write_report
 
