@@ -47,6 +47,7 @@ def conv_output_size(n: int, f: int, p: int = 0, s: int = 1) -> int:
 
 def resolve_padding(padding: int | str, f: int) -> int:
     """Padding in pixels from an integer, ``"valid"`` (0) or ``"same"`` ((f - 1) / 2, odd f only)."""
+    f = check_whole(f, "filter size f")
     if isinstance(padding, int) or str(padding).isdigit():
         return int(padding)
     if padding == "valid":
