@@ -229,10 +229,13 @@ def _resolve_input_size(model: nn.Module, input_size: Sequence[int] | None) -> t
     if size is None:
         raise ConfigError(f"{type(model).__name__} has no input_size attribute: pass input_size=(C, H, W)")
     expected = "(C, H, W)" if hasattr(model, "check_input") else "(C, H, W) or one size per input dimension"
-    if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or not size or not all(
-            isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in size):
+    try:
+        values = () if isinstance(size, (str, bytes)) else tuple(size)
+    except TypeError:  # not a sequence at all (a single number)
+        values = ()
+    if not values or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in values):
         raise ConfigError(f"input size must be {expected} in positive whole numbers, got {size!r}")
-    values = tuple(int(s) for s in size)
+    values = tuple(int(s) for s in values)
     if hasattr(model, "check_input") and len(values) != 3:  # a convnets model takes images (C, H, W)
         label = getattr(model, "name", "") or type(model).__name__
         raise ConfigError(f"input size of {label} must be (C, H, W), got {values}")
