@@ -333,8 +333,11 @@ class EvalReport:
 
 
 def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read afterwards has seen it (GPUs run asynchronously)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 @torch.no_grad()
