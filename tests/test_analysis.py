@@ -443,3 +443,15 @@ def test_summary_rejects_a_bad_depth_and_names_the_root():
     s = summary(nn.Sequential(nn.Linear(2, 3)), (2,))
     assert s.name == "Sequential" and s.rows[0].path == "0"
     assert s.counts.layer(ROOT).macs == 6
+
+
+def test_input_sizes_of_any_integer_type_count_alike():
+    """The size check refuses 32.5 and "32" but not the integer types sizes come in (torch.Size, NumPy)."""
+    import numpy as np
+
+    model = convnets.create_model("resnet20")
+    plain = count(model, (3, 32, 32))
+    assert count(model, torch.Size([3, 32, 32])).macs == plain.macs
+    assert count(model, np.array([3, 32, 32])).macs == plain.macs
+    assert count(model, [np.int64(3), 32, 32], batch=np.int32(2)).macs == 2 * plain.macs
+    assert summary(model, (3, 32, 32), depth=np.int64(2)).depth == 2

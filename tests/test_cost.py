@@ -33,9 +33,13 @@ def test_conv_output_size_refuses_a_filter_larger_than_the_padded_input(n, f, p,
         cost.conv_output_size(n, f, p, s)
 
 
-@pytest.mark.parametrize("args", [(0, 3, 0, 1), (5, 3, 0, 0), (5, 3, -1, 1), (5, 0, 0, 1)])
-def test_conv_output_size_refuses_nonsense_arguments(args):
-    with pytest.raises(ValueError, match="need n >= 1"):
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [((0, 3, 0, 1), "input size n"), ((5, 3, 0, 0), "stride s"), ((5, 0, 0, 1), "filter size f"),
+     ((5, 3, -1, 1), "padding p must be a whole number >= 0"), ((5.5, 3, 0, 1), "input size n")],
+)
+def test_conv_output_size_refuses_nonsense_arguments(args, named):
+    with pytest.raises(ValueError, match=named):
         cost.conv_output_size(*args)
 
 

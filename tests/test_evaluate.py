@@ -70,7 +70,7 @@ def test_evaluate_one_run_and_an_ensemble(two_runs: list[Path], tmp_path: Path) 
     assert single.ensemble is None and 0.5 < single.members[0].scores.accuracy <= 1
     both = evaluate(two_runs, views="mirror")
     assert both.ensemble is not None and len(both.members) == 2
-    assert both.ensemble.seconds == pytest.approx(sum(m.seconds for m in both.members))
+    assert both.ensemble.model_seconds == pytest.approx(sum(m.model_seconds for m in both.members))
     assert "ensemble of 2" in both.table() and "cost x" in both.table()
     from convnets.evaluate import write_report
 
@@ -95,3 +95,108 @@ def test_cli_evaluate(two_runs: list[Path], tmp_path: Path, capsys) -> None:
     assert "ensemble of 2" in out and "confusion matrix" in out
     assert cli_main(["evaluate", str(tmp_path / "missing")]) == 2
     assert "neither a run directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- what the timings mean
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LeNet-5 trained for one epoch on a small image folder with train/ and val/ splits, given by its path."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 4), ("val", 4)):
+        for c in range(3):
+            (root / "photos" / split / f"class{c}").mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / "photos" / split / f"class{c}" / f"{i}.png")
+    run = root / "run"
+    train(TrainConfig(model="lenet5", data=str(root / "photos"), image_size=32, batch_size=8, epochs=1,
+                      progress=False, device="cpu", num_workers=0, out=str(run)))
+    return run
+
+
+def test_folder_evaluation_times_the_model_apart_from_decoding(folder_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """Each image takes at least 50 ms to open here; that time is in the end-to-end rate and not in the model's.
+
+    Structural, not a timing race: the decode delay is a floor on (total - model), and LeNet-5 on 12
+    images (one forward pass) is far below the 0.6 s those delays add up to.
+    """
+    import time
+
+    from PIL import Image
+
+    real_open = Image.open
+
+    def slow_open(*args, **kwargs):
+        time.sleep(0.05)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", slow_open)
+    monkeypatch.chdir(tmp_path)  # the run's data is found from its config.json, whatever the directory
+    report = evaluate([folder_run], device="cpu")
+    result = report.members[0]
+    decoding = 0.05 * result.images
+    assert result.images == 12 and report.data.endswith("photos")
+    assert result.model_seconds <= result.total_seconds
+    assert result.total_seconds - result.model_seconds >= decoding  # decoding is in the end-to-end time...
+    assert result.model_seconds < decoding  # ...and not in the model's
+    assert result.images_per_second == pytest.approx(result.images / result.total_seconds)
+    assert result.model_ms_per_image == pytest.approx(1000 * result.model_seconds / result.images)
+    table = report.table()
+    assert "model ms/image" in table and "images/s end-to-end" in table
+    assert "forward passes alone" in table and "including reading, decoding" in table
+
+
+def test_evaluation_json_carries_both_timings_and_replaces_only_its_own_report(two_runs: list[Path],
+                                                                              tmp_path: Path) -> None:
+    from convnets.errors import RunDirectoryError
+    from convnets.evaluate import write_report
+
+    report = evaluate(two_runs)
+    out = tmp_path / "eval"
+    write_report(report, out)
+    write_report(report, out)  # a second report replaces the first
+    payload = json.loads((out / "evaluation.json").read_text())
+    for result in payload["results"]:
+        assert 0 < result["model_seconds"] <= result["total_seconds"]
+        assert result["images"] == 360
+    assert payload["results"][-1]["model_seconds"] == pytest.approx(sum(r["model_seconds"] for r in
+                                                                        payload["results"][:2]))
+    assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "evaluation.json", "evaluation.txt"]
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "confusion.png").write_bytes(b"their picture")
+    with pytest.raises(RunDirectoryError, match="confusion.png exists"):
+        write_report(report, tmp_path / "theirs")
+    assert (tmp_path / "theirs" / "confusion.png").read_bytes() == b"their picture"
+
+
+# ---------------------------------------------------------------- ensembles
+
+
+def test_ensemble_weights_weigh_the_members(two_runs: list[Path]) -> None:
+    """A weight of 0 leaves a member out: the ensemble then predicts what the other member predicts."""
+    first_only = evaluate(two_runs, weights=[1, 0])
+    second_only = evaluate(two_runs, weights=[0, 3])
+    assert first_only.ensemble.scores.accuracy == first_only.members[0].scores.accuracy
+    assert second_only.ensemble.scores.accuracy == second_only.members[1].scores.accuracy
+    assert torch.equal(first_only.ensemble.scores.confusion, first_only.members[0].scores.confusion)
+    assert torch.equal(second_only.ensemble.scores.confusion, second_only.members[1].scores.confusion)
+
+
+def test_an_ensemble_of_members_with_different_input_sizes(two_runs: list[Path], tmp_path: Path) -> None:
+    """Each member sees the test set at its own input size and normalisation; the labels line up."""
+    small = tmp_path / "resnet20-16px.safetensors"
+    meta = dict(model="resnet20", num_classes=10, in_chans=1, input_size=[1, 16, 16], mean=[0.2], std=[0.4],
+                classes=[str(i) for i in range(10)], dataset="digits")
+    save_weights(convnets.create_model("resnet20", num_classes=10, in_chans=1), small, meta)
+    report = evaluate([two_runs[0], small], batch_size=128)
+    alone = evaluate([small], batch_size=128)
+    assert [m.images for m in report.members] == [360, 360]
+    assert report.members[1].scores.accuracy == pytest.approx(alone.members[0].scores.accuracy)
+    assert report.members[0].scores.accuracy == pytest.approx(evaluate([two_runs[0]]).members[0].scores.accuracy)
+    assert report.ensemble is not None

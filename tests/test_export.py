@@ -90,3 +90,32 @@ def test_export_without_onnx_says_what_to_install(tmp_path: Path, monkeypatch) -
     monkeypatch.setitem(sys.modules, "onnx", None)  # as if onnx were not installed
     with pytest.raises(ModuleNotFoundError, match=r"onnx is missing.*convnets\[deploy\]"):
         export_onnx(convnets.create_model("lenet5"), tmp_path / "l.onnx", torch.randn(1, 1, 32, 32))
+
+
+def test_cli_export_of_a_registered_name_prints_its_table(tmp_path: Path, capsys) -> None:
+    """`convnets export lenet5`, as documented: random weights, no data, so no accuracy (it crashed printing '-')."""
+    assert cli_main(["export", "lenet5", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "on 8 random inputs" in out
+    assert any(line.startswith("ONNX Runtime fp32") and line.rstrip().endswith("-") for line in out.splitlines())
+    assert "accuracy: - (a registered name has random weights and no test data)" in out
+    assert [p.name for p in tmp_path.iterdir()] == ["lenet5.onnx"]
+    assert run_onnx(session(tmp_path / "lenet5.onnx"), torch.randn(3, 1, 32, 32)).shape == (3, 10)
+
+
+def test_an_export_replaces_only_its_own_earlier_file(tmp_path: Path) -> None:
+    import onnx
+
+    from convnets.errors import RunDirectoryError
+
+    target = tmp_path / "lenet5.onnx"
+    export_onnx(convnets.create_model("lenet5"), target, torch.randn(2, 1, 32, 32))
+    props = {p.key: p.value for p in onnx.load(str(target)).metadata_props}
+    assert props["convnets"] == convnets.__version__  # marked as ours...
+    export_onnx(convnets.create_model("lenet5", num_classes=3), target, torch.randn(2, 1, 32, 32))
+    assert run_onnx(session(target), torch.randn(1, 1, 32, 32)).shape == (1, 3)  # ...so a new export replaces it
+    theirs = tmp_path / "resnet20.onnx"
+    theirs.write_bytes(b"their model")
+    with pytest.raises(RunDirectoryError, match="not an ONNX file exported by convnets"):
+        export_onnx(convnets.create_model("resnet20"), theirs, torch.randn(2, 3, 32, 32))
+    assert theirs.read_bytes() == b"their model"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convnets.data.datasets import load_dataset
+from convnets.analysis.formatting import check_whole
+from convnets.data.datasets import Dataset, load_dataset
 from convnets.data.loader import make_loader
-from convnets.data.views import tta_views
+from convnets.data.views import TTA_VIEWS, tta_views
 from convnets.device import resolve_device
-from convnets.errors import ConfigError
-from convnets.weights import load_weights, read_metadata
+from convnets.errors import ConfigError, ConfigMismatchError, DataError, RunDirectoryError, WeightsError
+from convnets.weights import atomic_write, load_weights, read_metadata
 
 COMBINE = ("prob", "logit", "vote")
 
@@ -49,25 +51,46 @@ def tta(model: nn.Module, x: torch.Tensor, views: str = "none", **view_args) -> 
     return probs.view(v, n, -1).mean(0)
 
 
+def ensemble_weights(weights: Sequence[float] | None, members: int) -> torch.Tensor:
+    """One weight per member, normalised to sum to 1 (equal weights for None).
+
+    Raises:
+        ConfigError: a count other than one per member, a weight that is not a finite number >= 0,
+            or weights that are all zero (they would weigh nothing and report a meaningless accuracy).
+    """
+    if weights is None:
+        return torch.full((members,), 1.0 / members)
+    try:
+        values = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise ConfigError(f"ensemble weights must be numbers, one per model; got {weights!r}") from None
+    if len(values) != members:
+        raise ConfigError(f"{len(values)} ensemble weights for {members} model{'s' * (members != 1)}; "
+                          "give one weight per model")
+    if not all(math.isfinite(w) and w >= 0 for w in values) or not sum(values) > 0:
+        raise ConfigError(f"ensemble weights must be finite numbers >= 0, at least one of them > 0; got {values}")
+    w = torch.tensor(values, dtype=torch.float64)
+    return (w / w.sum()).float()
+
+
 class Ensemble(nn.Module):
     """Several models voting on one input: averaged probabilities (default), averaged logits, or votes.
 
     Args:
         models: the members; they must predict the same classes in the same order.
         combine: ``prob``, ``logit`` or ``vote`` (majority; ties go to the higher mean probability).
-        weights: one weight per member (default equal).
+        weights: one weight per member, each >= 0 (default equal); they are normalised to sum to 1.
     """
 
     def __init__(self, models: Sequence[nn.Module], combine: str = "prob", weights: Sequence[float] | None = None):
         super().__init__()
         if combine not in COMBINE:
             raise ConfigError(f"combine must be one of {', '.join(COMBINE)}, got {combine!r}")
-        if weights is not None and len(weights) != len(models):
-            raise ConfigError(f"{len(weights)} weights for {len(models)} models")
+        if not models:
+            raise ConfigError("an ensemble needs at least one model")
         self.members = nn.ModuleList(models)
         self.combine = combine
-        w = torch.tensor(weights if weights is not None else [1.0] * len(models), dtype=torch.float32)
-        self.register_buffer("weights", w / w.sum())
+        self.register_buffer("weights", ensemble_weights(weights, len(models)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return combine_outputs([m(x) for m in self.members], self.combine, self.weights)
@@ -88,7 +111,12 @@ def combine_outputs(logits: Sequence[torch.Tensor], combine: str, weights: torch
 
 @dataclass
 class Member:
-    """One evaluated model and the preprocessing its weights were trained with."""
+    """One evaluated model and the preprocessing its weights were trained with.
+
+    Attributes:
+        data, data_dir: the dataset it was trained on, as training was given it (a run's
+            ``config.json``), else the dataset name in the weights' metadata.
+    """
 
     name: str
     model: nn.Module
@@ -98,22 +126,80 @@ class Member:
     std: tuple[float, ...]
     source: str
     dataset: str = ""
+    data: str = ""
+    data_dir: str | None = None
+
+
+def weights_path(source: str | Path) -> Path:
+    """The weights file of a run directory (its ``best.safetensors``) or ``source`` itself when it is a file."""
+    path = Path(source)
+    if path.is_dir():
+        if (path / "best.safetensors").is_file():
+            return path / "best.safetensors"
+        why = ("a run stopped before its first epoch ended has no weights yet" if (path / "config.json").is_file()
+               else "it is not a convnets run")
+        raise RunDirectoryError(f"{source}: a directory without best.safetensors ({why}); give a run directory "
+                                "or a .safetensors file saved by convnets")
+    if not path.is_file():
+        raise FileNotFoundError(f"{source}: neither a run directory with best.safetensors nor a weights file "
+                                "(no such file or directory)")
+    return path
+
+
+def _check_metadata(meta: dict, path: Path) -> None:
+    """The preprocessing fields evaluation relies on, checked before a model is built from them."""
+    missing = [k for k in ("model", "classes", "input_size", "mean", "std") if k not in meta]
+    if missing:
+        raise WeightsError(f"{path}: its metadata lacks {', '.join(missing)}; evaluate needs weights saved by convnets "
+                           "(a run's best.safetensors)")
+    size, classes = meta["input_size"], meta["classes"]
+    if not (isinstance(size, list) and len(size) == 3 and all(isinstance(d, int) and d >= 1 for d in size)):
+        raise WeightsError(f"{path}: its metadata's input_size must be [C, H, W], positive whole numbers; "
+                           f"got {size!r}")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise WeightsError(f"{path}: its metadata's classes must be a list of class names, got {classes!r}")
+    for key in ("mean", "std"):
+        values = meta[key]
+        if not (isinstance(values, list) and len(values) == size[0] and all(
+                isinstance(v, (int, float)) and math.isfinite(v) for v in values)):
+            raise WeightsError(f"{path}: its metadata's {key} must be {size[0]} numbers (one per channel), "
+                               f"got {values!r}")
+    if not all(v > 0 for v in meta["std"]):
+        raise WeightsError(f"{path}: its metadata's std must be > 0, got {meta['std']}")
+
+
+def trained_data(source: str | Path, meta: dict) -> tuple[str, str | None]:
+    """Where the model's data was: a run's ``config.json`` has what training was given, the metadata only a name."""
+    config = Path(source) / "config.json"
+    if config.is_file():
+        try:
+            values = json.loads(config.read_text())
+        except (OSError, ValueError):
+            values = {}
+        if isinstance(values, dict) and isinstance(values.get("data"), str):
+            data_dir = values.get("data_dir")
+            return values["data"], data_dir if isinstance(data_dir, str) else None
+    return str(meta.get("dataset", "")), None
 
 
 def load_member(source: str | Path, device: torch.device | str = "cpu") -> Member:
-    """A model from a run directory (its ``best.safetensors``) or a weights file with our metadata."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / "best.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{source}: neither a run directory with best.safetensors nor a weights file")
+    """A model from a run directory (its ``best.safetensors``) or a weights file with our metadata.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        RunDirectoryError: a directory without weights.
+        WeightsError: not a safetensors file, or one without the metadata convnets saves.
+    """
+    path = weights_path(source)
     meta = read_metadata(path)
-    missing = [k for k in ("model", "classes", "input_size", "mean", "std") if k not in meta]
-    if missing:
-        raise ConfigError(f"{path}: its metadata lacks {', '.join(missing)}; evaluate needs weights saved by convnets")
+    _check_metadata(meta, path)
     model = load_weights(path).to(device).eval()
+    if getattr(model, "num_classes", len(meta["classes"])) != len(meta["classes"]):
+        raise WeightsError(f"{path}: the model has {model.num_classes} outputs but its metadata names "
+                           f"{len(meta['classes'])} classes")
+    data, data_dir = trained_data(source, meta)
     return Member(f"{meta['model']} ({Path(source).name})", model, list(meta["classes"]), tuple(meta["input_size"]),
-                  tuple(meta["mean"]), tuple(meta["std"]), str(path), meta.get("dataset", ""))
+                  tuple(meta["mean"]), tuple(meta["std"]), str(path), str(meta.get("dataset", "")), data, data_dir)
 
 
 def check_same_classes(members: Sequence[Member]) -> list[str]:
@@ -121,8 +207,8 @@ def check_same_classes(members: Sequence[Member]) -> list[str]:
     first = members[0]
     for other in members[1:]:
         if other.classes != first.classes:
-            raise ConfigError(f"cannot ensemble models with different classes:\n  {first.name}: {first.classes}\n"
-                             f"  {other.name}: {other.classes}")
+            raise ConfigMismatchError(f"cannot ensemble models with different classes:\n  {first.name}: "
+                                      f"{first.classes}\n  {other.name}: {other.classes}")
     return first.classes
 
 
@@ -138,7 +224,7 @@ class Scores:
 
 def scores(probs: torch.Tensor, labels: torch.Tensor, k: int = 5) -> Scores:
     num_classes = probs.shape[1]
-    k = min(k, num_classes)
+    k = min(check_whole(k, "top_k"), num_classes)
     pred = probs.argmax(1)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
     confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
@@ -149,19 +235,46 @@ def scores(probs: torch.Tensor, labels: torch.Tensor, k: int = 5) -> Scores:
 
 @dataclass
 class MemberResult:
+    """The scores of one model (or the ensemble) and what they cost.
+
+    Attributes:
+        model_seconds: time in the network's forward passes (every test-time view), nothing else.
+        total_seconds: wall time of the whole pass over the test split: reading, decoding and
+            normalising the images, and the model.
+        images: test images evaluated.
+    """
+
     name: str
     scores: Scores
-    seconds: float
+    model_seconds: float
+    total_seconds: float
     images: int
 
     @property
-    def ms_per_image(self) -> float:
-        return 1000 * self.seconds / max(self.images, 1)
+    def model_ms_per_image(self) -> float:
+        """The model's own time per test image, in milliseconds."""
+        return 1000 * self.model_seconds / max(self.images, 1)
+
+    @property
+    def images_per_second(self) -> float:
+        """End-to-end throughput: test images per second, decoding and preprocessing included."""
+        return self.images / self.total_seconds if self.total_seconds > 0 else float("inf")
+
+
+TIMING_NOTE = (
+    "model ms/image: the network's forward passes alone (all test-time views), per test image.\n"
+    "images/s end-to-end: test images per second including reading, decoding and normalising them, with the model.\n"
+    "cost x: model time relative to the best single model; gain: accuracy points over it."
+)
 
 
 @dataclass
 class EvalReport:
-    """Per-member and ensemble results, with the inference cost of each."""
+    """Per-member and ensemble results, with the inference cost of each.
+
+    Attributes:
+        skipped: test files that could not be decoded and were left out, as (path, reason).
+    """
 
     classes: list[str]
     views: str
@@ -169,22 +282,26 @@ class EvalReport:
     members: list[MemberResult]
     ensemble: MemberResult | None
     top_k: int
+    data: str = ""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def table(self) -> str:
         best_single = max(self.members, key=lambda m: m.scores.accuracy)
-        rows = [(m.name, m.scores, m.ms_per_image) for m in self.members]
-        if self.ensemble:
-            rows.append((self.ensemble.name, self.ensemble.scores, self.ensemble.ms_per_image))
-        head = f"{'model':<36} {'accuracy':>9} {'top-' + str(self.top_k):>7} {'ms/image':>9} {'images/s':>9} " \
-               f"{'cost x':>7} {'gain':>7}"
-        lines = [f"test-time views: {self.views}" + (f"; ensemble combines {self.combine}" if self.ensemble else ""),
-                 head, "-" * len(head)]
-        for name, s, ms in rows:
-            cost = ms / best_single.ms_per_image
-            gain = 100 * (s.accuracy - best_single.scores.accuracy)
-            lines.append(f"{name[:36]:<36} {s.accuracy:>9.4f} {s.top_k:>7.4f} {ms:>9.3f} {1000 / ms:>9,.0f} "
-                         f"{cost:>6.2f}x {gain:>+6.2f}")
-        lines.append("cost x: inference time relative to the best single model; gain: accuracy points over it.")
+        rows = [*self.members, *([self.ensemble] if self.ensemble else [])]
+        head = (f"{'model':<36} {'accuracy':>9} {'top-' + str(self.top_k):>7} {'model ms/image':>14} "
+                f"{'images/s end-to-end':>19} {'cost x':>7} {'gain':>7}")
+        images = rows[0].images
+        first = f"{self.data}: {images:,} test images" if self.data else f"{images:,} test images"
+        if self.skipped:
+            first += f" ({len(self.skipped)} unreadable files left out, e.g. {self.skipped[0][0]})"
+        first += f"; test-time views: {self.views}" + (f"; ensemble combines {self.combine}" if self.ensemble else "")
+        lines = [first, head, "-" * len(head)]
+        for r in rows:
+            cost = r.model_seconds / best_single.model_seconds if best_single.model_seconds > 0 else float("nan")
+            gain = 100 * (r.scores.accuracy - best_single.scores.accuracy)
+            lines.append(f"{r.name[:36]:<36} {r.scores.accuracy:>9.4f} {r.scores.top_k:>7.4f} "
+                         f"{r.model_ms_per_image:>14.3f} {r.images_per_second:>19,.0f} {cost:>6.2f}x {gain:>+6.2f}")
+        lines.append(TIMING_NOTE)
         return "\n".join(lines)
 
     def confusion_text(self) -> str:
@@ -199,89 +316,193 @@ class EvalReport:
             lines.append(f"{i:>2} {names[i]:<10}" + "".join(f"{v:>{width}}" for v in row) + f"   {acc:.3f}")
         return "\n".join(lines)
 
+    def to_dict(self) -> dict:
+        """What ``evaluation.json`` holds."""
+        result = self.ensemble or self.members[0]
+        return {
+            "views": self.views, "combine": self.combine, "classes": self.classes, "data": self.data,
+            "results": [{"name": r.name, "accuracy": r.scores.accuracy, f"top{self.top_k}": r.scores.top_k,
+                         "per_class": r.scores.per_class, "images": r.images,
+                         "model_ms_per_image": r.model_ms_per_image, "images_per_second": r.images_per_second,
+                         "model_seconds": r.model_seconds, "total_seconds": r.total_seconds}
+                        for r in [*self.members, *([self.ensemble] if self.ensemble else [])]],
+            "timing": TIMING_NOTE,
+            "skipped_files": [list(item) for item in self.skipped],
+            "confusion": result.scores.confusion.tolist(),
+        }
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read afterwards has seen it (GPUs run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
 
 @torch.no_grad()
-def member_probabilities(member: Member, data: str, *, data_dir: str | None, views: str, batch_size: int,
-                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Probabilities of one member over the test split (file order), with its own preprocessing."""
-    c, h, _ = member.input_size
-    dataset = load_dataset(data, data_dir=data_dir, image_size=h, channels=c)
+def member_probabilities(member: Member, dataset: Dataset, *, views: str, batch_size: int,
+                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float, float, list]:
+    """Probabilities of one member over the test split (file order), with its own preprocessing.
+
+    Returns:
+        probabilities (N, K), labels (N,), the model's seconds, the whole pass's seconds, and the
+        test files that could not be decoded.
+
+    On the CPU an image folder is decoded in this process, between the model's batches, rather
+    than by worker processes running beside it: decoders sharing the cores with the model made
+    its measured time many times its own (the model's clock would count their work). On a GPU
+    the workers decode while the GPU computes, and the model's clock stops at a synchronisation.
+    """
     dataset = dataclasses.replace(dataset, mean=member.mean, std=member.std)  # the weights' normalisation
-    if dataset.classes != member.classes and len(dataset.classes) == len(member.classes):
-        print(f"warning: {data} names its classes {dataset.classes}, {member.name} was trained on "
-              f"{member.classes}; comparing by index")
-    elif len(dataset.classes) != len(member.classes):
-        raise ConfigError(f"{member.name} predicts {len(member.classes)} classes, {data} has {len(dataset.classes)}")
-    loader = make_loader(dataset, "test", batch_size=batch_size, device=device)
-    kwargs = view_kwargs(views, h, member.mean, member.std)
-    probs, labels, seconds = [], [], 0.0
+    workers = 0 if device.type == "cpu" else None
+    loader = make_loader(dataset, "test", batch_size=batch_size, device=device, num_workers=workers)
+    kwargs = view_kwargs(views, member.input_size[1], member.mean, member.std)
+    probs, labels, model_seconds = [], [], 0.0
+    start = time.perf_counter()
     for x, y in loader:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+        _synchronize(device)  # the batch's own preparation is not the model's time
+        begin = time.perf_counter()
         p = tta(member.model, x, views, **kwargs)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - start
+        _synchronize(device)
+        model_seconds += time.perf_counter() - begin
         probs.append(p.cpu())
         labels.append(y.cpu())
-    return torch.cat(probs), torch.cat(labels), seconds
+    total_seconds = time.perf_counter() - start
+    if not labels:
+        raise DataError(f"{dataset.source or dataset.name}: no test image could be read "
+                        f"({len(loader.bad_files)} unreadable files)")
+    return torch.cat(probs), torch.cat(labels), model_seconds, total_seconds, list(loader.bad_files)
 
 
-def evaluate(sources: Sequence[str | Path], data: str | None = None, *, data_dir: str | None = None,
+def _test_data(member: Member, data: str, data_dir: str | None, given: bool) -> Dataset:
+    """The dataset at the member's input size, its classes checked against the member's."""
+    c, h, w = member.input_size
+    try:
+        dataset = load_dataset(data, data_dir=data_dir, image_size=(h, w), channels=c)
+    except FileNotFoundError as err:
+        if given:
+            raise
+        raise DataError(f"{member.name} was trained on {data!r}, which is not found from here ({err}); "
+                        "pass --data with its location") from err
+    if len(dataset.classes) != len(member.classes):
+        raise ConfigMismatchError(
+            f"{member.name} predicts {len(member.classes)} classes ({_preview(member.classes)}) but {data} has "
+            f"{len(dataset.classes)} ({_preview(dataset.classes)}); evaluate it on the data it was trained on"
+            + (f" ({member.data})" if member.data else ""))
+    if dataset.classes != member.classes:
+        print(f"warning: {data} names its classes {_preview(dataset.classes)}, {member.name} was trained on "
+              f"{_preview(member.classes)}; comparing by index")
+    return dataset
+
+
+def _preview(names: Sequence[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+def evaluate(sources: str | Path | Sequence[str | Path], data: str | None = None, *, data_dir: str | None = None,
              views: str = "none", combine: str = "prob", weights: Sequence[float] | None = None,
              batch_size: int = 256, top_k: int = 5, device: str | None = None) -> EvalReport:
     """Evaluate one model or an ensemble of several on the test split of ``data``.
 
+    Every argument is checked before a model or a dataset is loaded.
+
     Args:
-        sources: run directories or weights files (with convnets metadata).
+        sources: run directories or weights files (with convnets metadata); one or several.
         data: dataset name or folder; default: the dataset the first model was trained on.
         views: test-time views: none, mirror or ten-crop.
         combine: how an ensemble combines its members: prob, logit or vote.
-        weights: ensemble weights, one per member.
+        weights: ensemble weights, one per member, each >= 0 and not all 0.
+        batch_size: images per forward pass, >= 1.
+        top_k: the k of top-k accuracy, >= 1 (more than the classes counts as all of them).
+        device: cpu, cuda, cuda:N or mps (default: the best present).
+
+    Raises:
+        ConfigError: an argument out of its range; members or data that do not fit together.
+        FileNotFoundError, RunDirectoryError, WeightsError, DataError: a source or the data cannot be used.
     """
+    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    if not sources:
+        raise ConfigError("evaluate needs at least one run directory or weights file")
+    if views not in TTA_VIEWS:
+        raise ConfigError(f"views must be one of {', '.join(TTA_VIEWS)}, got {views!r}")
+    if combine not in COMBINE:
+        raise ConfigError(f"combine must be one of {', '.join(COMBINE)}, got {combine!r}")
+    batch_size, top_k = check_whole(batch_size, "batch_size"), check_whole(top_k, "top_k")
+    member_weights = ensemble_weights(weights, len(sources))
     dev = resolve_device(device)
     members = [load_member(s, dev) for s in sources]
     classes = check_same_classes(members)
-    data = data or members[0].dataset
+    given = bool(data)
+    if not given:
+        data, data_dir = members[0].data, data_dir or members[0].data_dir
     if not data:
         raise ConfigError("no --data given and the weights do not say which dataset they were trained on")
-    results, all_probs, labels = [], [], None
+    datasets: dict[tuple, Dataset] = {}  # members of one input size share one loaded dataset
+    results, all_probs, labels, skipped = [], [], None, []
     for member in members:
-        probs, member_labels, seconds = member_probabilities(member, data, data_dir=data_dir, views=views,
-                                                             batch_size=batch_size, device=dev)
+        key = member.input_size
+        if key not in datasets:
+            datasets[key] = _test_data(member, data, data_dir, given)
+        probs, member_labels, model_s, total_s, bad = member_probabilities(
+            member, datasets[key], views=views, batch_size=batch_size, device=dev)
         if labels is not None and not torch.equal(labels, member_labels):
-            raise ConfigError("the members' test sets differ in order or size; they cannot be ensembled")
-        labels = member_labels
+            raise ConfigMismatchError("the members' test sets differ in order or size; they cannot be ensembled")
+        labels, skipped = member_labels, skipped or bad
         all_probs.append(probs)
-        results.append(MemberResult(member.name, scores(probs, labels, top_k), seconds, len(labels)))
+        results.append(MemberResult(member.name, scores(probs, labels, top_k), model_s, total_s, len(labels)))
     ensemble = None
     if len(members) > 1:
-        w = torch.tensor(weights if weights is not None else [1.0] * len(members), dtype=torch.float32)
-        if len(w) != len(members):
-            raise ConfigError(f"{len(w)} ensemble weights for {len(members)} models")
         # Members already produced probabilities; their logs are logits up to a per-row constant,
         # which softmax and argmax ignore, so "logit" averaging is log-probability averaging here.
-        combined = combine_outputs([p.clamp_min(1e-12).log() for p in all_probs], combine, w / w.sum())
+        combined = combine_outputs([p.clamp_min(1e-12).log() for p in all_probs], combine, member_weights)
         ensemble = MemberResult(f"ensemble of {len(members)}", scores(combined, labels, top_k),
-                                sum(r.seconds for r in results), len(labels))
-    return EvalReport(classes, views, combine, results, ensemble, min(top_k, len(classes)))
+                                sum(r.model_seconds for r in results), sum(r.total_seconds for r in results),
+                                len(labels))
+    return EvalReport(classes, views, combine, results, ensemble, min(top_k, len(classes)), str(data), skipped)
 
 
-def write_report(report: EvalReport, out: Path) -> None:
-    """``evaluation.txt``, ``evaluation.json`` and ``confusion.png`` in ``out``."""
+REPORT_FILES = ("evaluation.txt", "evaluation.json", "confusion.png")
+
+
+def _is_our_report(directory: Path) -> bool:
+    """Whether ``directory/evaluation.json`` was written by :func:`write_report` (it vouches for the others)."""
+    try:
+        payload = json.loads((directory / "evaluation.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(payload, dict) and {"views", "combine", "classes", "results"} <= payload.keys()
+
+
+def check_report_dir(out: str | Path) -> Path:
+    """``out`` if :func:`write_report` may write there: it only replaces its own earlier report.
+
+    Raises:
+        RunDirectoryError: ``out`` is a file, or holds a file of the report's names not written by convnets.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"{out}: the report directory (--out) is a file")
+    taken = [name for name in REPORT_FILES if (out / name).exists()]
+    if taken and not _is_our_report(out):
+        raise RunDirectoryError(f"{out / taken[0]} exists and is not an evaluation report of convnets; "
+                                "choose another --out or move it")
+    return out
+
+
+def write_report(report: EvalReport, out: str | Path) -> Path:
+    """``evaluation.txt``, ``evaluation.json`` and ``confusion.png`` in ``out``, each written whole or not at all."""
+    out = check_report_dir(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.txt").write_text(report.table() + "\n\n" + report.confusion_text() + "\n")
     result = report.ensemble or report.members[0]
-    payload = {
-        "views": report.views, "combine": report.combine, "classes": report.classes,
-        "results": [{"name": r.name, "accuracy": r.scores.accuracy, f"top{report.top_k}": r.scores.top_k,
-                     "per_class": r.scores.per_class, "ms_per_image": r.ms_per_image}
-                    for r in [*report.members, *([report.ensemble] if report.ensemble else [])]],
-        "confusion": result.scores.confusion.tolist(),
-    }
-    (out / "evaluation.json").write_text(json.dumps(payload, indent=2) + "\n")
+    # The JSON first: it vouches for the other two as ours, so a run stopped between the files
+    # can be re-run into the same directory.
+    payload = json.dumps(report.to_dict(), indent=2) + "\n"
+    atomic_write(out / "evaluation.json", lambda tmp: Path(tmp).write_text(payload))
+    text = report.table() + "\n\n" + report.confusion_text() + "\n"
+    atomic_write(out / "evaluation.txt", lambda tmp: Path(tmp).write_text(text))
     plot_confusion(result.scores.confusion, report.classes, out / "confusion.png", result.name)
+    return out
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, title: str) -> Path:
@@ -304,6 +525,6 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, titl
     ax.set_yticks(range(n), classes, fontsize=8)
     ax.set(xlabel="predicted", ylabel="true", title=f"{title}: confusion matrix")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path

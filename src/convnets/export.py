@@ -8,8 +8,13 @@ is an error that reports it, never a silent success.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
+import os
+import shutil
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -20,8 +25,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from convnets.errors import ExportMismatchError, MissingDependencyError
+from convnets.analysis.formatting import check_whole
+from convnets.errors import (
+    ConfigError,
+    ConfigMismatchError,
+    ExportMismatchError,
+    MissingDependencyError,
+    RunDirectoryError,
+)
 from convnets.models.base import ConvNet
+
+STAGING_PREFIX = ".convnets-export-"  # + pid: the temporary directory an export writes in before renaming
 
 
 def _require_onnxruntime():
@@ -67,30 +81,135 @@ def run_onnx(sess, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(sess.run(None, {name: x.detach().cpu().numpy().astype(np.float32)})[0])
 
 
+def _is_our_onnx(path: Path) -> bool:
+    """Whether ``path`` is an ONNX file exported by convnets (which may be replaced by a new export)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (OSError, ValueError, DecodeError):
+        return False
+    if any(prop.key == "convnets" for prop in proto.metadata_props):
+        return True
+    # Files exported before the mark existed: our exporter names the graph's input and output so.
+    return [i.name for i in proto.graph.input] == ["images"] and [o.name for o in proto.graph.output] == ["logits"]
+
+
+def check_export_targets(*paths: str | Path) -> None:
+    """Refuse, before any work, outputs that would replace a file convnets did not write.
+
+    An export writes only its own named files (``MODEL.onnx``, ``MODEL.int8.onnx``) into a
+    directory and leaves everything else there alone; an existing file of one of those names is
+    replaced only when it is an earlier export of convnets.
+
+    Raises:
+        RunDirectoryError: the output directory is a file, or a target exists and is not ours.
+    """
+    for path in map(Path, paths):
+        if path.parent.exists() and not path.parent.is_dir():
+            raise RunDirectoryError(f"{path.parent}: the output directory (--out) is a file")
+        if path.is_dir():
+            raise RunDirectoryError(f"{path}: a directory is where the exported file goes; choose another --out")
+        if path.exists() and not _is_our_onnx(path):
+            raise RunDirectoryError(f"{path} exists and is not an ONNX file exported by convnets; choose another "
+                                    "--out or move it")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _staging(directory: Path) -> Iterator[Path]:
+    """A temporary directory inside ``directory``, removed afterwards whatever happens.
+
+    Files are written and checked there and renamed into place only when complete, so an
+    interrupted or failed export leaves no half-written .onnx. One left by a killed export
+    (its process gone) is removed by the next export into the same directory.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    if os.name == "posix":  # elsewhere os.kill(pid, 0) would not be a harmless question
+        for stale in directory.glob(f"{STAGING_PREFIX}*"):
+            pid = stale.name.removeprefix(STAGING_PREFIX).partition("-")[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=directory) as tmp:
+        yield Path(tmp)
+
+
+def _mark(path: Path, **props: str) -> None:
+    """Record in the file that convnets wrote it (ONNX metadata), so a later export may replace it."""
+    import onnx
+
+    from convnets import __version__
+
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, {"convnets": __version__, **props})
+    onnx.save(proto, str(path))
+
+
+def _max_opset() -> int:
+    from torch.onnx import _constants  # the TorchScript exporter's own limit
+
+    return getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET)
+
+
+def _check_batch(images: object, name: str) -> torch.Tensor:
+    if not (isinstance(images, torch.Tensor) and images.dim() == 4 and len(images) and images.is_floating_point()):
+        is_tensor = isinstance(images, torch.Tensor)
+        got = f"shape {tuple(images.shape)} {images.dtype}" if is_tensor else type(images).__name__
+        raise ConfigError(f"{name} must be a float batch of images (N, C, H, W) with N >= 1, got {got}")
+    return images.detach().cpu().float()
+
+
 def export_onnx(model: ConvNet, path: str | Path, check_inputs: torch.Tensor, *, opset: int = 17,
                 tolerance: float = 1e-3) -> ExportResult:
     """Export ``model`` (eval mode, dynamic batch) and compare ONNX Runtime with PyTorch on ``check_inputs``.
 
+    The file is written and checked under a temporary name and renamed to ``path`` only once it
+    matches PyTorch; an existing ``path`` is replaced only when convnets exported it.
+
     Raises:
-        ExportMismatchError: max |onnx - torch| > ``tolerance`` x max(1, max |logit|).
+        ConfigError: not a convnets model, or an argument out of its range.
+        InputShapeError: ``check_inputs`` of a shape the model does not take.
+        RunDirectoryError: ``path`` exists and is not an export of convnets.
+        ExportMismatchError: max |onnx - torch| > ``tolerance`` x max(1, max |logit|); no file is left.
     """
     _require_onnxruntime()
+    if not isinstance(model, ConvNet):
+        raise ConfigError(f"export_onnx takes a convnets model (convnets.create_model or load_weights), got "
+                          f"{type(model).__name__}")
+    check_inputs = _check_batch(check_inputs, "check_inputs")
+    opset = check_whole(opset, "opset", 7)
+    if opset > _max_opset():
+        raise ConfigError(f"opset must be from 7 to {_max_opset()}, got {opset}")
+    if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance > 0):
+        raise ConfigError(f"tolerance must be a finite number > 0, got {tolerance!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_export_targets(path)
     # A copy in eval mode: the exporter runs the module it is given, and a module left in training
     # mode would update the user's BatchNorm statistics while being traced.
     model = copy.deepcopy(model).cpu().eval()
-    check_inputs = check_inputs.cpu().float()
     model.check_input(check_inputs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(_Logits(model).eval(), (check_inputs[:1],), str(path), dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
     with torch.no_grad():
         expected = model(check_inputs)
-    got = run_onnx(session(path), check_inputs)
-    result = compare(path, expected, got, tolerance)
+    with _staging(path.parent) as tmp:
+        staged = tmp / path.name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(_Logits(model).eval(), (check_inputs[:1],), str(staged), dynamo=False,
+                              opset_version=opset, input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        _mark(staged)
+        result = compare(path, expected, run_onnx(session(staged), check_inputs), tolerance)
+        os.replace(staged, path)
     return result
 
 
@@ -123,27 +242,46 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: torc
     """Static int8 quantization (QDQ, per-channel int8 weights, uint8 activations) calibrated on real images.
 
     Calibration sets each activation's int8 range from the values it takes on ``calibration``
-    (a few hundred training images), which is what keeps the accuracy loss small.
+    (a few hundred training images), which is what keeps the accuracy loss small. Like
+    :func:`export_onnx`, the file appears only once complete and replaces only an export of ours.
+
+    Raises:
+        ConfigError: an empty or malformed calibration batch, or ``batch_size`` below 1.
+        RunDirectoryError: ``out_path`` exists and is not an export of convnets.
     """
     _require_onnxruntime()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
+    calibration = _check_batch(calibration, "calibration")
+    batch_size = check_whole(batch_size, "batch_size")
     onnx_path, out_path = Path(onnx_path), Path(out_path)
-    prepared = out_path.with_suffix(".prep.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
-    batches = [b.numpy().astype(np.float32) for b in calibration.cpu().split(batch_size)]
-    quantize_static(str(prepared), str(out_path), _Calibration(batches, "images"), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
-    prepared.unlink(missing_ok=True)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"{onnx_path}: no such ONNX file to quantize")
+    check_export_targets(out_path)
+    batches = [b.numpy().astype(np.float32) for b in calibration.split(batch_size)]
+    with _staging(out_path.parent) as tmp:
+        prepared, staged = tmp / "prepared.onnx", tmp / out_path.name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(staged), _Calibration(batches, "images"), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+        _mark(staged, quantized="int8")
+        os.replace(staged, out_path)
     return out_path
 
 
 def median_latency_ms(fn: Callable[[], object], *, repeats: int = 30, warmup: int = 5,
                       max_seconds: float = 20.0) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeats`` runs after ``warmup`` (capped in time)."""
+    """Median wall time of ``fn()`` in milliseconds over ``repeats`` runs after ``warmup`` (capped in time).
+
+    Raises:
+        ConfigError: ``repeats`` below 1, ``warmup`` below 0, or a time cap that is not a positive number.
+    """
+    repeats, warmup = check_whole(repeats, "repeats"), check_whole(warmup, "warmup", 0)
+    if not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise ConfigError(f"max_seconds must be a number > 0, got {max_seconds!r}")
     for _ in range(warmup):
         fn()
     times, start = [], time.perf_counter()
@@ -178,31 +316,58 @@ def onnx_latency_ms(path: str | Path, x: torch.Tensor, **kwargs) -> float:
 
 
 def load_model_or_run(source: str, **model_kwargs) -> tuple[ConvNet, dict]:
-    """A run directory or weights file (trained model, with its metadata), or a registered name (random weights)."""
+    """A run directory or weights file (trained model, with its metadata), or a registered name (random weights).
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        RunDirectoryError: a directory that is not a finished run.
+        ConfigError: builder arguments given for trained weights (they are fixed by the weights).
+        UnknownModelError: a name that is not registered.
+    """
+    from convnets.evaluate import weights_path
     from convnets.registry import create_model
     from convnets.weights import load_weights, read_metadata
 
     path = Path(source)
-    if path.is_dir():
-        path = path / "best.safetensors"
-    if path.is_file():
+    if path.exists():
+        path = weights_path(path)
+        if model_kwargs:
+            raise ConfigError(f"--model-arg applies to a registered model name; the weights in {source} fix its "
+                              f"architecture (got {', '.join(model_kwargs)})")
         return load_weights(path).eval(), read_metadata(path)
-    if path.suffix or "/" in source:
+    if path.suffix or "/" in source or os.sep in source:
         raise FileNotFoundError(f"{source}: no such run directory or weights file")
     return create_model(source, **model_kwargs).eval(), {}
 
 
-def dataset_images(meta: dict, split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Normalised images and labels of the dataset the weights were trained on (None without metadata)."""
-    if not meta.get("dataset"):
+def dataset_images(meta: dict, split: str, limit: int | None = None, *, data: str | None = None,
+                   data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Normalised images and labels of the dataset the weights were trained on (None without metadata).
+
+    Args:
+        meta: the weights' metadata (input size, normalisation, classes, dataset name).
+        split: ``train`` or ``test``.
+        limit: at most this many images (>= 1); the whole split by default.
+        data, data_dir: where the dataset is (default: the name in ``meta``).
+
+    Raises:
+        ConfigMismatchError: the data has another number of classes than the model.
+    """
+    if limit is not None:
+        limit = check_whole(limit, "limit")
+    data = data or meta.get("dataset")
+    if not data or "input_size" not in meta:
         return None
     import dataclasses
 
     from convnets.data.datasets import load_dataset
     from convnets.data.loader import make_loader
 
-    c, h, _ = meta["input_size"]
-    ds = load_dataset(meta["dataset"], image_size=h, channels=c)
+    c, h, w = meta["input_size"]
+    ds = load_dataset(data, data_dir=data_dir, image_size=(h, w), channels=c)
+    if "classes" in meta and len(meta["classes"]) != len(ds.classes):
+        raise ConfigMismatchError(f"the model predicts {len(meta['classes'])} classes but {data} has "
+                                  f"{len(ds.classes)}; pass the --data it was trained on")
     ds = dataclasses.replace(ds, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
     xs, ys, seen = [], [], 0
     for x, y in make_loader(ds, split, batch_size=512, shuffle=split == "train", seed=0):

@@ -8,11 +8,13 @@ memory traffic and thread scheduling make MACs a poor predictor of latency on a 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from convnets.analysis import count
+from convnets.analysis.formatting import check_whole
 from convnets.errors import ConfigError
 from convnets.export import torch_latency_ms
 from convnets.models.efficientnet import efficientnet_scaled
@@ -72,7 +74,16 @@ def fit_device(family: str, latency_ms: float, batch: int = 1, repeats: int = 10
     Candidates are measured from the smallest up; once two in a row exceed the budget by more
     than 2x, larger ones are not run (they would only be slower). Returns the pick (None when
     nothing meets the budget) and the measured table.
+
+    Raises:
+        ConfigError: an unknown family, a budget that is not a positive number of milliseconds, or a
+            batch, repeat count or class count below 1; all checked before anything is measured.
     """
+    if isinstance(latency_ms, bool) or not isinstance(latency_ms, (int, float)) or not (
+            math.isfinite(latency_ms) and latency_ms > 0):
+        raise ConfigError(f"latency_ms must be a finite number of milliseconds > 0, got {latency_ms!r}")
+    batch, repeats = check_whole(batch, "batch"), check_whole(repeats, "repeats")
+    num_classes = check_whole(num_classes, "num_classes")
     measured, over = [], 0
     for c in candidates(family, num_classes):
         model = build(family, c.build, num_classes).eval()

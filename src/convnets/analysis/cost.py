@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from convnets.analysis.counting import count
-from convnets.analysis.formatting import exact, render_table
+from convnets.analysis.formatting import check_whole, exact, render_table
 from convnets.errors import ConfigError
 
 
@@ -31,10 +31,11 @@ def conv_output_size(n: int, f: int, p: int = 0, s: int = 1) -> int:
         s: stride.
 
     Raises:
-        ValueError: a non-positive size, stride or padding, or a filter larger than the padded input.
+        ConfigError: a size, filter or stride below 1, a negative padding, or a filter larger than the
+            padded input.
     """
-    if n < 1 or f < 1 or s < 1 or p < 0:
-        raise ConfigError(f"need n >= 1, f >= 1, s >= 1, p >= 0; got n={n}, f={f}, p={p}, s={s}")
+    n, f = check_whole(n, "input size n"), check_whole(f, "filter size f")
+    p, s = check_whole(p, "padding p", 0), check_whole(s, "stride s")
     size = (n + 2 * p - f) // s + 1
     if size < 1:
         raise ConfigError(
@@ -46,6 +47,7 @@ def conv_output_size(n: int, f: int, p: int = 0, s: int = 1) -> int:
 
 def resolve_padding(padding: int | str, f: int) -> int:
     """Padding in pixels from an integer, ``"valid"`` (0) or ``"same"`` ((f - 1) / 2, odd f only)."""
+    f = check_whole(f, "filter size f")
     if isinstance(padding, int) or str(padding).isdigit():
         return int(padding)
     if padding == "valid":
@@ -123,6 +125,10 @@ class Volume:
     w: int
     c: int
 
+    def __post_init__(self) -> None:
+        for name, value in (("n_H", self.h), ("n_W", self.w), ("n_C", self.c)):
+            check_whole(value, f"input volume {name}")
+
     def __str__(self) -> str:
         return f"{self.h}x{self.w}x{self.c}"
 
@@ -136,6 +142,13 @@ class Conv:
     p: int = 0
     s: int = 1
     groups: int = 1
+
+    def __post_init__(self) -> None:
+        check_whole(self.filters, "filters n_C'")
+        check_whole(self.f, "filter size f")
+        check_whole(self.p, "padding p", 0)
+        check_whole(self.s, "stride s")
+        check_whole(self.groups, "groups")
 
     def output(self, x: Volume) -> Volume:
         return Volume(
@@ -228,6 +241,7 @@ def one_by_one(x: Volume, filters: int) -> CostReport:
 
 def inception_bottleneck(x: Volume, filters: int = 32, f: int = 5, bottleneck: int = 16) -> CostReport:
     """A "same" ``f x f`` convolution computed directly, and after a 1x1 bottleneck."""
+    check_whole(bottleneck, "bottleneck channels")
     big = Conv(filters, f, resolve_padding("same", f))
     squeeze = Conv(bottleneck, 1)
     mid = squeeze.output(x)

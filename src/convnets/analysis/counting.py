@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from convnets.analysis.formatting import check_whole
 from convnets.errors import ConfigError
 
 aten = torch.ops.aten
@@ -139,11 +141,15 @@ def count(
         The totals and a record per module.
 
     Raises:
-        ValueError: no input size given and the model has none, or a non-positive size.
+        ConfigError: ``model`` is not a module; no input size given and the model has none; a size
+            or ``batch`` that is not a positive whole number; a convnets model given other than (C, H, W).
+        InputShapeError: a convnets model that cannot take ``input_size`` (channels, minimum size).
     """
+    _check_module(model)
     size = _resolve_input_size(model, input_size)
-    if batch < 1:
-        raise ConfigError(f"batch must be >= 1, got {batch}")
+    batch = check_whole(batch, "batch")
+    if hasattr(model, "check_input"):  # a convnets model names the shape it expects before anything is copied
+        model.check_input(torch.empty(batch, *size, device="meta"))
     try:
         return _count_on(meta_copy(model), "meta", model, size, batch, forward_kwargs)
     except (NotImplementedError, RuntimeError) as err:
@@ -206,14 +212,34 @@ def _on_meta(model: nn.Module) -> bool:
     return any(t.is_meta for t in [*model.parameters(), *model.buffers()])
 
 
+def _check_module(model: object) -> None:
+    if isinstance(model, nn.Module):
+        return
+    if isinstance(model, str):
+        hint = f"; build it first: convnets.create_model({model!r})"
+    elif isinstance(model, type) and issubclass(model, nn.Module):
+        hint = f"; pass an instance, {model.__name__}(...), not the class"
+    else:
+        hint = ""
+    raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}{hint}")
+
+
 def _resolve_input_size(model: nn.Module, input_size: Sequence[int] | None) -> tuple[int, ...]:
     size = input_size if input_size is not None else getattr(model, "input_size", None)
     if size is None:
         raise ConfigError(f"{type(model).__name__} has no input_size attribute: pass input_size=(C, H, W)")
-    size = tuple(int(s) for s in size)
-    if not size or min(size) < 1:
-        raise ConfigError(f"input size must be positive, got {size}")
-    return size
+    expected = "(C, H, W)" if hasattr(model, "check_input") else "(C, H, W) or one size per input dimension"
+    try:
+        values = () if isinstance(size, (str, bytes)) else tuple(size)
+    except TypeError:  # not a sequence at all (a single number)
+        values = ()
+    if not values or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in values):
+        raise ConfigError(f"input size must be {expected} in positive whole numbers, got {size!r}")
+    values = tuple(int(s) for s in values)
+    if hasattr(model, "check_input") and len(values) != 3:  # a convnets model takes images (C, H, W)
+        label = getattr(model, "name", "") or type(model).__name__
+        raise ConfigError(f"input size of {label} must be (C, H, W), got {values}")
+    return values
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype:

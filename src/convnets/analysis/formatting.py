@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 from convnets.errors import ConfigError
@@ -65,6 +66,16 @@ def parse_size(text: str, n: int = 3, order: str = "CxHxW") -> tuple[int, ...]:
         example = "x".join(["3", "224", "224"][:n]) if order == "CxHxW" else "x".join(["28", "28", "192"][:n])
         raise ConfigError(f"bad size {text!r}: expected {n} positive integers {order}, e.g. {example}")
     return values
+
+
+def check_whole(value: object, name: str, low: int = 1) -> int:
+    """``value`` as an ``int`` if it is a whole number >= ``low``, else a ConfigError naming ``name`` and the range.
+
+    Floats are refused rather than truncated (an input size of 32.7 is a mistake, not 32); so are bools.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+    return int(value)
 
 
 def render_table(

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from convnets.analysis.counting import COUNTING_RULE, ROOT, Counts, LayerCount, count
-from convnets.analysis.formatting import both, exact, human, render_table, shape_str
-from convnets.errors import ConfigError
+from convnets.analysis.formatting import both, check_whole, exact, human, render_table, shape_str
 
 DEFAULT_DEPTH = 4  # deep enough for stages.2.1.conv1, the layer level of every family
 
@@ -117,9 +116,11 @@ def summary(
 
     Returns:
         A :class:`Summary`; ``print(summary(model))`` shows the table.
+
+    Raises:
+        ConfigError, InputShapeError: as for :func:`~convnets.analysis.count`, or a ``depth`` below 1.
     """
-    if depth < 1:
-        raise ConfigError(f"depth must be >= 1, got {depth}")
+    depth = check_whole(depth, "depth")
     counts = count(model, input_size, batch)
     records = {r.path: r for r in counts.layers}
     children = _children(counts.layers)

@@ -5,8 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from convnets.cli.options import number
 from convnets.device import DEVICE_HELP
-from convnets.evaluate import COMBINE, evaluate, write_report
+from convnets.evaluate import COMBINE, check_report_dir, evaluate, write_report
+
+
+def weights_type(text: str) -> list[float]:
+    """``--ensemble-weights 2,1,1``: numbers (their range and count are checked by :func:`evaluate`)."""
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated numbers, one per model, e.g. 2,1,1; got {text!r}") from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -14,7 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="accuracy, top-k, per-class accuracy, confusion matrix and inference cost; multi-crop; ensembles",
         description="Evaluate one run (or weights file) or an ensemble of several on the test split. Each model uses "
-        "the preprocessing stored with its weights.",
+        "the preprocessing stored with its weights. The model's own time per image is reported apart from the "
+        "end-to-end rate, which includes reading and decoding the images.",
     )
     p.add_argument("sources", nargs="+", metavar="RUN_OR_WEIGHTS", help="run directories or .safetensors files")
     p.add_argument("--data", help="dataset name or folder (default: the one the first model was trained on)")
@@ -22,23 +33,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", choices=("none", "mirror", "ten-crop"), default="none",
                    help="test-time views averaged per image (ten-crop: centre, 4 corners and their mirrors)")
     p.add_argument("--combine", choices=COMBINE, default="prob", help="how an ensemble combines its members")
-    p.add_argument("--ensemble-weights", help="comma-separated weight per model, e.g. 2,1,1")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--ensemble-weights", type=weights_type, metavar="W1,W2,...",
+                   help="weight per model, each >= 0, e.g. 2,1,1 (default equal)")
+    p.add_argument("--top-k", type=number(int, 1), default=5, help="k of the top-k accuracy (default 5)")
+    p.add_argument("--batch-size", type=number(int, 1), default=256)
     p.add_argument("--device", help=DEVICE_HELP)
-    p.add_argument("--out", help="directory for evaluation.txt/.json and confusion.png (default: RUN/eval)")
+    p.add_argument("--out", help="directory for evaluation.txt/.json and confusion.png (default: RUN/eval); only "
+                   "an earlier report there is replaced")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    weights = [float(w) for w in args.ensemble_weights.split(",")] if args.ensemble_weights else None
+    first = Path(args.sources[0])
+    out = check_report_dir(Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "eval")
     report = evaluate(args.sources, args.data, data_dir=args.data_dir, views=args.tta, combine=args.combine,
-                      weights=weights, batch_size=args.batch_size, top_k=args.top_k, device=args.device)
+                      weights=args.ensemble_weights, batch_size=args.batch_size, top_k=args.top_k,
+                      device=args.device)
     print(report.table())
     print()
     print(report.confusion_text())
-    first = Path(args.sources[0])
-    out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "eval"
     write_report(report, out)
     print(f"\nwrote {out}/evaluation.txt, evaluation.json, confusion.png")
     return 0

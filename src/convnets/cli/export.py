@@ -7,9 +7,11 @@ from pathlib import Path
 
 import torch
 
-from convnets.cli.options import parse_model_args
+from convnets.cli.options import number, parse_model_args
+from convnets.evaluate import trained_data
 from convnets.export import (
     accuracy_of,
+    check_export_targets,
     dataset_images,
     export_onnx,
     load_model_or_run,
@@ -25,13 +27,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export", help="export to ONNX (checked against PyTorch), optionally int8, with accuracy and latency",
         description="Export a run (or a registered model with random weights) to ONNX, check ONNX Runtime against "
-        "PyTorch on real images, optionally quantize to int8 and measure the accuracy change on the test set.")
+        "PyTorch on real images, optionally quantize to int8 and measure the accuracy change on the test set. "
+        "Only MODEL.onnx and MODEL.int8.onnx are written to --out, each only once complete; an existing file of "
+        "those names is replaced only if convnets exported it.")
     p.add_argument("source", metavar="RUN_OR_MODEL")
     p.add_argument("--onnx", action="store_true", default=True, help="export to ONNX (the default and only format)")
     p.add_argument("--int8", action="store_true", help="also write a statically quantized int8 model")
     p.add_argument("--out", help="output directory (default: RUN/export or ./export-MODEL)")
-    p.add_argument("--calibration-images", type=int, default=512)
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--calibration-images", type=number(int, 1), default=512,
+                   help="training images that calibrate the int8 ranges (default 512)")
+    p.add_argument("--data", help="dataset of a run's accuracy check and calibration (default: the one it was "
+                   "trained on)")
+    p.add_argument("--data-dir")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="builder argument of a registered model name")
     p.set_defaults(run=run)
 
 
@@ -39,9 +48,15 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_model_or_run(args.source, **parse_model_args(args.model_arg))
     path = Path(args.source)
     out = Path(args.out) if args.out else (path / "export" if path.is_dir() else Path(f"export-{model.name}"))
-    data = dataset_images(meta, "test")
+    onnx_path, int8_path = out / f"{model.name}.onnx", out / f"{model.name}.int8.onnx"
+    check_export_targets(onnx_path, *([int8_path] if args.int8 else []))  # before any work
+    data_args = {"data": args.data, "data_dir": args.data_dir}
+    if meta and not args.data:
+        data_args["data"], data_args["data_dir"] = trained_data(path, meta)
+        data_args["data_dir"] = args.data_dir or data_args["data_dir"]
+    data = dataset_images(meta, "test", **data_args)
     check = data[0][:64] if data else torch.randn(8, *model.input_size)
-    result = export_onnx(model, out / f"{model.name}.onnx", check)
+    result = export_onnx(model, onnx_path, check)
     print(f"wrote {result.path}: max |ONNX - PyTorch| = {result.max_abs_diff:.2e} on {len(check)} "
           f"{'test images' if data else 'random inputs'} (largest logit {result.max_logit:.2f})")
     x1 = check[:1]
@@ -53,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
         sess = session(result.path)
         rows[1] = (*rows[1][:2], accuracy_of(lambda b: run_onnx(sess, b), x, y))
     if args.int8:
-        calib = dataset_images(meta, "train", args.calibration_images)
+        calib = dataset_images(meta, "train", args.calibration_images, **data_args)
         calib_x = calib[0] if calib else torch.randn(64, *model.input_size)
-        int8_path = quantize_int8(result.path, out / f"{model.name}.int8.onnx", calib_x)
+        quantize_int8(result.path, int8_path, calib_x)
         acc = None
         if data:
             sess8 = session(int8_path)
@@ -65,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     base = rows[0][1]
     print(f"\n{'runtime':<22} {'batch-1 ms':>10} {'speed-up':>9} {'accuracy':>9}")
     for name, ms, acc in rows:
-        print(f"{name:<22} {ms:>10.2f} {base / ms:>8.2f}x {acc if acc is None else f'{acc:.4f}':>9}")
-    if data and args.int8:
+        print(f"{name:<22} {ms:>10.2f} {base / ms:>8.2f}x {'-' if acc is None else f'{acc:.4f}':>9}")
+    if not data:
+        print("accuracy: - (a registered name has random weights and no test data)")
+    elif args.int8:
         print(f"int8 changes test accuracy by {100 * (rows[-1][2] - rows[0][2]):+.2f} points")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from convnets.errors import ConfigError
+from convnets.cli.options import number
 from convnets.fit import FAMILIES, fit_device
 
 
@@ -14,15 +14,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Measure candidate scalings (phi for EfficientNet; width and resolution for MobileNet) on this "
         "machine and print the largest that runs within --latency-ms.")
     p.add_argument("--family", required=True, choices=FAMILIES)
-    p.add_argument("--latency-ms", type=float, required=True)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--latency-ms", type=float, required=True, help="the budget, milliseconds per batch (> 0)")
+    p.add_argument("--batch", type=number(int, 1), default=1, help="batch size measured (default 1)")
+    p.add_argument("--repeats", type=number(int, 1), default=10, help="timed runs per candidate (default 10)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.latency_ms > 0:
-        raise ConfigError(f"--latency-ms must be positive, got {args.latency_ms}")
     pick, table = fit_device(args.family, args.latency_ms, args.batch, args.repeats)
     print(f"{args.family}, batch {args.batch}, budget {args.latency_ms:g} ms (PyTorch eager, median of "
           f"{args.repeats}):\n")

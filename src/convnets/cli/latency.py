@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from convnets.analysis import count
-from convnets.analysis.formatting import parse_size
+from convnets.cli.options import number, size_type
+from convnets.device import set_threads
 from convnets.export import export_onnx, load_model_or_run, onnx_latency_ms, quantize_int8, torch_latency_ms
 
 
@@ -17,25 +18,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "latency", help="batch-1 and batched latency of PyTorch eager and ONNX Runtime, beside params and MACs",
         description="Median latency over repeated runs on this machine, for each model: PyTorch eager fp32 and "
-        "the exported ONNX model (fp32, and int8 with --int8).")
+        "the exported ONNX model (fp32, and int8 with --int8). Nothing is written outside a temporary directory.")
     p.add_argument("sources", nargs="+", metavar="RUN_OR_MODEL")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 32])
-    p.add_argument("--input", help="CxHxW (default: the model's input size)")
+    p.add_argument("--batch", type=number(int, 1), nargs="+", default=[1, 32], help="batch sizes (default 1 32)")
+    p.add_argument("--input", type=size_type(3, "CxHxW"), metavar="CxHxW",
+                   help="input size (default: the model's input size)")
     p.add_argument("--int8", action="store_true", help="also quantize (random calibration unless the run has data)")
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=number(int, 1), default=20, help="timed runs per figure (default 20)")
     p.add_argument("--threads", type=int, help="CPU threads for both runtimes (default: all)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"{'model':<24} {'params':>10} {'MACs':>9} {'batch':>5} {'eager ms':>9} {'onnx ms':>8} "
-          + (f"{'int8 ms':>8} " if args.int8 else "") + f"{'images/s (best)':>15}")
+    set_threads(args.threads)
+    # Every source is loaded and its input size checked before anything is measured.
+    models = []
     for source in args.sources:
         model, meta = load_model_or_run(source)
-        size = parse_size(args.input) if args.input else tuple(meta.get("input_size", model.input_size))
-        counts = count(model, size)
+        size = args.input or tuple(meta.get("input_size", model.input_size))
+        models.append((model, size, count(model, size)))
+    print(f"{'model':<24} {'params':>10} {'MACs':>9} {'batch':>5} {'eager ms':>9} {'onnx ms':>8} "
+          + (f"{'int8 ms':>8} " if args.int8 else "") + f"{'images/s (best)':>15}")
+    for model, size, counts in models:
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = export_onnx(model, Path(tmp) / "m.onnx", torch.randn(2, *size)).path
             int8_path = quantize_int8(onnx_path, Path(tmp) / "m8.onnx", torch.randn(32, *size)) if args.int8 else None

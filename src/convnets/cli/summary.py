@@ -6,7 +6,7 @@ import argparse
 
 from convnets.analysis.catalog import build_for_counting
 from convnets.analysis.table import DEFAULT_DEPTH, summary
-from convnets.cli.options import size_type
+from convnets.cli.options import number, size_type
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,13 +25,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--depth",
-        type=int,
+        type=number(int, 1),
         default=DEFAULT_DEPTH,
         help=f"deepest module path level shown, stages.2.1.conv1 being 4 (default {DEFAULT_DEPTH})",
     )
-    p.add_argument("--num-classes", type=int, help="classifier outputs (default: the model's)")
-    p.add_argument("--in-chans", type=int, help="input channels (default: the model's)")
-    p.add_argument("--batch", type=int, default=1, help="batch size N the MACs are counted for (default 1)")
+    # Checked here as well as by the builders, so that a bad value is named before anything is built.
+    p.add_argument("--num-classes", type=number(int, 0), help="classifier outputs, 0 for none (default: the model's)")
+    p.add_argument("--in-chans", type=number(int, 1), help="input channels (default: the model's)")
+    p.add_argument("--batch", type=number(int, 1), default=1, help="batch size N the MACs are counted for (default 1)")
     p.set_defaults(run=run)
 
 

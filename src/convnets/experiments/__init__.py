@@ -17,7 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from convnets.errors import ConfigError
+from convnets.device import check_threads
+from convnets.errors import ConfigError, RunDirectoryError
 
 BUDGETS = ("tiny", "small", "full")  # tiny: a seconds-long smoke run for the test suite
 MODULES = ("costs", "degradation", "architecture", "practice", "classic")  # each registers its experiments
@@ -178,7 +179,10 @@ def run_experiment(name: str, budget: str = "small", out: str | Path | None = No
         raise ConfigError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
     if budget not in BUDGETS:
         raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    check_threads(threads)  # before any work: not every experiment trains, where TrainConfig would check it
     out = Path(out) if out else Path("runs") / "experiments" / name
+    if out.exists() and not out.is_dir():
+        raise RunDirectoryError(f"{out}: the experiment's output directory (--out) is a file")
     result = EXPERIMENTS[name][1](Setting(budget, out, data, data_dir, threads))
     result.write(out, budget)
     result.out = out
