@@ -69,6 +69,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
 
+def given_fields(args: argparse.Namespace) -> set[str]:
+    """The TrainConfig fields typed on the command line (what a resume must not ignore)."""
+    fields = set(TrainConfig.__dataclass_fields__) - {"model", "model_kwargs"}
+    return {k for k, v in vars(args).items() if k in fields and v is not None} | (
+        {"model_kwargs"} if args.model_arg else set())
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = {f for f in TrainConfig.__dataclass_fields__} - {"model", "model_kwargs"}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
@@ -83,5 +90,5 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from convnets.training.loop import train
 
-    train(config_from_args(args))
+    train(config_from_args(args), given=given_fields(args))
     return 0

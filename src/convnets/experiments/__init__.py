@@ -178,8 +178,12 @@ def run_experiment(name: str, budget: str = "small", out: str | Path | None = No
         raise ConfigError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
     if budget not in BUDGETS:
         raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    from convnets.training.rundir import RunDirectory
+
     out = Path(out) if out else Path("runs") / "experiments" / name
-    result = EXPERIMENTS[name][1](Setting(budget, out, data, data_dir, threads))
-    result.write(out, budget)
+    # Refuses a directory of someone else's files, or one another experiment is writing.
+    with RunDirectory(out, "experiment"):
+        result = EXPERIMENTS[name][1](Setting(budget, out, data, data_dir, threads))
+        result.write(out, budget)
     result.out = out
     return result
