@@ -29,7 +29,7 @@ from convnets.experiments import run_experiment
 from convnets.training import TrainConfig, train
 from convnets.training import loop as loop_module
 from convnets.training.loop import fit_batch
-from convnets.training.rundir import MARKER, RunDirectory
+from convnets.training.rundir import MARKER, RunDirectory, kind_of
 from convnets.weights import atomic_write, remove_stale_temporaries, save_weights, try_lock
 
 # The fastest run: LeNet-5 on digits, 22 steps an epoch.
@@ -313,6 +313,18 @@ def test_a_read_only_output_is_one_line_naming_it(tmp_path, capsys, monkeypatch)
     assert snapshot(tmp_path) == before
 
 
+def test_directories_written_before_markers_existed_are_still_ours(tmp_path, capsys) -> None:
+    make_run(tmp_path)
+    (tmp_path / "run" / MARKER).unlink()  # a run of an earlier convnets: config.json says what it is
+    status, out, err = run_cli([*TRAIN, "--out", str(tmp_path / "run"), "--resume", "--max-steps", "51"], capsys)
+    assert status == 0 and "resumed" in out, err
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "results.json").write_text(json.dumps({"name": "one-by-one", "budget": "tiny",
+                                                               "claim": "...", "data": {}}))
+    assert kind_of(tmp_path / "exp") == "experiment" and kind_of(tmp_path) is None
+    run_experiment("one-by-one", "tiny", tmp_path / "exp")
+
+
 def test_atomic_write_names_the_file_and_keeps_the_old_one_when_the_disk_is_full(tmp_path) -> None:
     target = tmp_path / "best.safetensors"
     target.write_bytes(b"the previous weights")
@@ -460,6 +472,22 @@ def test_resume_applies_and_records_what_may_change(tmp_path, capsys) -> None:
     assert (config["epochs"], config["threads"], config["max_steps"], config["resume"]) == (4, 1, 70, False)
 
 
+def test_resuming_a_transfer_keeps_its_freezing_and_refuses_another(tmp_path, capsys) -> None:
+    _lenet_weights(tmp_path)
+    start = ["transfer", "lenet5", "--weights", str(tmp_path / "w.safetensors"), "--data", "digits", "--out",
+             str(tmp_path / "run"), "--no-progress", "--epochs", "1"]
+    assert run_cli([*start, "--freeze", "1", "--max-steps", "3"], capsys)[0] == 0
+    # transfer's own default (--freeze auto) is not something typed: the run continues with its --freeze 1
+    status, out, err = run_cli([*start, "--resume", "--max-steps", "5"], capsys)
+    assert status == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["freeze"] == "1"
+    expect_cli_error([*start, "--resume", "--freeze", "auto"], r"--freeze auto \(the run has 1\)", capsys)
+    fresh = [*start[:-4], str(tmp_path / "fresh"), "--no-progress", "--max-steps", "1"]
+    assert run_cli(fresh, capsys)[0] == 0  # a new transfer run still takes transfer's defaults
+    config = json.loads((tmp_path / "fresh" / "config.json").read_text())
+    assert (config["freeze"], config["pretrained_lr_scale"]) == ("auto", 0.1)
+
+
 # ---- 8: no leftovers
 
 
@@ -477,6 +505,7 @@ def test_temporaries_of_dead_writers_go_and_those_of_live_ones_stay(tmp_path) ->
         assert live.exists() and user.exists()
     finally:
         os.close(fd)
+    assert remove_stale_temporaries(tmp_path, names="features-*") == []  # only those of the names given
     assert remove_stale_temporaries(tmp_path) == [live]
 
 
@@ -516,3 +545,14 @@ def test_torchrun_resumes_mid_epoch_with_whole_epoch_metrics_and_refuses_a_held_
     assert proc.returncode != 0
     assert f"is being written by process {os.getpid()}" in proc.stderr
     assert "rank 0 could not claim the run directory" in proc.stderr
+
+
+@pytest.mark.slow
+def test_an_experiment_with_a_damaged_record_checks_its_run_again(tmp_path, capsys) -> None:
+    first = run_experiment("classic", "tiny", tmp_path / "exp", threads=1)
+    record = tmp_path / "exp" / "runs" / "lenet5" / "trained.json"
+    record.write_text(record.read_text()[:50])  # killed while writing it (before writes were atomic)
+    second = run_experiment("classic", "tiny", tmp_path / "exp", threads=1)
+    assert f"{record}: damaged (" in capsys.readouterr().out
+    assert json.loads(record.read_text())["steps"] > 0
+    assert [r["test_accuracy"] for r in second.data["rows"]] == [r["test_accuracy"] for r in first.data["rows"]]

@@ -171,7 +171,7 @@ def cached_features(model: ConvNet, loaders: dict, device: torch.device, cache_d
 
     from convnets.weights import atomic_write, remove_stale_temporaries
 
-    remove_stale_temporaries(cache_dir)
+    remove_stale_temporaries(cache_dir, names="features-*.safetensors")
     path = Path(cache_dir) / f"features-{cache_key(**key_parts)}.safetensors"
     stored_key = json.dumps(key_parts, default=str)
     if path.exists():

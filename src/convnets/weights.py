@@ -7,6 +7,7 @@ number of classes, input size, normalisation and where the weights came from, so
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -82,21 +83,27 @@ def _naming(err: OSError, path: Path) -> OSError:
 
 
 # The temporary files of atomic_write: ".NAME.XXXXXXXX.tmp" (mkstemp's random part).
-_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+_TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
 
 
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+def remove_stale_temporaries(directory: str | Path, names: str = "*") -> list[Path]:
     """Remove the temporary files that interrupted :func:`atomic_write` calls left in ``directory``.
 
     A temporary file still being written is locked by its writer and kept; one whose writer died
     (the lock goes with the process) is removed. Returns the removed files.
+
+    Args:
+        directory: Where to look (not below).
+        names: Only temporaries of files whose names match this glob (``features-*.safetensors``):
+            in a directory shared with other tools, leave their files alone.
     """
     removed = []
     directory = Path(directory)
     if not directory.is_dir():
         return removed
     for tmp in directory.iterdir():
-        if not _TEMPORARY.fullmatch(tmp.name) or not tmp.is_file():
+        match = _TEMPORARY.fullmatch(tmp.name)
+        if not match or not fnmatch.fnmatchcase(match[1], names) or not tmp.is_file():
             continue
         try:
             fd = os.open(tmp, os.O_RDWR)

@@ -79,6 +79,8 @@ def given_fields(args: argparse.Namespace) -> set[str]:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = {f for f in TrainConfig.__dataclass_fields__} - {"model", "model_kwargs"}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if not args.resume:  # the command's own defaults (transfer: freeze auto); a resumed run has its values
+        given = {**getattr(args, "command_defaults", {}), **given}
     model_kwargs = parse_model_args(args.model_arg)
     if args.config:
         config = TrainConfig.from_file(args.config, model=args.model, **given)

@@ -17,4 +17,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_run_arguments(p)
     train.add_transfer_arguments(p, weights_required=True)
-    p.set_defaults(run=train.run, freeze="auto", pretrained_lr_scale=0.1)
+    # Not argparse defaults: a resumed run keeps its own values, and a typed option must be told from these.
+    p.set_defaults(run=train.run, command_defaults={"freeze": "auto", "pretrained_lr_scale": 0.1})

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from convnets.errors import RunDirectoryError
+from convnets.training.config import TrainConfig
 from convnets.weights import remove_stale_temporaries, try_lock
 
 MARKER = ".convnets-run"
@@ -40,11 +41,9 @@ def kind_of(directory: str | Path) -> str | None:
         pass
     except (OSError, ValueError):
         return "unknown"
-    if _json_keys(directory / "config.json") >= {"model", "data", "out"}:
-        from convnets.training.config import TrainConfig
-
-        if _json_keys(directory / "config.json") <= {f.name for f in dataclasses.fields(TrainConfig)}:
-            return "train"
+    config = _json_keys(directory / "config.json")
+    if {"model", "data", "out"} <= config <= {f.name for f in dataclasses.fields(TrainConfig)}:
+        return "train"
     if _json_keys(directory / "results.json") >= {"name", "budget", "claim"}:
         return "experiment"
     runs = directory / "runs"  # an experiment stopped before its results.json: its training runs
