@@ -62,9 +62,10 @@ def someones_folder(tmp: Path) -> None:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` with its bytes (the marker aside: it records the last process that opened a run)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != MARKER}
+    """Every file under ``root`` with its bytes; of a run's marker only that it is there (it records the last
+    process that opened the run)."""
+    return {str(p.relative_to(root)): b"" if p.name == MARKER else p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
 
 
 def unchanged(setup):
@@ -240,6 +241,12 @@ CASES = [
          r"alexnet needs images of at least", after=nothing_at("a")),
     Case("refused-resume-removes-old-temporaries", 8, [*TRAIN, "--out", "{tmp}/run", "--resume", "--lr", "1"],
          r"--lr 1\.0 \(the run has 0\.003\)", setup=_leftover_and_conflict, after=_leftover_gone),
+    Case("refused-run-leaves-an-empty-folder-empty", 8, ["train", "alexnet", "--data", "digits", "--out",
+                                                         "{tmp}/empty"],
+         r"alexnet needs images of at least", setup=lambda tmp: (tmp / "empty").mkdir(),
+         after=lambda tmp: assert_empty(tmp / "empty")),
+    Case("refused-resume-leaves-no-folders", 8, [*TRAIN, "--out", "{tmp}/x/y/z", "--resume"], r"nothing to resume",
+         after=nothing_at("x")),
     Case("refused-experiment-leaves-no-folder", 8, ["experiment", "no-such-claim", "--out", "{tmp}/exp"],
          r"unknown experiment 'no-such-claim'", after=nothing_at("exp")),
 ]
@@ -309,8 +316,9 @@ def test_a_read_only_output_is_one_line_naming_it(tmp_path, capsys, monkeypatch)
     expect_cli_error([*TRAIN, "--out", str(tmp_path / "run"), "--resume"],
                      rf"error: {tmp_path / 'run' / MARKER}: Read-only file system \(choose a writable --out\)",
                      capsys)
+    expect_cli_error([*TRAIN, "--out", str(tmp_path / "new" / "run")], r"new/run/\.convnets-run: Read-only", capsys)
     monkeypatch.undo()
-    assert snapshot(tmp_path) == before
+    assert snapshot(tmp_path) == before and not (tmp_path / "new").exists()
 
 
 def test_directories_written_before_markers_existed_are_still_ours(tmp_path, capsys) -> None:

@@ -95,7 +95,11 @@ class RunDirectory:
             self._check_owner()
         self._created = [p for p in (path, *path.parents) if not p.exists()]
         path.mkdir(parents=True, exist_ok=True)
-        self._fd = self._lock()
+        try:
+            self._fd = self._lock()
+        except BaseException:
+            self._remove_created()
+            raise
         try:
             command = ["convnets", *sys.argv[1:]] if "convnets" in sys.argv[0] else sys.argv
             info = {"kind": self.kind, "pid": os.getpid(), "host": socket.gethostname(),
@@ -145,13 +149,20 @@ class RunDirectory:
         try:
             if set(os.listdir(self.path)) - IGNORED == {MARKER}:
                 (self.path / MARKER).unlink()
-                for directory in self._created:  # deepest first, each only if empty
-                    directory.rmdir()
+                self._remove_created()
         except OSError:  # removed or filled meanwhile: whatever is there stays
             pass
         finally:
             os.close(self._fd)
             self._fd = None
+
+    def _remove_created(self) -> None:
+        """Remove the directories the claim created, deepest first, each only while it is empty."""
+        for directory in self._created:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
 
 
 def _holder(marker: Path) -> str:
