@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -142,23 +144,68 @@ def cache_key(**parts: object) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def cached_features(model: ConvNet, loaders: dict, device: torch.device, cache_dir: Path,
-                    key_parts: dict) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], Path, bool]:
+def split_fingerprint(split: object) -> str:
+    """A hash of what a dataset split holds, for cache keys: any change of an image or a label changes it.
+
+    In-memory splits hash their image and label tensors. Image folders hash, for every file, its
+    path, label, size, modification time and inode number: reading every file would cost as much as
+    the features it saves, and a file replaced, edited or moved to another class folder (swapping
+    two class folders keeps names and modification times, not inodes) changes one of them.
+    """
+    digest = hashlib.sha256()
+    images = getattr(split, "images", None)
+    if isinstance(images, torch.Tensor):
+        for tensor in (images, split.labels):
+            array = tensor.detach().cpu().contiguous().numpy()
+            digest.update(f"{array.dtype}{array.shape}".encode())
+            digest.update(array.reshape(-1).view("uint8"))
+        return digest.hexdigest()
+    for path, label in split.samples:
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+        except OSError:  # gone since the scan: the loader will report it
+            stamp = "missing"
+        digest.update(f"{path}\0{label}\0{stamp}\n".encode())
+    return digest.hexdigest()
+
+
+def cached_features(model: ConvNet, loaders: dict, device: torch.device, cache_dir: Path, key_parts: dict,
+                    say: Callable[[str], None] = print) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], Path,
+                                                                 bool]:
     """Features of each split, computed once and stored in ``cache_dir`` under a key of ``key_parts``.
+
+    A cache file that cannot be read back whole (truncated, damaged, or of another layout) is
+    discarded and computed again, saying so with ``say``; temporary files that interrupted writes
+    left in ``cache_dir`` are removed.
 
     Returns the features per split, the cache file and whether it was a hit.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import save
 
-    from convnets.weights import atomic_write
+    from convnets.weights import atomic_write, remove_stale_temporaries
 
+    remove_stale_temporaries(cache_dir, names="features-*.safetensors")
     path = Path(cache_dir) / f"features-{cache_key(**key_parts)}.safetensors"
+    stored_key = json.dumps(key_parts, default=str)
     if path.exists():
-        tensors = load_file(str(path))
-        return {s: (tensors[f"{s}.x"], tensors[f"{s}.y"]) for s in loaders}, path, True
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("key") != stored_key:
+                    raise ValueError("written for other data")
+                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+            features = {s: (tensors[f"{s}.x"], tensors[f"{s}.y"]) for s in loaders}
+            if any(x.ndim != 2 or y.ndim != 1 or len(x) != len(y) for x, y in features.values()):
+                raise ValueError("features and labels do not match")
+        except (SafetensorError, KeyError, ValueError) as err:
+            say(f"feature cache {path} is damaged ({err}): discarded, computing the features again")
+        else:
+            return features, path, True
     out = {split: extract_features(model, loader, device) for split, loader in loaders.items()}
     tensors = {f"{s}.{k}": t.contiguous() for s, (x, y) in out.items() for k, t in (("x", x), ("y", y))}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"key": json.dumps(key_parts, default=str)}))
+    # Written by Python, not by safetensors' save_file, whose full-disk error is its own type, not an OSError.
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(save(tensors, metadata={"key": stored_key})))
     return out, path, False
 
 

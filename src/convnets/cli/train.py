@@ -71,12 +71,21 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
 
+def given_fields(args: argparse.Namespace) -> set[str]:
+    """The TrainConfig fields typed on the command line (what a resume must not ignore)."""
+    fields = set(TrainConfig.__dataclass_fields__) - {"model", "model_kwargs"}
+    return {k for k, v in vars(args).items() if k in fields and v is not None} | (
+        {"model_kwargs"} if args.model_arg else set())
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's config: the command's defaults, then the ``--config`` file, then the options given (they win)."""
     fields = {f for f in TrainConfig.__dataclass_fields__} - {"model", "model_kwargs"}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     from_file = read_config_file(args.config) if args.config else {}
-    config = TrainConfig(**{**args.config_defaults, **from_file, **given, "model": args.model})
+    # The command's own defaults (transfer: --freeze auto) start a run; a resumed run keeps its values.
+    defaults = {} if args.resume else args.config_defaults
+    config = TrainConfig(**{**defaults, **from_file, **given, "model": args.model})
     model_kwargs = parse_model_args(args.model_arg)
     if model_kwargs:
         config = dataclasses.replace(config, model_kwargs={**config.model_kwargs, **model_kwargs})
@@ -86,5 +95,5 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from convnets.training.loop import train
 
-    train(config_from_args(args))
+    train(config_from_args(args), given=given_fields(args))
     return 0

@@ -17,5 +17,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     train.add_run_arguments(p)
     train.add_transfer_arguments(p, weights_required=True)
-    # Defaults of this command, below a --config file's values and the options given.
+    # This command's defaults: below a --config file's values and the options given, and not applied on resume.
     p.set_defaults(run=train.run, config_defaults={"freeze": "auto", "pretrained_lr_scale": 0.1})

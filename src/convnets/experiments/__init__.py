@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from convnets.device import check_threads
-from convnets.errors import ConfigError, RunDirectoryError
+from convnets.errors import ConfigError
 
 BUDGETS = ("tiny", "small", "full")  # tiny: a seconds-long smoke run for the test suite
 MODULES = ("costs", "degradation", "architecture", "practice", "classic")  # each registers its experiments
@@ -66,16 +66,16 @@ class Setting:
         """
         from convnets.training import TrainConfig, train
         from convnets.training.loop import STATE_FILE
+        from convnets.training.report import write_text
 
         out = self.out / "runs" / name
         config = TrainConfig(**{"data": self.data, "data_dir": self.data_dir, "threads": self.threads,
                                 "progress": False, **config, "model": model, "out": str(out)}).to_dict()
         done = out / "trained.json"
-        if done.exists():
-            saved = json.loads(done.read_text())
-            if saved["request"] == config:
-                return Trained(name, out, saved["config"], saved["rows"], saved["test_accuracy"], saved["seconds"],
-                               saved["steps"])
+        saved = _read_record(done)
+        if saved is not None and saved["request"] == config:
+            return Trained(name, out, saved["config"], saved["rows"], saved["test_accuracy"], saved["seconds"],
+                           saved["steps"])
         resume = (out / STATE_FILE).exists() and (out / "config.json").exists()
         result = train(TrainConfig(**{**config, "resume": resume}))
         resolved = json.loads((out / "config.json").read_text())
@@ -83,8 +83,22 @@ class Setting:
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line] if metrics.exists() else []
         record = {"request": config, "config": resolved, "rows": rows, "test_accuracy": result.test_accuracy,
                   "seconds": result.seconds, "steps": result.steps}
-        done.write_text(json.dumps(record, indent=1) + "\n")
+        write_text(done, json.dumps(record, indent=1) + "\n")
         return Trained(name, out, resolved, rows, result.test_accuracy, result.seconds, result.steps)
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """The record of a finished training run (``trained.json``), or None when absent or unreadable (then the
+    run is resumed or trained again, and the record rewritten)."""
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as err:
+        print(f"{path}: damaged ({err}); the run is checked again and the record rewritten", flush=True)
+        return None
+    expected = {"request", "config", "rows", "test_accuracy", "seconds", "steps"}
+    return record if isinstance(record, dict) and expected <= set(record) else None
 
 
 @dataclass
@@ -100,14 +114,15 @@ class Result:
     out: Path | None = None
 
     def write(self, out: Path, budget: str) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({"name": self.name, "budget": budget, "claim": self.claim,
-                                                      "data": self.data}, indent=2, default=str) + "\n")
+        from convnets.training.report import write_text
+
+        write_text(out / "results.json", json.dumps({"name": self.name, "budget": budget, "claim": self.claim,
+                                                     "data": self.data}, indent=2, default=str) + "\n")
         lines = [f"# {self.name}", "", f"Claim: {self.claim}", "", f"Budget: {budget}", "", self.table, ""]
         lines += [f"- {n}" for n in self.notes]
         if self.figure:
             lines += ["", f"![{self.name}]({self.figure.name})"]
-        (out / "results.md").write_text("\n".join(lines) + "\n")
+        write_text(out / "results.md", "\n".join(lines) + "\n")
 
 
 def markdown_table(header: list[str], rows: list[list[Any]], align: str | None = None) -> str:
@@ -179,11 +194,13 @@ def run_experiment(name: str, budget: str = "small", out: str | Path | None = No
         raise ConfigError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
     if budget not in BUDGETS:
         raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    from convnets.training.rundir import RunDirectory
+
     check_threads(threads)  # before any work: not every experiment trains, where TrainConfig would check it
     out = Path(out) if out else Path("runs") / "experiments" / name
-    if out.exists() and not out.is_dir():
-        raise RunDirectoryError(f"{out}: the experiment's output directory (--out) is a file")
-    result = EXPERIMENTS[name][1](Setting(budget, out, data, data_dir, threads))
-    result.write(out, budget)
+    # Refuses a file, a directory of someone else's files, or one another experiment is writing.
+    with RunDirectory(out, "experiment"):
+        result = EXPERIMENTS[name][1](Setting(budget, out, data, data_dir, threads))
+        result.write(out, budget)
     result.out = out
     return result

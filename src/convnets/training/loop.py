@@ -8,6 +8,10 @@ Run directory (``config.out``)::
                       position, step, RNG state (written atomically; --resume reads it)
     best.safetensors  weights of the best test accuracy, last.safetensors the final ones
     curves.png        learning curves; report.md a short summary; bad_files.tsv if any
+    .convnets-run     marks the directory as a convnets run; the process writing it holds a lock on it
+
+A run directory has one writer at a time (see :mod:`convnets.training.rundir`); a directory that
+is not empty and was not written by convnets is refused, never overwritten.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,16 +38,24 @@ import convnets
 from convnets.data.datasets import load_dataset, subsample_per_class
 from convnets.data.loader import make_loader
 from convnets.device import set_threads
-from convnets.errors import ConfigMismatchError, TrainingDiverged
+from convnets.errors import ConfigMismatchError, ConvnetsError, RunDirectoryError, TrainingDiverged
 from convnets.models.base import ConvNet
 from convnets.models.inception import AUX_LOSS_WEIGHT
 from convnets.training import distributed
 from convnets.training.config import TrainConfig, resolve
-from convnets.training.report import MetricsLog, write_report
-from convnets.transfer import FeatureLoader, cached_features, freeze, parameter_groups, recommend
+from convnets.training.report import MetricsLog, write_report, write_text
+from convnets.training.rundir import RunDirectory
+from convnets.transfer import FeatureLoader, cached_features, freeze, parameter_groups, recommend, split_fingerprint
 from convnets.weights import atomic_write, get_weights, is_tag, load_pretrained, save_weights, weights_preprocessing
 
 STATE_FILE = "state.pt"
+STATE_KEYS = frozenset({"model_name", "model", "optimizer", "scheduler", "scaler", "epoch", "position", "step",
+                        "best", "elapsed", "skipped_steps", "rng", "cuda_rng", "metrics"})
+# What a resumed run may change: how and how long it runs, not what it trains. Every other field
+# (model, data, recipe, seed, weights, freezing...) defines the run, and a different value for one
+# of them is refused, naming it. max_steps is always this invocation's own (None: to the end).
+RESUME_MAY_CHANGE = ("epochs", "max_steps", "progress", "device", "threads", "num_workers", "checkpoint_minutes",
+                     "nan_policy", "deterministic", "channels_last", "cache_dir")
 
 
 @dataclass
@@ -60,26 +73,56 @@ class TrainResult:
     stopped_early: bool = False
 
 
-def train(config: TrainConfig) -> TrainResult:
+def train(config: TrainConfig, *, given: Collection[str] = ()) -> TrainResult:
     """Train ``config.model`` on ``config.data`` and write the run directory.
 
     Under torchrun each process trains on its shard of every batch order and gradients are
     averaged (DistributedDataParallel); rank 0 alone prints and writes.
+
+    Args:
+        config: The run. With ``resume``, the run in ``config.out`` continues; a field that defines
+            the run and differs from the run's value is refused (see :data:`RESUME_MAY_CHANGE`).
+        given: Fields the user set explicitly (the command line names the options typed). A field
+            whose value differs from :class:`TrainConfig`'s default counts as given anyway; this
+            also covers a value typed equal to the default (``--data fashion-mnist``).
     """
     ctx = distributed.setup(config.device)
     try:
-        return _Run(config, ctx).run()
+        out = Path(resolve(config).out)  # decided once: a default directory is numbered on first use
+        with _claimed(out, ctx):
+            return _Run(dataclasses.replace(config, out=str(out)), ctx, given).run()
     finally:
         distributed.teardown(ctx)
 
 
+@contextmanager
+def _claimed(out: Path, ctx: distributed.Context) -> Iterator[None]:
+    """Hold the run directory for the run (rank 0 writes it, so rank 0 claims it); every rank learns if it could."""
+    directory = RunDirectory(out, "train")
+    error = None
+    if ctx.is_main:
+        try:
+            directory.acquire()
+        except (ConvnetsError, OSError) as err:  # raised below, once the other ranks know not to start
+            error = err
+    if distributed.all_sum(ctx, float(error is not None))[0]:
+        if error is not None:
+            raise error
+        raise RunDirectoryError(f"{out}: rank 0 could not claim the run directory (its error says why)")
+    try:
+        yield
+    finally:
+        if ctx.is_main:
+            directory.release()
+
+
 class _Run:
-    def __init__(self, config: TrainConfig, ctx: distributed.Context) -> None:
+    def __init__(self, config: TrainConfig, ctx: distributed.Context, given: Collection[str] = ()) -> None:
         self.ctx = ctx
-        out = Path(resolve(config).out)  # decided once: a default directory is numbered on first use
-        config = dataclasses.replace(config, out=str(out))
+        out = Path(config.out)
+        changed: dict[str, tuple[Any, Any]] = {}
         if config.resume:
-            config = _resumed_config(config, out)
+            config, changed = _resumed_config(config, out, given)
         self.cfg = cfg = resolve(config)
         self.out = out
         if not cfg.resume and (out / STATE_FILE).exists():
@@ -111,6 +154,8 @@ class _Run:
         if cfg.test_per_class:
             dataset = subsample_per_class(dataset, cfg.test_per_class, seed=0, split="test")
         self.dataset = dataset
+        if len(dataset.test) == 0:
+            self._say(f"warning: {dataset.name} has no test images: test loss and accuracy are not measured (nan)")
         _check_fit(cfg, probe, dataset)
         self.model = convnets.create_model(cfg.model, num_classes=dataset.num_classes, in_chans=dataset.channels,
                                            **model_kwargs)
@@ -139,14 +184,10 @@ class _Run:
                 ids = [ctx.device.index] if ctx.device.type == "cuda" else None
                 self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
             self.eval_net = self.model
-            self.train_loader = make_loader(dataset, "train", batch_size=cfg.batch_size, augment=cfg.augment,
+            self.batch_size = self._batch_for(len(dataset.train))
+            self.train_loader = make_loader(dataset, "train", batch_size=self.batch_size, augment=cfg.augment,
                                             rank=ctx.rank, world_size=ctx.world_size, drop_last=True, **loader_kw)
             self.test_loader = make_loader(dataset, "test", batch_size=max(256, cfg.batch_size), **loader_kw)
-        if len(self.train_loader) == 0:
-            raise ConfigMismatchError(
-                f"{len(dataset.train)} training images make no full batch of {cfg.batch_size} per process: "
-                "lower --batch-size"
-            )
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         groups = parameter_groups(self.model, cfg.lr, cfg.weight_decay,
@@ -160,15 +201,35 @@ class _Run:
         self.aux = getattr(self.model, "aux", None) is not None and not self.cached
         self.epoch, self.position, self.step, self.best = 0, 0, 0, 0.0
         self.skipped_steps, self.elapsed = 0, 0.0
+        # The running sums of the current epoch (loss * n, correct, n) and its seconds so far: kept in the
+        # checkpoint, so that an epoch resumed mid-way reports metrics over all of its batches.
+        self.epoch_sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+        self.epoch_seconds = 0.0
         self.log = MetricsLog(out, enabled=ctx.is_main)
         if cfg.resume:
             self._load_state()
+            if changed and ctx.is_main:
+                shown = [f"{_option(k)} {_show(new)} (was {_show(old)})" for k, (old, new) in changed.items()
+                         if k != "max_steps"]
+                if shown:
+                    self._say(f"resuming with {', '.join(shown)}; recorded in {out / 'config.json'}")
+                self._write_config()
         elif ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            self._write_config()
             self._say(self.dataset.describe())
             self._say(f"{cfg.model}: {sum(p.numel() for p in self.model.parameters()):,} params on "
                       f"{ctx.device}" + (f" x {ctx.world_size} processes" if ctx.distributed else ""))
+
+    def _write_config(self) -> None:
+        write_text(self.out / "config.json", json.dumps({**self.cfg.to_dict(), "resume": False}, indent=2) + "\n")
+
+    def _batch_for(self, images: int) -> int:
+        batch = fit_batch(self.cfg.batch_size, images, self.ctx.world_size)
+        if batch < self.cfg.batch_size:
+            where = " per process" if self.ctx.distributed else ""
+            self._say(f"batch size {self.cfg.batch_size} is more than the {batch} training images{where}: "
+                      f"training on batches of {batch}")
+        return batch
 
     def _freeze(self) -> list[str]:
         spec = self.cfg.freeze
@@ -194,17 +255,21 @@ class _Run:
             p.requires_grad_(False)
         loaders = {split: make_loader(ds, split, batch_size=256, augment=None, shuffle=False, **loader_kw)
                    for split in ("train", "test")}
+        # Keyed by what the features depend on: the trunk and its weights, and what each split holds
+        # (every image and label, see split_fingerprint), decoded by this version of convnets.
         key = dict(model=cfg.model, model_kwargs=cfg.model_kwargs, weights=_weights_identity(cfg.model, cfg.weights),
-                   layer="pre_logits", data=ds.name, source=ds.source, sizes=[len(ds.train), len(ds.test)],
-                   subset=[cfg.train_per_class, cfg.seed] if cfg.train_per_class else None,
-                   image=[ds.channels, *ds.image_size], mean=ds.mean, std=ds.std, transform="none")
+                   layer="pre_logits", data=ds.name, source=ds.source, classes=ds.classes,
+                   train=split_fingerprint(ds.train), test=split_fingerprint(ds.test),
+                   image=[ds.channels, *ds.image_size], mean=ds.mean, std=ds.std, transform="none",
+                   convnets=convnets.__version__)
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "convnets" / "features"
         t0 = time.perf_counter()
-        features, path, hit = cached_features(self.model, loaders, self.ctx.device, cache_dir, key)
+        features, path, hit = cached_features(self.model, loaders, self.ctx.device, cache_dir, key, say=self._say)
         self._say(f"features {'read from' if hit else 'computed once and cached in'} {path} "
                   f"({time.perf_counter() - t0:.1f} s)")
         (train_x, train_y), (test_x, test_y) = features["train"], features["test"]
-        self.train_loader = FeatureLoader(train_x, train_y, batch_size=cfg.batch_size, device=self.ctx.device,
+        self.batch_size = self._batch_for(len(train_y))
+        self.train_loader = FeatureLoader(train_x, train_y, batch_size=self.batch_size, device=self.ctx.device,
                                           shuffle=True, seed=cfg.seed, drop_last=True)
         self.test_loader = FeatureLoader(test_x, test_y, batch_size=256, device=self.ctx.device, shuffle=False)
         self.net = self.eval_net = self.model.head.fc
@@ -234,8 +299,9 @@ class _Run:
         # The last epoch was evaluated already unless the run stopped mid-epoch (or had no epoch left).
         finished_epoch = self.log.rows and self.log.rows[-1]["epoch"] == self.epoch and not stopped
         test_acc = self.log.rows[-1]["test_acc"] if finished_epoch else self.evaluate()[1]
-        images = self.step * cfg.batch_size * self.ctx.world_size
-        result = TrainResult(self.model, self.out, test_acc, max(self.best, test_acc), self.epoch, self.step,
+        images = self.step * self.batch_size * self.ctx.world_size
+        best = math.nan if math.isnan(test_acc) else max(self.best, test_acc)  # nan: no test image to measure
+        result = TrainResult(self.model, self.out, test_acc, best, self.epoch, self.step,
                              self.elapsed, images / max(self.elapsed, 1e-9), stopped is not None)
         if self.ctx.is_main:
             meta = self._weights_metadata(test_acc)
@@ -246,7 +312,7 @@ class _Run:
             if self.dataset.bad_files.items:
                 self.dataset.bad_files.write(self.out)
                 self._say(self.dataset.bad_files.summary())
-            write_report(self.out, cfg, result, self.log.rows)
+            write_report(self.out, dataclasses.replace(cfg, batch_size=self.batch_size), result, self.log.rows)
             status = "stopped at --max-steps" if stopped else f"{self.epoch} epochs"
             self._say(f"{cfg.model} on {self.dataset.name}: test accuracy {test_acc:.4f} "
                       f"(best {result.best_accuracy:.4f}) · {status} in {self.elapsed:.0f} s · "
@@ -259,8 +325,11 @@ class _Run:
         cfg, ctx = self.cfg, self.ctx
         self.net.train()
         self.train_loader.set_epoch(self.epoch, start_batch=self.position)
-        sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss * n, correct, n
-        t0, seen = time.perf_counter(), 0
+        if self.position == 0:  # a new epoch; one resumed mid-way continues its sums from the checkpoint
+            self.epoch_sums.zero_()
+            self.epoch_seconds = 0.0
+        sums = self.epoch_sums  # loss * n, correct, n
+        t0, seen, seconds_before = time.perf_counter(), 0, self.epoch_seconds
         bar = self._progress(self.steps_per_epoch - self.position)
         for x, y in self.train_loader:
             if self.channels_last:
@@ -270,24 +339,29 @@ class _Run:
                 sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
                                      torch.tensor(float(len(y)), dtype=torch.float64, device=ctx.device)])
             self.position = self.train_loader.position
+            self.epoch_seconds = seconds_before + time.perf_counter() - t0
             seen += len(y)
             if bar is not None:
                 rate = seen * ctx.world_size / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(sums[1] / sums[2]).item():.3f}",
                                 img_s=f"{rate:,.0f}", refresh=False)
                 bar.update()
-            reason = "signal" if self._signalled else None
+            # Under torchrun every rank must stop, and checkpoint, at the same step (the checkpoint sums
+            # the ranks' metrics): a signal on any rank stops all, rank 0's clock times the checkpoints.
+            due = ctx.is_main and time.perf_counter() - self._last_save > cfg.checkpoint_minutes * 60
+            signalled, due = distributed.all_sum(ctx, float(bool(self._signalled)), float(due))
+            reason = "signal" if signalled else None
             if cfg.max_steps is not None and self.step >= cfg.max_steps:
                 reason = "max_steps"
             if reason:
                 if bar is not None:
                     bar.close()
                 return reason
-            if time.perf_counter() - self._last_save > cfg.checkpoint_minutes * 60:
+            if due:
                 self._save_state()
         if bar is not None:
             bar.close()
-        seconds = time.perf_counter() - t0
+        seconds = self.epoch_seconds
         loss_sum, correct, n = distributed.all_sum(ctx, *sums.tolist())
         test_loss, test_acc = self.evaluate()
         row = dict(epoch=self.epoch + 1, step=self.step, lr=self.scheduler.get_last_lr()[0],
@@ -367,12 +441,16 @@ class _Run:
             correct += (logits.argmax(1) == y).sum().item()
             n += len(y)
         self.eval_net.train()
-        return loss_sum / max(n, 1), correct / max(n, 1)
+        if n == 0:  # no test image (or none readable): nothing was measured, and 0.0 would read as a result
+            return math.nan, math.nan
+        return loss_sum / n, correct / n
 
     # ---- state
 
     def _save_state(self) -> None:
+        """Checkpoint the run (every rank calls this at the same step; rank 0 writes)."""
         self._last_save = time.perf_counter()
+        epoch_sums = distributed.all_sum(self.ctx, *self.epoch_sums.tolist())  # the whole epoch so far, all ranks
         if not self.ctx.is_main:
             return
         state = {
@@ -390,17 +468,30 @@ class _Run:
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "metrics": self.log.rows,
+            "epoch_sums": epoch_sums,
+            "epoch_seconds": self.epoch_seconds,
         }
-        atomic_write(self.out / STATE_FILE, lambda tmp: torch.save(state, tmp))
+        atomic_write(self.out / STATE_FILE, lambda tmp: _save_torch(state, tmp))
 
     def _load_state(self) -> None:
         path = self.out / STATE_FILE
         try:
             state = torch.load(path, map_location=self.ctx.device, weights_only=True)
-        except Exception as err:
-            raise ConfigMismatchError(f"{path}: cannot read the training state ({err})") from err
+        except OSError:
+            raise
+        except Exception as err:  # torch reports a damaged or unsafe file with many types; all mean "unusable"
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise RunDirectoryError(f"{path} cannot be resumed: it is not a readable training state ({reason}); the "
+                                    "run's weights are in best.safetensors and last.safetensors if it wrote them"
+                                    ) from err
+        missing = sorted(STATE_KEYS - set(state)) if isinstance(state, dict) else sorted(STATE_KEYS)
+        if missing:
+            raise RunDirectoryError(f"{path} is not a convnets training state (it has no {', '.join(missing)})")
         if state["model_name"] != self.cfg.model:
             raise ConfigMismatchError(f"{path} is a run of {state['model_name']}, not {self.cfg.model}")
+        if state["epoch"] > self.cfg.epochs:
+            raise ConfigMismatchError(f"--epochs {self.cfg.epochs}: {self.out} has finished {state['epoch']} epochs "
+                                      "already; give at least that many")
         from convnets.weights import check_state_dict
 
         check_state_dict(self.model, state["model"], source=f"checkpoint {path}")
@@ -413,6 +504,9 @@ class _Run:
         torch.set_rng_state(state["rng"].cpu())
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        if self.ctx.is_main and "epoch_sums" in state:  # the sums of all ranks, counted once, on rank 0
+            self.epoch_sums = torch.tensor(state["epoch_sums"], dtype=torch.float64, device=self.ctx.device)
+            self.epoch_seconds = state["epoch_seconds"]
         self.log.restore(state["metrics"])
         self._say(f"resumed {self.out} at epoch {self.epoch + 1}, batch {self.position} (step {self.step})")
 
@@ -473,18 +567,99 @@ class _stop_on_signals:
             signal.signal(sig, handler)
 
 
-def _resumed_config(config: TrainConfig, out: Path) -> TrainConfig:
-    """The saved config of the run in ``out``; only ``epochs`` and ``max_steps`` may change."""
-    saved = out / "config.json"
-    if not (out / STATE_FILE).exists() or not saved.exists():
-        raise FileNotFoundError(f"nothing to resume in {out}: no {STATE_FILE} there")
-    values = json.loads(saved.read_text())
-    if values["model"] != config.model:
-        raise ConfigMismatchError(f"{out} is a run of {values['model']}, not {config.model}")
-    values.update(resume=True, max_steps=config.max_steps, progress=config.progress, device=config.device)
-    if config.epochs is not None:
-        values["epochs"] = config.epochs
-    return TrainConfig(**values)
+def _resumed_config(config: TrainConfig, out: Path, given_names: Collection[str] = ()
+                    ) -> tuple[TrainConfig, dict[str, tuple[Any, Any]]]:
+    """The configuration of the run in ``out``, with the changes a resume may make (:data:`RESUME_MAY_CHANGE`).
+
+    A field counts as given when named in ``given_names`` or when it differs from
+    :class:`TrainConfig`'s default. A given field that defines the run and differs from the run's
+    value is refused, naming each such option with both values.
+
+    Returns:
+        The configuration to continue with, and the fields it changes as ``{name: (old, new)}``.
+    """
+    saved = _saved_config(out)
+    if saved.get("model") != config.model:
+        raise ConfigMismatchError(f"{out} is a run of {saved.get('model')}, not {config.model}")
+    defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in config.to_dict().items()
+             if k not in ("model", "out", "resume") and (k in given_names or v != defaults[k])}
+    conflicts = [f"{_option(k)} {_show(v)} (the run has {_show(saved.get(k))})" for k, v in given.items()
+                 if k not in RESUME_MAY_CHANGE and not _same(saved.get(k), v)]
+    if conflicts:
+        raise ConfigMismatchError(f"cannot resume {out} with other settings than it began with: "
+                                  f"{'; '.join(conflicts)}. Resume without them, or start a new run with another "
+                                  f"--out (may change on resume: {', '.join(map(_option, RESUME_MAY_CHANGE))})")
+    values = {**saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE},
+              "max_steps": config.max_steps, "resume": True, "out": str(out)}
+    changed = {k: (saved.get(k), values[k]) for k in RESUME_MAY_CHANGE if not _same(saved.get(k), values[k])}
+    return TrainConfig(**values), changed
+
+
+def _saved_config(out: Path) -> dict[str, Any]:
+    """The fields of ``out/config.json`` of a run that has a checkpoint to resume."""
+    path = out / "config.json"
+    if not (out / STATE_FILE).exists():
+        why = " (the run stopped before its first checkpoint: start it again without --resume)" if path.exists() else ""
+        raise FileNotFoundError(f"nothing to resume in {out}: no {STATE_FILE} there{why}")
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise RunDirectoryError(f"{path} is missing: the run's configuration is needed to resume it") from err
+    except ValueError as err:  # a truncated or hand-edited file
+        raise RunDirectoryError(f"{path} is damaged ({err}): it cannot be resumed until the file is repaired") from err
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(values, dict) or "model" not in values or not set(values) <= known:
+        unknown = sorted(set(values) - known) if isinstance(values, dict) else type(values).__name__
+        raise RunDirectoryError(f"{path} is not a convnets run configuration (unexpected: {unknown})")
+    return values
+
+
+# Options whose command-line spelling is not the field's name with dashes.
+_OPTIONS = {"num_workers": "--workers", "model_kwargs": "--model-arg", "progress": "--no-progress"}
+
+
+def _option(field_name: str) -> str:
+    return _OPTIONS.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "none"
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else str(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, as JSON would store them, or two spellings of one existing path (``data/`` and ``./data``)."""
+    if a == b or json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str):
+        return True
+    paths = [Path(v).expanduser() for v in (a, b) if isinstance(v, str) and v]
+    return len(paths) == 2 and all(p.exists() for p in paths) and paths[0].resolve() == paths[1].resolve()
+
+
+def _save_torch(obj: Any, path: str) -> None:
+    """``torch.save`` through a Python file: then a full disk is an OSError, not a RuntimeError of torch's writer."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def fit_batch(batch_size: int, images: int, world_size: int = 1) -> int:
+    """The batch size for ``images`` training images over ``world_size`` processes: ``batch_size``, or the
+    whole training set (per process) when that is smaller.
+
+    Training drops the last incomplete batch of an epoch (and, distributed, the uneven tail), so a
+    training set smaller than one batch would make no batch at all; like Keras and timm, the batch
+    shrinks to the data instead.
+
+    Raises:
+        ConfigMismatchError: fewer images than processes.
+    """
+    per_process = images // world_size
+    if per_process == 0:
+        raise ConfigMismatchError(f"{images} training images cannot give each of {world_size} processes one: "
+                                  "use more data or fewer processes")
+    return min(batch_size, per_process)
 
 
 def _probe_model(name: str, model_kwargs: dict[str, Any]) -> ConvNet:

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
+
+from convnets.weights import atomic_write
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write a text file atomically: a kill or a full disk leaves the previous version, and the error names ``path``."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 class MetricsLog:
@@ -27,14 +35,13 @@ class MetricsLog:
     def _write(self) -> None:
         if not self.enabled:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "metrics.jsonl", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in self.rows)
+        write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
         if self.rows:
-            with open(self.out / "metrics.csv", "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(self.rows[0]))
-                writer.writeheader()
-                writer.writerows(self.rows)
+            table = io.StringIO(newline="")
+            writer = csv.DictWriter(table, fieldnames=list(self.rows[0]))
+            writer.writeheader()
+            writer.writerows(self.rows)
+            write_text(self.out / "metrics.csv", table.getvalue())
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> Path | None:
@@ -58,7 +65,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> Path | No
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 
@@ -87,6 +94,4 @@ def write_report(out: Path, cfg: Any, result: Any, rows: list[dict[str, Any]]) -
     ]
     if rows:
         lines += ["", "![learning curves](curves.png)"]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(out / "report.md", "\n".join(lines) + "\n")

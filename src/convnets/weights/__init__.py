@@ -20,6 +20,7 @@ from convnets.weights.io import (
     cached_download,
     download,
     remove_partials,
+    remove_stale_temporaries,
     sha256_of,
     try_lock,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "read_metadata",
     "read_state_dict",
     "remove_partials",
+    "remove_stale_temporaries",
     "save_weights",
     "sha256_of",
     "strip_wrapper_prefixes",

@@ -35,7 +35,7 @@ def save_weights(model: nn.Module, path: str | Path, metadata: Mapping[str, Any]
     weights that need it were loaded, e.g. torchvision's EfficientNet-B5), is recorded as
     ``bn_eps`` so that the file loads into the same network.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     import convnets
 
@@ -45,7 +45,8 @@ def save_weights(model: nn.Module, path: str | Path, metadata: Mapping[str, Any]
     if len(eps) == 1 and eps != {1e-5}:
         meta["bn_eps"] = json.dumps(eps.pop())
     meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
-    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    # Written by Python, not by safetensors' save_file, whose full-disk error is its own type, not an OSError.
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(save(state, metadata=meta)))
 
 
 def _check_file(path: Path) -> None:

@@ -14,6 +14,7 @@ progress bar, and an error that says what happened when the server is missing, s
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import http.client
 import logging
@@ -24,7 +25,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -81,27 +81,109 @@ def hash_matches(path: str | Path, expected: str) -> bool:
     return sha256_of(path).startswith(expected)
 
 
-def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
+def atomic_write(path: str | Path, write: Any) -> Path:
     """Write a file so that a crash at any moment leaves either the old file or the new one.
 
     ``write(tmp_path)`` writes the content; the temporary file is fsynced and renamed over
-    ``path`` (an atomic operation on POSIX and Windows), then the directory is fsynced.
+    ``path`` (an atomic operation on POSIX and Windows), then the directory is fsynced. A
+    temporary file left by a writer that died is removed by :func:`remove_stale_temporaries`;
+    while the write lasts, its temporary file is locked so that a live one is told apart.
+
+    Raises:
+        OSError: the disk is full, read-only or refuses the write; ``filename`` is ``path``
+            (not the temporary file), so the message names the file the user knows.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _naming(err, path) from err
+    try_lock(fd)  # a fresh file: nobody else holds it; kept open, and so locked, until the rename
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; a result file should not be
+        if fcntl is None:  # Windows cannot rename a file that is open
+            os.close(fd)
+            fd = -1
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _naming(err, path) from err
         raise
-    _fsync_dir(path.parent)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if hasattr(os, "O_DIRECTORY"):
+        dir_fd = os.open(path.parent, os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return path
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` naming ``path``: a write error from a buffer names no file, and the temporary file is not one the
+    user knows. An error that names another file (a parent directory that could not be made) is kept."""
+    named = Path(err.filename).name if err.filename else ""
+    if err.errno is None or (named and not named.startswith(f".{path.name}.")):
+        return err
+    return OSError(err.errno, err.strerror or str(err), str(path))
+
+
+# The temporary files of atomic_write: ".NAME.XXXXXXXX.tmp" (mkstemp's random part).
+_TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temporaries(directory: str | Path, names: str = "*") -> list[Path]:
+    """Remove the temporary files that interrupted :func:`atomic_write` calls left in ``directory``.
+
+    A temporary file still being written is locked by its writer and kept; one whose writer died
+    (the lock goes with the process) is removed. Returns the removed files.
+
+    Args:
+        directory: Where to look (not below).
+        names: Only temporaries of files whose names match this glob (``features-*.safetensors``):
+            in a directory shared with other tools, leave their files alone.
+    """
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for tmp in directory.iterdir():
+        match = _TEMPORARY.fullmatch(tmp.name)
+        if not match or not fnmatch.fnmatchcase(match[1], names) or not tmp.is_file():
+            continue
+        try:
+            fd = os.open(tmp, os.O_RDWR)
+        except FileNotFoundError:  # its writer just renamed it
+            continue
+        try:
+            if try_lock(fd):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def try_lock(fd: int) -> bool:
+    """Take an exclusive advisory lock on an open file without waiting; False when another process holds it.
+
+    The operating system releases the lock when the process ends, however it ends (kill -9
+    included). Where ``fcntl`` does not exist (Windows) nothing is locked and this returns True.
+    """
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _umask() -> int:
@@ -262,21 +344,6 @@ def _abandoned(part: Path) -> bool:
             return try_lock(f.fileno())
     except FileNotFoundError:  # finished or removed meanwhile
         return False
-
-
-def try_lock(fd: int) -> bool:
-    """Take an exclusive advisory lock on an open file without waiting; False when another process holds it.
-
-    The operating system releases the lock when the process ends, however it ends (kill -9
-    included). Where ``fcntl`` does not exist (Windows) nothing is locked and this returns True.
-    """
-    if fcntl is None:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def discard(path: Path) -> None:
