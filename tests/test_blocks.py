@@ -10,6 +10,7 @@ import convnets
 from convnets.analysis import count
 from convnets.layers import (
     ConvBNAct,
+    DepthwiseConv2d,
     InvertedResidual,
     SqueezeExcite,
     ZeroPadShortcut,
@@ -248,3 +249,22 @@ def test_conv_bn_act_names_read_as_paths() -> None:
     block = ConvBNAct(3, 8, 3, 2)
     assert list(dict(block.named_children())) == ["conv", "bn", "act"]
     assert block.conv.bias is None  # BatchNorm's shift replaces the bias
+
+
+def test_depthwise_convolutions_stay_fp32_under_cpu_autocast_and_dense_ones_do_not() -> None:
+    """Only depthwise layers opt out of bf16 (oneDNN's bf16 depthwise kernels are slow); weights and keys unchanged."""
+    block = ConvBNAct(8, 8, 3, 2, groups=8)
+    dense = ConvBNAct(8, 16, 3)
+    assert isinstance(block.conv, DepthwiseConv2d) and type(dense.conv) is nn.Conv2d
+    assert type(ConvBNAct(8, 16, 3, groups=8).conv) is nn.Conv2d  # grouped but not one filter per channel
+    assert list(block.state_dict()) == ["conv.weight", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
+                                        "bn.num_batches_tracked"]
+    x = torch.randn(2, 8, 9, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        depthwise_out, dense_out = block.conv(x.bfloat16()), dense.conv(x)
+    assert depthwise_out.dtype == torch.float32 and dense_out.dtype == torch.bfloat16
+    torch.testing.assert_close(depthwise_out, nn.functional.conv2d(x.bfloat16().float(), block.conv.weight,
+                                                                  stride=2, padding=1, groups=8))
+    block.conv.fp32_under_autocast = False  # what autocast would do alone
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block.conv(x).dtype == torch.bfloat16

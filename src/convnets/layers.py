@@ -36,6 +36,25 @@ def relu() -> nn.Module:
     return nn.ReLU(inplace=True)
 
 
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise convolution (one filter per channel) that stays in fp32 under CPU autocast.
+
+    On CPUs with native bf16, oneDNN's bf16 depthwise kernels are several times slower than its fp32
+    ones (a stride-2 3x3 layer of MobileNet: 8-18x, ``benchmarks/bench_precision.py --depthwise``),
+    while its bf16 dense convolutions are faster. Left to autocast, ``--precision auto`` would slow
+    MobileNet and EfficientNet down; computing these few, cheap layers in fp32 keeps bf16's gain on the
+    rest. Everywhere else (no autocast, CUDA) it is an ``nn.Conv2d``; its weights and keys are the same.
+    """
+
+    fp32_under_autocast = True  # the benchmark sets it False on an instance to time autocast's own choice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp32_under_autocast and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
 class ConvBNAct(nn.Sequential):
     """conv -> BatchNorm -> activation, with "same" padding for odd kernels.
 
@@ -61,7 +80,8 @@ class ConvBNAct(nn.Sequential):
         padding = (kernel_size - 1) // 2 if padding is None else padding
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         bias = not norm if bias is None else bias
-        layers["conv"] = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
+        conv = DepthwiseConv2d if groups == in_channels == out_channels > 1 else nn.Conv2d
+        layers["conv"] = conv(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
         if norm:
             layers["bn"] = nn.BatchNorm2d(out_channels)
         if act is not None:
