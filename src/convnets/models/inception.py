@@ -213,12 +213,11 @@ class GoogLeNet(ConvNet):
     def forward(
         self, x: torch.Tensor, return_aux: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        self.check_input(x)
         if not return_aux:
             return self.forward_head(self.forward_features(x))
         if self.aux is None:
             raise ConfigError("this GoogLeNet was built with aux_logits=False: it has no auxiliary classifiers")
-        x = self.stem(x)
+        x = self.stem(self.prepare_input(x))
         aux_logits = []
         for stage in self.stages:
             for name, module in stage.named_children():
