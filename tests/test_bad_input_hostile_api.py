@@ -39,6 +39,11 @@ def lenet() -> convnets.ConvNet:
     return convnets.create_model("lenet5").eval()
 
 
+def meta_lenet() -> convnets.ConvNet:
+    with torch.device("meta"):
+        return convnets.create_model("lenet5")
+
+
 def raw_file(name: str, state: dict[str, torch.Tensor] | None = None, **meta: object) -> Callable[[Path], Path]:
     """A setup: ``tmp/name``, a safetensors file of ``state`` (random LeNet-5 weights) with DIGITS_META and ``meta``,
     written with safetensors itself (save_weights refuses what some cases need)."""
@@ -186,6 +191,13 @@ CASES = [
     Case("forward-head-other-channels", 3,
          call=lambda tmp: convnets.create_model("resnet20").forward_head(torch.randn(2, 32, 8, 8)),
          expect=r"\(N, 64, H, W\); got shape \(2, 32, 8, 8\)"),
+    # Forgetting model.eval() before predicting one small image: BatchNorm's ValueError said nothing of eval().
+    Case("forward-one-image-in-training-mode", 3,
+         call=lambda tmp: convnets.create_model("resnet20").train()(torch.randn(1, 3, 4, 4)),
+         expect=r"resnet20 is in training mode.*a batch of 1 4x4 image\(s\) leaves one value per channel: call "
+                r"model\.eval\(\) to predict"),
+    Case("list-models-not-a-pattern", 3, call=lambda tmp: convnets.list_models(None),
+         expect=r"a model pattern is a string such as 'resnet\*'; got None"),
     Case("reset-classifier-negative", 3, call=lambda tmp: lenet().reset_classifier(-1),
          expect=r"num_classes must be a whole number from 0 to 100,000.*got -1"),
     Case("reset-classifier-fraction", 3, call=lambda tmp: lenet().reset_classifier(2.5), expect=r"got 2\.5"),
@@ -203,6 +215,10 @@ CASES = [
          expect=r"got b'w\.safetensors' \(a path as bytes: decode it\)"),
     Case("weights-a-model", 3, call=lambda tmp: convnets.create_model("lenet5", weights=lenet()),
          expect=r"got a LeNet5 model: pass its state_dict\(\)"),
+    # PyTorch copies nothing into meta tensors (a warning per layer): the "loaded" model had no weights.
+    Case("weights-into-a-meta-model", 3, call=lambda tmp: load_weights(tmp / "w.safetensors", meta_lenet()),
+         expect=r"lenet5 is on the meta device \(shapes without values\): the weights of weights file "
+                r"w\.safetensors cannot go into it", setup=raw_file("w.safetensors")),
     Case("model-name-is-a-file", 3, call=lambda tmp: convnets.create_model("run/best.safetensors"),
          expect=r"Unknown model 'run/best\.safetensors'.*load_weights"),
     # ---- 3: files that are not weights, named for what they are

@@ -12,6 +12,8 @@ each written once, for every family.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -77,7 +79,23 @@ class ConvNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map after the last stage, (N, C, H, W); ``x`` is checked as :meth:`prepare_input` says."""
-        return self.stages(self.stem(self.prepare_input(x)))
+        x = self.prepare_input(x)
+        with self.one_value_per_channel_hint(x):
+            return self.stages(self.stem(x))
+
+    @contextlib.contextmanager
+    def one_value_per_channel_hint(self, x: torch.Tensor) -> Iterator[None]:
+        """Turn BatchNorm's refusal of a single value per channel (training mode, one small image) into advice."""
+        try:
+            yield
+        except ValueError as err:
+            if not (self.training and "more than 1 value per channel" in str(err)):
+                raise
+            label = self.name or type(self).__name__
+            raise InputShapeError(
+                f"{label} is in training mode, where BatchNorm normalises each channel over the batch, and a batch "
+                f"of {x.shape[0]} {x.shape[2]}x{x.shape[3]} image(s) leaves one value per channel: call model.eval() "
+                "to predict, or use batches of 2 or more (or larger images) to train") from err
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool and classify a feature map; ``pre_logits=True`` stops before the final linear layer.

@@ -217,13 +217,15 @@ class GoogLeNet(ConvNet):
             return self.forward_head(self.forward_features(x))
         if self.aux is None:
             raise ConfigError("this GoogLeNet was built with aux_logits=False: it has no auxiliary classifiers")
-        x = self.stem(self.prepare_input(x))
+        x = self.prepare_input(x)
         aux_logits = []
-        for stage in self.stages:
-            for name, module in stage.named_children():
-                x = module(x)
-                if name in self.aux:
-                    aux_logits.append(self.aux[name](x))
+        with self.one_value_per_channel_hint(x):
+            x = self.stem(x)
+            for stage in self.stages:
+                for name, module in stage.named_children():
+                    x = module(x)
+                    if name in self.aux:
+                        aux_logits.append(self.aux[name](x))
         return self.forward_head(x), aux_logits
 
 

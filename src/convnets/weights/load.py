@@ -280,6 +280,11 @@ def load(source: Source, model: nn.Module | None = None, *, model_name: str | No
         logger.warning("%s: the weights are for %s; loading them into %s", ckpt.label, ckpt.model_name, model.name)
     state, notes = _fit(model, ckpt, new_head)
     into_meta = any(t.is_meta for t in model.state_dict().values())
+    if into_meta and not all(v.is_meta for v in ckpt.state.values()):
+        # PyTorch would copy nothing into a meta tensor and warn once per layer: a "loaded" model without weights.
+        raise WeightsError(f"{getattr(model, 'name', '') or type(model).__name__} is on the meta device (shapes "
+                           f"without values): the weights of {ckpt.label} cannot go into it; build the model on a "
+                           "real device, or let load() build it")
     check_values({k: v for k, v in state.items() if k in ckpt.state}, ckpt.label, into_meta=into_meta)
     model.load_state_dict(state)
     notes += _apply_training_settings(model, ckpt)
