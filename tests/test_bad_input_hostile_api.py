@@ -605,6 +605,15 @@ def test_cost_that_is_partly_countable_says_which(capsys: pytest.CaptureFixture[
     assert "more multiplications: a bottleneck this wide saves nothing" in out
 
 
+def test_huge_counts_get_their_own_unit(capsys: pytest.CaptureFixture[str]) -> None:
+    """A summary for a batch of 10^11 printed "4055104.00T"."""
+    from convnets.analysis.formatting import human
+
+    assert human(4_055_104 * 10**12) == "4.06E" and human(2 * 10**15) == "2.00P" and human(3 * 10**12) == "3.00T"
+    status, out, _ = run_cli(["summary", "resnet20", "--batch", str(10**11)], capsys)
+    assert status == 0 and "MACs:   4.06E (4,055,104,000,000,000,000) for a batch of 100000000000" in out
+
+
 def test_an_http_url_in_capitals_is_a_url(tmp_path: Path) -> None:
     """'HTTP://...' was refused: 'only local paths and http(s) URLs are supported'."""
     with pytest.raises(convnets.weights.DownloadError, match=r"cannot download HTTP://127\.0\.0\.1:9/w\.pth"):

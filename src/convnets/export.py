@@ -49,7 +49,11 @@ def _require_onnxruntime():
 
 
 class _Logits(nn.Module):
-    """The model without its Python-side input check, which tracing would freeze into constants."""
+    """The model's logits, ``forward_head(forward_features(x))``, without GoogLeNet's ``return_aux`` branch.
+
+    The input check inside ``forward_features`` only reads the traced input's shape and type in
+    Python and adds no operation to the graph, whose batch dimension stays dynamic.
+    """
 
     def __init__(self, model: ConvNet) -> None:
         super().__init__()
