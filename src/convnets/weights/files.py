@@ -51,8 +51,9 @@ def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | Path
     raw = model.state_dict() if isinstance(model, nn.Module) else tensors_of(model, "state dict")
     state = {k: v.detach().contiguous().cpu() for k, v in raw.items()}
     meta = {"format": "pt", "convnets": convnets.__version__}
-    eps = {m.eps for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)} if isinstance(
-        model, nn.Module) else set()
+    eps = set()
+    if isinstance(model, nn.Module):
+        eps = {m.eps for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     if len(eps) == 1 and eps != {1e-5}:
         meta["bn_eps"] = json.dumps(eps.pop())
     for key, value in (metadata or {}).items():
@@ -63,9 +64,9 @@ def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | Path
         except (TypeError, ValueError) as err:  # an object JSON has no form for, or a circular one
             raise ConfigError(f"cannot save {path}: metadata field {key!r} = {_short(value)} is not JSON "
                               "(numbers, strings, lists, dicts)") from err
-    decoded = {k: json.loads(v) if k in _JSON_FIELDS or k in (metadata or {}) else v for k, v in meta.items()}
-    check_metadata(decoded, f"cannot save {path}", {k: tuple(v.shape) for k, v in state.items() if k.startswith(
-        "head.fc.")})
+    decoded = {k: json.loads(v) for k, v in meta.items() if k not in ("format", "convnets")}  # as read back
+    check_metadata(decoded, f"cannot save {path}", {k: tuple(v.shape) for k, v in state.items()
+                                                    if k.startswith("head.fc.")})
     # Written by Python, not by safetensors' save_file, whose full-disk error is its own type, not an OSError.
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(save(state, metadata=meta)))
 
