@@ -245,7 +245,7 @@ def test_alexnet_at_32_without_small_input_says_what_to_change() -> None:
     ("name", "shape", "message"),
     [
         ("resnet18", (3, 224, 224), r"resnet18 expects a batch of images \(N, 3, H, W\).*x.unsqueeze\(0\)"),
-        ("resnet18", (2, 1, 64, 64), r"resnet18 expects \(N, 3, H, W\) with H, W >= 32.*1 channels.*in_chans=1"),
+        ("resnet18", (2, 1, 64, 64), r"resnet18 expects \(N, 3, H, W\) with H, W >= 32.*1 channel;.*in_chans=1"),
         ("lenet5", (2, 1, 28, 28), r"lenet5 expects \(N, 1, 32, 32\).*28x28 images; resize or pad them to 32x32"),
         ("resnet20", (2, 3, 2, 2), r"resnet20 expects .*2x2 images, smaller than its minimum 4x4"),
     ],

@@ -56,7 +56,7 @@ class UnknownModelError(ConvnetsError, KeyError):
 
 
 class InputShapeError(ConvnetsError, ValueError):
-    """An input whose shape the model cannot take; the message names the expected shape."""
+    """An input the model cannot take (its shape, type or device); the message names what it expects."""
 
 
 class TrainingDiverged(ConvnetsError, RuntimeError):

@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,10 +134,18 @@ class Member:
 
 def weights_path(source: str | Path) -> Path:
     """The weights file of a run directory (its ``best.safetensors``) or ``source`` itself when it is a file."""
+    if not isinstance(source, str | os.PathLike):
+        got = f"a {type(source).__name__} model" if isinstance(source, nn.Module) else repr(source)
+        raise ConfigError(f"a model to evaluate is a run directory or a weights file saved by convnets, got {got}"
+                          + (" (save it with convnets.weights.save_weights(model, PATH, metadata))"
+                             if isinstance(source, nn.Module) else ""))
     path = Path(source)
     if path.is_dir():
         if (path / "best.safetensors").is_file():
             return path / "best.safetensors"
+        if (path / "last.safetensors").is_file():  # not taken in its place: the user asked for the run's best
+            raise RunDirectoryError(f"{source}: the run has no best.safetensors (removed?) but has last.safetensors, "
+                                    f"the weights of its last epoch: give {path / 'last.safetensors'} to use those")
         why = ("a run stopped before its first epoch ended has no weights yet" if (path / "config.json").is_file()
                else "it is not a convnets run")
         raise RunDirectoryError(f"{source}: a directory without best.safetensors ({why}); give a run directory "
@@ -161,7 +171,7 @@ def trained_data(source: str | Path, meta: dict) -> tuple[str, str | None]:
     config = Path(source) / "config.json"
     if config.is_file():
         try:
-            values = json.loads(config.read_text())
+            values = json.loads(config.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             values = {}
         if isinstance(values, dict) and isinstance(values.get("data"), str):
@@ -357,7 +367,13 @@ def member_probabilities(member: Member, dataset: Dataset, *, views: str, batch_
     if not labels:
         raise DataError(f"{dataset.source or dataset.name}: no test image could be read "
                         f"({len(loader.bad_files)} unreadable files)")
-    return torch.cat(probs), torch.cat(labels), model_seconds, total_seconds, list(loader.bad_files)
+    probs = torch.cat(probs)
+    broken = int((~torch.isfinite(probs).all(1)).sum())
+    if broken:  # argmax would still pick a class for them: an accuracy that means nothing
+        raise DataError(f"{member.name} gives NaN or infinite outputs for {broken} of {len(probs)} test images of "
+                        f"{dataset.source or dataset.name}: images with NaN or infinite pixels (float TIFFs?), or "
+                        "values beyond what the model's number type holds")
+    return probs, torch.cat(labels), model_seconds, total_seconds, list(loader.bad_files)
 
 
 def _test_data(member: Member, data: str, data_dir: str | None, given: bool) -> Dataset:
@@ -406,7 +422,8 @@ def evaluate(sources: str | Path | Sequence[str | Path], data: str | None = None
         ConfigError: an argument out of its range; members or data that do not fit together.
         FileNotFoundError, RunDirectoryError, WeightsError, DataError: a source or the data cannot be used.
     """
-    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    one = isinstance(sources, str | os.PathLike | nn.Module) or not isinstance(sources, Iterable)
+    sources = [sources] if one else list(sources)
     if not sources:
         raise ConfigError("evaluate needs at least one run directory or weights file")
     if views not in TTA_VIEWS:
@@ -415,6 +432,8 @@ def evaluate(sources: str | Path | Sequence[str | Path], data: str | None = None
         raise ConfigError(f"combine must be one of {', '.join(COMBINE)}, got {combine!r}")
     batch_size, top_k = check_whole(batch_size, "batch_size"), check_whole(top_k, "top_k")
     member_weights = ensemble_weights(weights, len(sources))
+    for source in sources:  # each one exists and is a run or a file before the first is loaded
+        weights_path(source)
     dev = resolve_device(device)
     members = [load_member(s, dev) for s in sources]
     classes = check_same_classes(members)
@@ -453,7 +472,7 @@ REPORT_FILES = ("evaluation.txt", "evaluation.json", "confusion.png")
 def _is_our_report(directory: Path) -> bool:
     """Whether ``directory/evaluation.json`` was written by :func:`write_report` (it vouches for the others)."""
     try:
-        payload = json.loads((directory / "evaluation.json").read_text())
+        payload = json.loads((directory / "evaluation.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(payload, dict) and {"views", "combine", "classes", "results"} <= payload.keys()
@@ -483,9 +502,9 @@ def write_report(report: EvalReport, out: str | Path) -> Path:
     # The JSON first: it vouches for the other two as ours, so a run stopped between the files
     # can be re-run into the same directory.
     payload = json.dumps(report.to_dict(), indent=2) + "\n"
-    atomic_write(out / "evaluation.json", lambda tmp: Path(tmp).write_text(payload))
+    atomic_write(out / "evaluation.json", lambda tmp: Path(tmp).write_text(payload, encoding="utf-8"))
     text = report.table() + "\n\n" + report.confusion_text() + "\n"
-    atomic_write(out / "evaluation.txt", lambda tmp: Path(tmp).write_text(text))
+    atomic_write(out / "evaluation.txt", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     plot_confusion(result.scores.confusion, report.classes, out / "confusion.png", result.name)
     return out
 
@@ -509,7 +528,10 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, titl
     ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(n), classes, fontsize=8)
     ax.set(xlabel="predicted", ylabel="true", title=f"{title}: confusion matrix")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    with warnings.catch_warnings():
+        # Class names in a script the font lacks (CJK) are drawn as boxes; the text report has them.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.tight_layout()
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path

@@ -49,7 +49,11 @@ def _require_onnxruntime():
 
 
 class _Logits(nn.Module):
-    """The model without its Python-side input check, which tracing would freeze into constants."""
+    """The model's logits, ``forward_head(forward_features(x))``, without GoogLeNet's ``return_aux`` branch.
+
+    The input check inside ``forward_features`` only reads the traced input's shape and type in
+    Python and adds no operation to the graph, whose batch dimension stays dynamic.
+    """
 
     def __init__(self, model: ConvNet) -> None:
         super().__init__()
@@ -166,7 +170,11 @@ def _check_batch(images: object, name: str) -> torch.Tensor:
         is_tensor = isinstance(images, torch.Tensor)
         got = f"shape {tuple(images.shape)} {images.dtype}" if is_tensor else type(images).__name__
         raise ConfigError(f"{name} must be a float batch of images (N, C, H, W) with N >= 1, got {got}")
-    return images.detach().cpu().float()
+    images = images.detach().cpu().float()
+    if not torch.isfinite(images).all():  # a comparison or an int8 range of NaN means nothing
+        raise ConfigError(f"{name} hold NaN or infinite values ({int((~torch.isfinite(images)).sum())} of "
+                          f"{images.numel()}); give real images")
+    return images
 
 
 def export_onnx(model: ConvNet, path: str | Path, check_inputs: torch.Tensor, *, opset: int = 17,
@@ -196,7 +204,7 @@ def export_onnx(model: ConvNet, path: str | Path, check_inputs: torch.Tensor, *,
     check_export_targets(path)
     # A copy in eval mode: the exporter runs the module it is given, and a module left in training
     # mode would update the user's BatchNorm statistics while being traced.
-    model = copy.deepcopy(model).cpu().eval()
+    model = copy.deepcopy(model).cpu().float().eval()  # the fp32 export, whatever the type it was trained in
     model.check_input(check_inputs)
     with torch.no_grad():
         expected = model(check_inputs)
@@ -257,6 +265,10 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: torc
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"{onnx_path}: no such ONNX file to quantize")
+    if out_path.resolve() == onnx_path.resolve():
+        raise ConfigError(f"{out_path}: the int8 model would replace the fp32 model it is made from; give another "
+                          "output path")
+    _check_quantizable(onnx_path, calibration)
     check_export_targets(out_path)
     batches = [b.numpy().astype(np.float32) for b in calibration.split(batch_size)]
     with _staging(out_path.parent) as tmp:
@@ -270,6 +282,28 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: torc
         _mark(staged, quantized="int8")
         os.replace(staged, out_path)
     return out_path
+
+
+def _check_quantizable(path: Path, calibration: torch.Tensor) -> None:
+    """Refuse, before any work, a file that is not an fp32 ONNX model, or calibration images it does not take.
+
+    Raises:
+        ConfigError: not an ONNX model, one quantized already, or images of another (C, H, W) than its input.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (OSError, ValueError, DecodeError) as err:
+        raise ConfigError(f"{path}: not an ONNX model ({str(err).splitlines()[0][:120]})") from err
+    if any(prop.key == "quantized" for prop in proto.metadata_props) or any(
+            node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in proto.graph.node):
+        raise ConfigError(f"{path} is quantized already: quantize the fp32 export (MODEL.onnx)")
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] if proto.graph.input else []
+    if len(dims) == 4 and all(dims[1:]) and tuple(dims[1:]) != tuple(calibration.shape[1:]):
+        raise ConfigError(f"the calibration images are {'x'.join(map(str, calibration.shape[1:]))}; {path.name} "
+                          f"takes {'x'.join(map(str, dims[1:]))} (C x H x W)")
 
 
 def median_latency_ms(fn: Callable[[], object], *, repeats: int = 30, warmup: int = 5,

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convnets.errors import ConfigError
+from convnets.registry import BUILDER_ARGUMENTS  # the builders' rule for num_classes
 
 ActFactory = Callable[[], nn.Module]
 
@@ -211,9 +212,12 @@ class ClassifierHead(nn.Module):
         self.reset(num_classes)
 
     def reset(self, num_classes: int) -> None:
-        """Put a freshly initialised final layer with ``num_classes`` outputs (0: identity)."""
-        if num_classes < 0:
-            raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
+        """Put a freshly initialised final layer with ``num_classes`` outputs (0: identity).
+
+        Raises:
+            ConfigError: ``num_classes`` is not a whole number from 0 to the registry's largest classifier.
+        """
+        BUILDER_ARGUMENTS["num_classes"].check("num_classes", num_classes)
         like = next(self.hidden.parameters(), None) if len(self.hidden) else None
         like = like if like is not None else next(self.fc.parameters(), None)
         fc = self._classifier(self.num_features, num_classes) if num_classes else nn.Identity()

@@ -10,8 +10,10 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convnets.checks import FLAG, Rule, choice, number, whole
@@ -114,15 +116,37 @@ def _canonical(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
+def _loose(name: str) -> str:
+    """A name without case, spaces, dashes or underscores: "LeNet-5", "ResNet 50" and "mobilenetv2" as users
+    write the papers' names."""
+    return "".join(ch for ch in name.lower() if ch not in " -_")
+
+
+def _lookup(name: str) -> str | None:
+    """The registered name ``name`` means: the same up to case and dashes, else up to spaces and separators too
+    when that names exactly one model."""
+    key = _canonical(name)
+    if key in _REGISTRY:
+        return key
+    matches = [n for n in _REGISTRY if _loose(n) == _loose(name)]
+    return matches[0] if len(matches) == 1 else None
+
+
 def unregister_model(name: str) -> None:
     """Remove a model registered for a while (an experiment's own variant); unknown names are ignored."""
     _REGISTRY.pop(_canonical(name), None)
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style pattern, e.g. ``list_models("resnet*")``."""
+    """Registered model names matching a shell-style pattern, e.g. ``list_models("resnet*")``.
+
+    Case, dashes and underscores are ignored as in :func:`model_entry` (``"ResNet-5*"``, ``"mobilenetv*"``).
+    """
     _load_families()
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, _canonical(pattern)))
+    if not isinstance(pattern, str):
+        raise ConfigError(f"a model pattern is a string such as 'resnet*'; got {pattern!r}")
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, _canonical(pattern))
+                  or fnmatch.fnmatchcase(_loose(n), _loose(pattern)))
 
 
 def model_entry(name: str) -> ModelEntry:
@@ -130,46 +154,49 @@ def model_entry(name: str) -> ModelEntry:
     _load_families()
     if not isinstance(name, str):
         raise UnknownModelError(f"a model is named by a string (`convnets list` shows them); got {name!r}")
-    key = _canonical(name)
-    if key not in _REGISTRY:
-        close = difflib.get_close_matches(key, _REGISTRY, n=4, cutoff=0.6)
+    key = _lookup(name)
+    if key is None:
+        close = difflib.get_close_matches(_canonical(name), _REGISTRY, n=4, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        if Path(name).suffix or "/" in name:
+            hint += " (a weights file or run is loaded with convnets.weights.load_weights)"
         raise UnknownModelError(f"Unknown model {name!r}.{hint} `convnets list` shows all {len(_REGISTRY)} models.")
     return _REGISTRY[key]
 
 
-def create_model(name: str, weights: str | None = None, **kwargs) -> ConvNet:
+def create_model(name: str, weights: str | os.PathLike[str] | Mapping[str, Any] | None = None, **kwargs) -> ConvNet:
     """Build a registered model: ``create_model("resnet50", num_classes=3, in_chans=1)``.
 
     Every builder accepts ``num_classes`` and ``in_chans``; family-specific options (``width``,
     ``shortcut``, ``small_input``...) are documented on each builder.
 
     Args:
-        name: registered name (``convnets list``); ``-`` and case are ignored.
-        weights: a registered tag (``"fashion-mnist"``, ``"imagenet"``), a weights file or a URL.
-            The tag's builder arguments (input channels, ``small_input``...) are used unless
-            given here; another ``num_classes`` replaces the classifier with a printed line.
+        name: registered name (``convnets list``); case and ``-`` are ignored, and spaces and ``_`` too
+            where that names one model (``"LeNet-5"``, ``"ResNet 50"``).
+        weights: a registered tag (``"fashion-mnist"``, ``"imagenet"``), a weights file, run
+            directory, URL or state dict. The builder arguments the weights were trained with (the
+            tag's, or a file's metadata: classes, input channels, ``small_input``...) are used
+            unless given here; another ``num_classes`` replaces the classifier with a logged line.
 
     Raises:
         UnknownModelError: ``name`` is not registered (the message suggests close names).
         UnknownArgumentError: an argument the builder does not take (the message lists those it takes).
         ConfigError: an argument value out of its range (see :data:`BUILDER_ARGUMENTS`).
+        WeightsError: weights that cannot be read or do not fit (see :func:`convnets.weights.load`).
     """
     entry = model_entry(name)
-    spec = None
-    if weights is not None and _is_tag(weights):
-        from convnets.weights import get_weights
-
-        spec = get_weights(entry.name, weights)
-        kwargs = {"num_classes": spec.num_classes, "in_chans": spec.input_size[0], **spec.model_kwargs, **kwargs}
     check_arguments(entry.name, kwargs)
-    model = entry.builder(**kwargs)
-    model.name = entry.name
-    if weights is not None:
-        from convnets.weights import load_pretrained
+    if weights is None:
+        model = entry.builder(**kwargs)
+        model.name = entry.name
+        return model
+    from convnets.weights import get_weights, is_tag, load
 
-        load_pretrained(model, weights)
-        model.pretrained = spec
+    # One loading path: the model is built by load(), with the arguments the weights were trained
+    # with (a tag's, or a file's metadata and first convolution) unless given here, so that
+    # create_model(name, weights=file) is the model load_weights(file) gives.
+    model = load(weights, model_name=entry.name, **kwargs)
+    model.pretrained = get_weights(entry.name, weights) if is_tag(weights) else None
     return model
 
 
@@ -196,12 +223,6 @@ def check_arguments(name: str, kwargs: dict[str, Any], *, hide: tuple[str, ...] 
             raise UnknownArgumentError(f"{entry.name} takes no argument {key!r}{hint}; it takes {listed}")
         if key in BUILDER_ARGUMENTS:
             BUILDER_ARGUMENTS[key].check(key, value, where=f"{entry.name}: ")
-
-
-def _is_tag(weights: str) -> bool:
-    from convnets.weights import is_tag
-
-    return is_tag(weights)
 
 
 def _load_families() -> None:

@@ -106,8 +106,17 @@ class CostReport:
         table = render_table(
             ["", "formula", "value", "counted", "check"], rows, [False, False, True, True, False], "  "
         )
-        verdict = "all formulas match" if self.ok else "MISMATCH between formula and count"
-        check = f"Check: {verdict} {self.counted_as}."
+        uncounted = sum(line.counted is None for line in self.lines)
+        too_large = "beyond what a PyTorch tensor can describe (2^63 bytes); the formulas are exact integer arithmetic"
+        if uncounted == len(self.lines):
+            check = f"Check: not counted: these sizes are {too_large}."
+        elif uncounted:
+            verdict = "match" if self.ok else "MISMATCH"
+            check = (f"Check: the {len(self.lines) - uncounted} counted formula(s) {verdict} {self.counted_as}; "
+                     f"{uncounted} not counted: {too_large}.")
+        else:
+            verdict = "all formulas match" if self.ok else "MISMATCH between formula and count"
+            check = f"Check: {verdict} {self.counted_as}."
         return "\n".join([self.title, "", *table, "", *self.notes, check])
 
 
@@ -182,8 +191,28 @@ class Conv:
         return f"{self.filters} filters {self.f}x{self.f}, padding {self.p}, stride {self.s}"
 
 
-def counted_macs(x: Volume, *convs: Conv) -> int:
-    """MACs of ``convs`` applied in sequence to ``x``, counted on real (meta-device) layers."""
+# The most bytes a PyTorch tensor can describe (its storage size is a signed 64-bit integer), in float32.
+_MAX_ELEMENTS = (2**63 - 1) // 4
+
+
+def _representable(x: Volume, *convs: Conv) -> bool:
+    """Whether every tensor of ``convs`` applied to ``x`` (input, weights, outputs) has a size PyTorch can hold."""
+    sizes = [x.h * x.w * x.c]
+    for conv in convs:
+        sizes.append(conv.filters * (x.c // conv.groups) * conv.f * conv.f)
+        x = conv.output(x)
+        sizes.append(x.h * x.w * x.c)
+    return max(sizes) <= _MAX_ELEMENTS
+
+
+def counted_macs(x: Volume, *convs: Conv) -> int | None:
+    """MACs of ``convs`` applied in sequence to ``x``, counted on real (meta-device) layers.
+
+    None where a tensor would be too large for PyTorch to describe at all (the formulas, exact
+    integer arithmetic, still hold): nothing is counted then.
+    """
+    if not _representable(x, *convs):
+        return None
     layers = []
     channels = x.c
     with torch.device("meta"):
@@ -193,8 +222,10 @@ def counted_macs(x: Volume, *convs: Conv) -> int:
     return count(nn.Sequential(*layers), input_size=(x.c, x.h, x.w)).macs
 
 
-def counted_output(x: Volume, conv: Conv) -> Volume:
-    """The output volume of a real ``nn.Conv2d`` run on the meta device."""
+def counted_output(x: Volume, conv: Conv) -> Volume | None:
+    """The output volume of a real ``nn.Conv2d`` run on the meta device (None: too large for PyTorch)."""
+    if not _representable(x, conv):
+        return None
     with torch.device("meta"):
         out = conv.module(x.c)(torch.empty(1, x.c, x.h, x.w))
     return Volume(out.shape[2], out.shape[3], out.shape[1])
@@ -207,7 +238,8 @@ def _conv_line(label: str, x: Volume, conv: Conv) -> CostLine:
 def output_size(n: int, f: int, p: int = 0, s: int = 1) -> CostReport:
     """``floor((n + 2p - f) / s) + 1``, checked against a real convolution's output."""
     size = conv_output_size(n, f, p, s)
-    got = counted_output(Volume(n, n, 1), Conv(1, f, p, s)).h
+    out = counted_output(Volume(n, n, 1), Conv(1, f, p, s))
+    got = None if out is None else out.h
     formula = f"floor((n + 2p - f)/s) + 1 = floor(({n} + 2*{p} - {f})/{s}) + 1"
     line = CostLine("output size", formula, size, got)
     note = f"A {f}x{f} filter, padding {p}, stride {s} maps {n}x{n} to {size}x{size}."
@@ -255,10 +287,10 @@ def inception_bottleneck(x: Volume, filters: int = 32, f: int = 5, bottleneck: i
         counted_macs(x, squeeze, big),
     )
     ratio = Fraction(total.value, naive.value)
-    notes = (
-        f"The bottleneck costs {float(ratio):.4f} of the naive conv ({naive.value / total.value:.1f}x fewer "
-        f"multiplications) for the same {big.output(x)} output.",
-    )
+    fewer = (f"{naive.value / total.value:.1f}x fewer multiplications" if ratio <= 1 else
+             f"{float(ratio):.1f}x more multiplications: a bottleneck this wide saves nothing")
+    notes = (f"The bottleneck costs {float(ratio):.4f} of the naive conv ({fewer}) for the same {big.output(x)} "
+             "output.",)
     title = f"Inception: {x} -> {filters} filters {f}x{f} 'same', directly vs through a 1x1 bottleneck of {bottleneck}"
     return CostReport(title, (naive, first, second, total), notes)
 

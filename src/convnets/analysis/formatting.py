@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from convnets.errors import ConfigError
 
-_UNITS = ((10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K"))
+_UNITS = ((10**18, "E"), (10**15, "P"), (10**12, "T"), (10**9, "G"), (10**6, "M"), (10**3, "K"))
 
 
 def human(n: int | float) -> str:

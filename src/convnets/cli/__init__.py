@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import re
 import sys
 
 from convnets.errors import ConvnetsError
@@ -39,6 +40,10 @@ def describe_os_error(err: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # A terminal whose locale cannot encode a class name ('Ü', 'T恤') prints it escaped, not a traceback.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
@@ -51,6 +56,26 @@ def main(argv: list[str] | None = None) -> int:
         return fail(args.command, str(err))
     except OSError as err:  # a missing file, a full or read-only disk, a refused connection
         return fail(args.command, describe_os_error(err))
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        return fail(args.command, f"out of memory: {describe_allocation(err)}; use a smaller batch size or input size")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """An allocation the machine refused (CPU or GPU), as opposed to a bug: too large a batch or input for it."""
+    import torch
+
+    return isinstance(err, MemoryError | torch.OutOfMemoryError) or "can't allocate memory" in str(err)
+
+
+def describe_allocation(err: BaseException) -> str:
+    """What could not be allocated, in one line: PyTorch's CPU message is a C++ assertion."""
+    tried = re.search(r"tried to allocate (\d+) bytes", str(err))
+    if tried:
+        return f"{int(tried[1]) / 2**30:.1f} GiB could not be allocated"
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else type(err).__name__
 
 
 def fail(command: str, message: str) -> int:

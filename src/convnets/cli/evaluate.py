@@ -49,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(args.sources, args.data, data_dir=args.data_dir, views=args.tta, combine=args.combine,
                       weights=args.ensemble_weights, batch_size=args.batch_size, top_k=args.top_k,
                       device=args.device)
+    write_report(report, out)  # before printing: output piped into `head` stops at the first print it closes
     print(report.table())
     print()
     print(report.confusion_text())
-    write_report(report, out)
     print(f"\nwrote {out}/evaluation.txt, evaluation.json, confusion.png")
     return 0

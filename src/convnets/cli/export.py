@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     check = data[0][:64] if data else torch.randn(8, *model.input_size)
     result = export_onnx(model, onnx_path, check)
     print(f"wrote {result.path}: max |ONNX - PyTorch| = {result.max_abs_diff:.2e} on {len(check)} "
-          f"{'test images' if data else 'random inputs'} (largest logit {result.max_logit:.2f})")
+          f"{'test images' if data else 'random inputs'} (largest {'logit' if model.num_classes else 'feature'} "
+          f"{result.max_logit:.2f})")
     x1 = check[:1]
     rows = [("PyTorch eager fp32", torch_latency_ms(model, x1), None),
             ("ONNX Runtime fp32", onnx_latency_ms(result.path, x1), None)]

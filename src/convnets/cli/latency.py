@@ -23,7 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=number(int, 1), nargs="+", default=[1, 32], help="batch sizes (default 1 32)")
     p.add_argument("--input", type=size_type(3, "CxHxW"), metavar="CxHxW",
                    help="input size (default: the model's input size)")
-    p.add_argument("--int8", action="store_true", help="also quantize (random calibration unless the run has data)")
+    p.add_argument("--int8", action="store_true",
+                   help="also quantize to int8 (calibrated on random inputs: latency does not depend on the values)")
     p.add_argument("--repeats", type=number(int, 1), default=20, help="timed runs per figure (default 20)")
     p.add_argument("--threads", type=int, help="CPU threads for both runtimes (default: all)")
     p.set_defaults(run=run)

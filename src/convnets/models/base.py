@@ -12,6 +12,8 @@ each written once, for every family.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -76,15 +78,44 @@ class ConvNet(nn.Module):
         return self.head.num_features
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The feature map after the last stage, (N, C, H, W)."""
-        return self.stages(self.stem(x))
+        """The feature map after the last stage, (N, C, H, W); ``x`` is checked as :meth:`prepare_input` says."""
+        x = self.prepare_input(x)
+        with self.one_value_per_channel_hint(x):
+            return self.stages(self.stem(x))
+
+    @contextlib.contextmanager
+    def one_value_per_channel_hint(self, x: torch.Tensor) -> Iterator[None]:
+        """Turn BatchNorm's refusal of a single value per channel (training mode, one small image) into advice."""
+        try:
+            yield
+        except ValueError as err:
+            if not (self.training and "more than 1 value per channel" in str(err)):
+                raise
+            label = self.name or type(self).__name__
+            raise InputShapeError(
+                f"{label} is in training mode, where BatchNorm normalises each channel over the batch, and a batch "
+                f"of {x.shape[0]} {x.shape[2]}x{x.shape[3]} image(s) leaves one value per channel: call model.eval() "
+                "to predict, or use batches of 2 or more (or larger images) to train") from err
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool and classify a feature map; ``pre_logits=True`` stops before the final linear layer."""
+        """Pool and classify a feature map; ``pre_logits=True`` stops before the final linear layer.
+
+        Raises:
+            InputShapeError: ``x`` is not a feature map of :meth:`forward_features`: (N, C, H, W) with
+                the last stage's C channels. Pooled features (N, C) are refused too: the head pools.
+        """
+        channels = self.stage_info[-1].channels
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
+            label = self.name or type(self).__name__
+            got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+            hint = ""
+            if isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[1] == self.num_features and self.num_classes:
+                hint = "; for pooled features (N, num_features), model.head.fc(x) gives the logits"
+            raise InputShapeError(f"{label}.forward_head takes the feature map of forward_features, (N, {channels}, "
+                                  f"H, W); got {got}{hint}")
         return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
         return self.forward_head(self.forward_features(x))
 
     def train(self, mode: bool = True) -> ConvNet:
@@ -108,8 +139,22 @@ class ConvNet(nn.Module):
         return f"(N, {c}, H, W) with H, W >= {m}"
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise :class:`InputShapeError` naming the expected shape, before any layer fails obscurely."""
+        """Raise :class:`InputShapeError` naming the expected input, before any layer fails obscurely.
+
+        Checks what does not depend on where the model is: a tensor, of a floating-point type, of
+        the expected shape (:meth:`prepare_input` also checks its device).
+        """
         label = self.name or type(self).__name__
+        if not isinstance(x, torch.Tensor):
+            module = type(x).__module__
+            kind = type(x).__qualname__ if module == "builtins" else f"{module}.{type(x).__qualname__}"
+            convert = "torch.from_numpy(x)" if module == "numpy" else "torch.as_tensor(x)"
+            raise InputShapeError(f"{label} takes a torch.Tensor of images {self.expected_shape()}, got a {kind}: "
+                                  f"convert it with {convert}")
+        if not x.is_floating_point():
+            # Not cast here: integer pixels (0-255) are not the normalised values the weights were trained on.
+            raise InputShapeError(f"{label} takes floating-point images, got {x.dtype}: convert them "
+                                  "(x.float() / 255 for 8-bit pixels) and normalise them as the model was trained")
         if x.dim() != 4:
             raise InputShapeError(
                 f"{label} expects a batch of images {self.expected_shape()}, got a {x.dim()}-d tensor "
@@ -118,7 +163,11 @@ class ConvNet(nn.Module):
         n, c, h, w = x.shape
         problem = None
         if c != self.in_chans:
-            problem = f"{c} channels; build it with in_chans={c} or convert the images"
+            problem = f"{c} channel{'s' * (c != 1)}"
+            if w == self.in_chans:  # (N, H, W, C): images as NumPy and PIL lay them out
+                problem += "; it looks like (N, H, W, C) images: x.permute(0, 3, 1, 2)"
+            else:
+                problem += f"; build it with in_chans={c} or convert the images"
         elif self.fixed_input_size is not None and (h, w) != self.fixed_input_size:
             problem = f"{h}x{w} images; resize or pad them to {self.fixed_input_size[0]}x{self.fixed_input_size[1]}"
         elif min(h, w) < self.min_input_size:
@@ -129,6 +178,25 @@ class ConvNet(nn.Module):
                 problem += "; resize them"
         if problem:
             raise InputShapeError(f"{label} expects {self.expected_shape()}, got {tuple(x.shape)}: {problem}.")
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` checked (:meth:`check_input`, and on the model's device) and in the model's floating-point type.
+
+        A float64 batch into a float32 model, or a float32 one into a half-precision model, is
+        cast to the model's type, as Keras layers do; PyTorch would refuse the mixture.
+
+        Raises:
+            InputShapeError: not a floating-point tensor of the expected shape, or on another device.
+        """
+        self.check_input(x)
+        weight = next(self.parameters(), None)
+        if weight is None:
+            return x
+        if x.device != weight.device:
+            label = self.name or type(self).__name__
+            raise InputShapeError(f"{label} is on {weight.device}, the input on {x.device}: move one of them, "
+                                  f"x.to('{weight.device}') or model.to('{x.device}')")
+        return x if x.dtype == weight.dtype else x.to(weight.dtype)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, in_chans={self.in_chans}, num_classes={self.num_classes}"

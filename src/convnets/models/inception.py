@@ -213,18 +213,19 @@ class GoogLeNet(ConvNet):
     def forward(
         self, x: torch.Tensor, return_aux: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        self.check_input(x)
         if not return_aux:
             return self.forward_head(self.forward_features(x))
         if self.aux is None:
             raise ConfigError("this GoogLeNet was built with aux_logits=False: it has no auxiliary classifiers")
-        x = self.stem(x)
+        x = self.prepare_input(x)
         aux_logits = []
-        for stage in self.stages:
-            for name, module in stage.named_children():
-                x = module(x)
-                if name in self.aux:
-                    aux_logits.append(self.aux[name](x))
+        with self.one_value_per_channel_hint(x):
+            x = self.stem(x)
+            for stage in self.stages:
+                for name, module in stage.named_children():
+                    x = module(x)
+                    if name in self.aux:
+                        aux_logits.append(self.aux[name](x))
         return self.forward_head(x), aux_logits
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from convnets.errors import ConvnetsError, WeightsError, WeightsMismatchError
+from convnets.errors import ConfigError, ConvnetsError, WeightsError, WeightsMismatchError
 from convnets.weights.io import atomic_write
 
 # The metadata fields convnets writes and reads, by the type each must have. Others are kept as they are.
@@ -28,23 +30,43 @@ MAX_SIDE = 16384  # largest input height/width a weights file may ask for
 MAX_CHANNELS = 1024  # most input channels (hyperspectral images have a few hundred)
 
 
-def save_weights(model: nn.Module, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
-    """Save ``model``'s state dict as safetensors (atomically) with JSON-encoded metadata.
+def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | Path,
+                 metadata: Mapping[str, Any] | None = None) -> Path:
+    """Save ``model``'s state dict (or a state dict) as safetensors (atomically) with JSON-encoded metadata.
 
     A BatchNorm eps other than PyTorch's 1e-5, shared by every BatchNorm layer (set when peer
     weights that need it were loaded, e.g. torchvision's EfficientNet-B5), is recorded as
-    ``bn_eps`` so that the file loads into the same network.
+    ``bn_eps`` so that the file loads into the same network. The metadata is checked as
+    :func:`read_metadata` will check it, so that no file is written that could not be read back.
+
+    Raises:
+        ConfigError: a metadata key that is not a string, or a value that is not JSON.
+        WeightsError: a metadata field :func:`read_metadata` would refuse (the message names it).
     """
     from safetensors.torch import save
 
     import convnets
 
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path = Path(path)
+    raw = model.state_dict() if isinstance(model, nn.Module) else tensors_of(model, "state dict")
+    state = {k: v.detach().contiguous().cpu() for k, v in raw.items()}
     meta = {"format": "pt", "convnets": convnets.__version__}
-    eps = {m.eps for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    eps = set()
+    if isinstance(model, nn.Module):
+        eps = {m.eps for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     if len(eps) == 1 and eps != {1e-5}:
         meta["bn_eps"] = json.dumps(eps.pop())
-    meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str):
+            raise ConfigError(f"cannot save {path}: metadata keys are strings, got {key!r}")
+        try:
+            meta[key] = json.dumps(value)
+        except (TypeError, ValueError) as err:  # an object JSON has no form for, or a circular one
+            raise ConfigError(f"cannot save {path}: metadata field {key!r} = {_short(value)} is not JSON "
+                              "(numbers, strings, lists, dicts)") from err
+    decoded = {k: json.loads(v) for k, v in meta.items() if k not in ("format", "convnets")}  # as read back
+    check_metadata(decoded, f"cannot save {path}", {k: tuple(v.shape) for k, v in state.items()
+                                                    if k.startswith("head.fc.")})
     # Written by Python, not by safetensors' save_file, whose full-disk error is its own type, not an OSError.
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(save(state, metadata=meta)))
 
@@ -58,6 +80,46 @@ def _check_file(path: Path) -> None:
         raise WeightsError(f"{path}: the file is empty (an interrupted download or copy?)")
 
 
+def file_format(path: str | Path) -> str:
+    """What a file holds, from its first bytes rather than its name: ``safetensors``, ``torch`` (a
+    ``torch.save`` checkpoint), ``zip`` (another archive), ``html``, ``json`` or ``unknown``."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[8:9] == b"{":  # a safetensors file: an 8-byte header length, then its JSON header
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format; NumPy's .npz is a zip too
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):  # a truncated checkpoint: torch.load will say so
+            return "torch"
+        return "torch" if any(n.endswith("data.pkl") for n in names) else "zip"
+    if head[:1] == b"\x80":  # a pickle: torch.save's legacy format
+        return "torch"
+    text = head.lstrip()
+    if text[:1] == b"<":
+        return "html"
+    if text[:1] in (b"{", b"["):
+        return "json"
+    return "unknown"
+
+
+_FORMAT_WORDS = {
+    "torch": "it is a PyTorch checkpoint, saved with torch.save; weights saved by convnets are .safetensors files "
+             "such as a run's best.safetensors",
+    "zip": "it is a zip archive that is not a PyTorch checkpoint, a NumPy .npz perhaps",
+    "html": "it is a web page (HTML), not weights: a login or error page saved in place of the file?",
+    "json": "it is JSON text, not weights: a run's config.json? Give the run directory or its best.safetensors",
+}
+
+
+def _format_words(path: Path, kind: str) -> str:
+    if kind == "unknown" and path.suffix == ".onnx":
+        return "it is an ONNX model; convnets reads PyTorch state dicts and safetensors files"
+    return _FORMAT_WORDS.get(kind, "damaged, truncated or another format")
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata stored with a safetensors weights file, decoded from JSON and checked.
 
@@ -69,6 +131,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     _check_file(path)
+    kind = file_format(path)
+    if kind != "safetensors":
+        raise WeightsError(f"{path}: not a readable safetensors file: {_format_words(path, kind)}")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
@@ -164,10 +229,11 @@ def _short(value: object) -> str:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file, or of a .pt/.pth file loaded without unpickling code.
+    """Tensors of a safetensors file, or of a ``torch.save`` file loaded without unpickling code.
 
-    A training checkpoint that nests the weights under ``"state_dict"`` or ``"model"`` (ours,
-    Lightning's, timm's train script's) gives the nested state dict.
+    The format is told by the file's content, not its name. A training checkpoint that nests the
+    weights under ``"state_dict"``, ``"model"`` or ``"model_state_dict"`` (ours, Lightning's,
+    timm's train script's, PyTorch's tutorials') gives the nested state dict.
 
     Raises:
         WeightsError: empty, damaged, truncated, a pickle that asks for code, or not a state dict.
@@ -175,18 +241,44 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     _check_file(path)
-    if path.suffix == ".safetensors":
+    kind = file_format(path)
+    if kind == "safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
         except Exception as err:
             raise WeightsError(f"{path}: damaged or truncated safetensors file, or another format ({err})") from err
+    if kind == "unknown" and path.suffix == ".safetensors":
+        raise WeightsError(f"{path}: not a readable safetensors file: {_format_words(path, kind)}")
+    if (kind in _FORMAT_WORDS and kind != "torch") or (kind == "unknown" and path.suffix == ".onnx"):
+        raise WeightsError(f"{path}: not a weights file: {_format_words(path, kind)}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsError(f"{path}: cannot be read as a plain tensor checkpoint ({err})") from err
+    except Exception as err:  # torch.load raises UnpicklingError, RuntimeError or others for a file it refuses
+        raise WeightsError(f"{path}: cannot be read as a plain tensor checkpoint: {_refusal(path, err)}") from err
     return tensors_of(state, str(path))
+
+
+def _refusal(path: Path, err: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` refused a file, in a sentence: the objects its pickle asks
+    for (read without running them), else the first line of PyTorch's own message."""
+    try:
+        wanted = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # a legacy or damaged file: its globals cannot be listed
+        wanted = []
+    if not wanted:
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
+        return first[0][:200] if first else type(err).__name__
+    if any(name.startswith(("torch.nn.modules.", "convnets.models.")) for name in wanted):
+        what = ("a whole pickled model (torch.save(model)); save its weights instead: "
+                "torch.save(model.state_dict(), PATH) or convnets.weights.save_weights(model, PATH)")
+    elif any(name.startswith("numpy") for name in wanted):
+        what = "NumPy arrays rather than tensors; convert them with torch.from_numpy before saving"
+    else:
+        what = f"objects other than tensors ({', '.join(wanted[:3])})"
+    return (f"it holds {what}. Unpickling those could run code, so convnets does not; if you trust the file, "
+            "load it with torch.load(path, weights_only=False) and pass its state dict")
 
 
 def tensors_of(state: object, label: str) -> dict[str, torch.Tensor]:
@@ -196,7 +288,7 @@ def tensors_of(state: object, label: str) -> dict[str, torch.Tensor]:
         WeightsError: not a mapping of names to tensors (the odd entries are named).
     """
     if isinstance(state, Mapping):
-        for nest in ("state_dict", "model"):
+        for nest in ("state_dict", "model", "model_state_dict"):
             if isinstance(state.get(nest), Mapping):
                 state = state[nest]
                 break
@@ -205,7 +297,8 @@ def tensors_of(state: object, label: str) -> dict[str, torch.Tensor]:
     odd = [k for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
     if odd:
         raise WeightsError(f"{label}: not a state dict of tensors: {', '.join(map(repr, odd[:5]))} hold other values")
-    return dict(state)
+    # A sparse tensor is the same values as the dense one a layer holds.
+    return {k: v.to_dense() if v.layout != torch.strided else v for k, v in state.items()}
 
 
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -218,7 +311,14 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
         for k, v in expected.items()
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
-    if not (missing or unexpected or shapes):
+    # Loading casts: float16 or float64 into float32 is exact enough, but integer or complex values
+    # into a float weight (or floats into a counter) would load something else than was saved.
+    types = [
+        f"{k}: {state[k].dtype} in the {source}, {v.dtype} in the model"
+        for k, v in expected.items()
+        if k in state and (_kind(state[k]) != _kind(v))
+    ]
+    if not (missing or unexpected or shapes or types):
         return
 
     def listing(title: str, items: list[str]) -> str:
@@ -231,4 +331,35 @@ def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], source
         + listing("missing from the " + source, missing)
         + listing("not in the model", unexpected)
         + listing("different shapes", shapes)
+        + listing("different kinds of values", types)
     )
+
+
+def _kind(tensor: torch.Tensor) -> str:
+    return "complex" if tensor.is_complex() else "float" if tensor.is_floating_point() else "integer"
+
+
+def check_values(state: Mapping[str, torch.Tensor], label: str, *, into_meta: bool = False) -> None:
+    """Refuse weights without usable values: meta tensors (shapes only), NaN or infinity (a diverged training's).
+
+    Args:
+        state: the tensors to load.
+        label: how the message names them.
+        into_meta: they go into a model on the meta device, which takes shapes without values.
+
+    Raises:
+        WeightsError: naming the tensors.
+    """
+
+    def listed(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    empty = [k for k, v in state.items() if v.is_meta]
+    if empty and not into_meta:
+        raise WeightsError(f"{label}: {listed(empty)} are meta tensors, shapes without values (saved from a model "
+                           "on the meta device?)")
+    bad = [k for k, v in state.items()
+           if not v.is_meta and (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
+    if bad:
+        raise WeightsError(f"{label} holds NaN or infinite values in {listed(bad)}: the training that made them "
+                           "diverged; use an earlier checkpoint")

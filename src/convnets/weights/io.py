@@ -50,7 +50,7 @@ _HEX = re.compile(r"[0-9a-f]{8,64}")
 
 def is_url(source: str) -> bool:
     """An http(s) URL, as opposed to a local path or a tag."""
-    return source.startswith(("http://", "https://"))
+    return source[:8].lower().startswith(("http://", "https://"))
 
 
 def sha256_of(path: str | Path) -> str:
@@ -267,6 +267,9 @@ def _transfer(url: str, out: IO[bytes], deadline: float, progress: bool | None, 
     try:
         # The socket timeout bounds each wait for bytes; the deadline bounds the sum of them.
         with urllib.request.urlopen(url, timeout=min(STALL_TIMEOUT, deadline)) as response:
+            if response.headers.get_content_type() == "text/html":  # no weights or data file is a web page
+                raise DownloadError(f"cannot download {url}: the server sent a web page (text/html), not the file "
+                                    "(a login or error page?); open the URL in a browser to see what it asks for")
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
                       disable=None if progress is None else not progress) as bar:
@@ -283,7 +286,8 @@ def _transfer(url: str, out: IO[bytes], deadline: float, progress: bool | None, 
     except DownloadError:
         raise
     except urllib.error.HTTPError as err:
-        raise DownloadError(f"cannot download {url}: the server answered {err.code} {err.reason}") from err
+        reason = str(err.reason).strip().splitlines()[0] if str(err.reason).strip() else ""  # one line, not urllib's
+        raise DownloadError(f"cannot download {url}: the server answered {err.code} {reason}".rstrip()) from err
     except TimeoutError as err:
         raise DownloadError(f"cannot download {url}: no data for {min(STALL_TIMEOUT, deadline):g} s "
                             f"after {_size(done)}; the server stalled") from err
@@ -305,9 +309,14 @@ def _size(n: int) -> str:
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     """Where downloads are kept: ``cache_dir``, else ``$CONVNETS_CACHE``, else ``~/.cache/convnets/weights``."""
+    from_env = cache_dir is None and bool(os.environ.get(CACHE_ENV))
     if cache_dir is None:
         cache_dir = os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR
-    return Path(cache_dir).expanduser()
+    try:
+        return Path(cache_dir).expanduser()
+    except RuntimeError as err:  # "~user" of no such user, or no home directory at all
+        where = f"${CACHE_ENV}" if from_env else "the cache directory"
+        raise ConfigError(f"{where} = {str(cache_dir)!r}: {str(err).rstrip('.')}; give an absolute path") from err
 
 
 def cache_path(url: str, cache_dir: str | Path | None = None) -> Path:

@@ -29,6 +29,8 @@ from convnets.weights.specs import IMAGENET_MEAN, IMAGENET_STD
 # Prefixes added by wrappers, not by the architecture: DataParallel / DistributedDataParallel
 # ("module.") and torch.compile ("_orig_mod."). They can nest, e.g. "module._orig_mod.".
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Keys a wrapper saves beside the model's: torch.optim.swa_utils.AveragedModel counts its averages.
+WRAPPER_KEYS = frozenset({"n_averaged"})
 
 # The top-level modules of every model of ours (ConvNet: stem -> stages -> head, GoogLeNet's aux).
 OWN_TOP_LEVEL = frozenset({"stem", "stages", "head", "aux"})
@@ -317,16 +319,39 @@ EFFICIENTNET_SIGNATURES = {
 
 
 def strip_wrapper_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` without the ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) prefixes."""
+    """``state`` without what wrappers add around a model's own keys.
+
+    - the ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) prefixes;
+    - ``n_averaged``, the count ``torch.optim.swa_utils.AveragedModel`` keeps beside the model;
+    - the attribute a training module holds the model in (a LightningModule's ``self.model``
+      saves ``model.stem.conv.weight``), when every key starts with that one name and the rest
+      is our layout or a peer's.
+    """
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         stripped = key
         while stripped.startswith(WRAPPER_PREFIXES):
             stripped = stripped.split(".", 1)[1]
+        if stripped in WRAPPER_KEYS:
+            continue
         if stripped in out:
             raise LayoutError(f"two keys become {stripped!r} once wrapper prefixes are removed (one is {key!r})")
         out[stripped] = value
-    return out
+    return _without_holder(out)
+
+
+def _without_holder(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the one first key component all its keys share, when what remains is a known layout."""
+    holders = {key.partition(".")[0] for key in state}
+    if len(holders) != 1 or is_own_layout(state) or not all("." in key for key in state):
+        return state
+    inner = {key.partition(".")[2]: value for key, value in state.items()}
+    try:  # every model of ours has stages; a peer layout is recognised by its own keys
+        own = is_own_layout(inner) and any(key.startswith("stages.") for key in inner)
+        known = own or _guess_layout(inner) is not None
+    except LayoutError:  # nearly a peer layout: its own error, naming the model's keys, says more
+        known = True
+    return inner if known else state
 
 
 def is_own_layout(state: Mapping[str, torch.Tensor]) -> bool:
@@ -357,6 +382,11 @@ def detect_layout(state: Mapping[str, torch.Tensor]) -> str:
     if is_own_layout(state):
         raise LayoutError("the keys are convnets' own (stem, stages, head): not a peer layout; load it as it is")
     name = _guess_layout(state)
+    own = [k for k in keys if k.split(".", 1)[0] in OWN_TOP_LEVEL]
+    if name is None and len(own) > len(keys) // 2:
+        others = [k for k in keys if k not in own]
+        raise LayoutError(f"{len(own)} of its {len(keys)} keys are convnets' own (stem, stages, head); the other "
+                          f"{len(others)} belong to no model ({', '.join(others[:5])}): remove them")
     unmapped = _unmapped(LAYOUTS[name], keys) if name else keys
     if unmapped:
         sample = ", ".join(unmapped[:5])

@@ -28,7 +28,14 @@ from torch import nn
 
 from convnets.errors import ConfigError, ConvnetsError, WeightsError
 from convnets.weights import specs
-from convnets.weights.files import check_state_dict, read_metadata, read_state_dict, tensors_of
+from convnets.weights.files import (
+    check_state_dict,
+    check_values,
+    file_format,
+    read_metadata,
+    read_state_dict,
+    tensors_of,
+)
 from convnets.weights.io import cached_download, discard, expected_sha256, hash_matches, is_url, sha256_of
 from convnets.weights.layouts import (
     PeerLayout,
@@ -134,9 +141,27 @@ def local_path(source: str | os.PathLike[str], *, sha256: str | None = None,
     return path
 
 
+def check_source(source: object) -> None:
+    """Refuse, in words, a weights source of no kind :func:`load` takes (before it is mistaken for a path).
+
+    Raises:
+        WeightsError: not a tag, path, URL or state dict, or an empty string.
+    """
+    if isinstance(source, nn.Module):
+        raise WeightsError(f"weights must be a tag, a path, a URL or a state dict, got a {type(source).__name__} "
+                           "model: pass its state_dict()")
+    if isinstance(source, Mapping) or (isinstance(source, os.PathLike | str) and os.fspath(source).strip()):
+        return
+    got = "an empty string" if isinstance(source, str) else repr(source)[:80]
+    hint = " (a path as bytes: decode it)" if isinstance(source, bytes) else ""
+    raise WeightsError(f"weights must be a tag (such as 'fashion-mnist'), a path, an http(s) URL or a state dict; "
+                       f"got {got}{hint}")
+
+
 def _resolve(source: str | os.PathLike[str], model_name: str | None, sha256: str | None,
              cache_dir: str | Path | None) -> tuple[Path, WeightSpec | None, str | None]:
     """The local file of a tag, path or URL, the spec of a tag, and the URL the file was downloaded from."""
+    check_source(source)
     if not is_tag(source):
         text = os.fspath(source)
         return local_path(text, sha256=sha256, cache_dir=cache_dir), None, text if is_url(text) else None
@@ -178,7 +203,7 @@ def open_checkpoint(source: Source, *, model_name: str | None = None, layout: st
     else:
         path, spec, url = _resolve(source, model_name, sha256, cache_dir)
         with _reading(path, url):
-            if path.suffix == ".safetensors":
+            if path.is_file() and file_format(path) == "safetensors":
                 meta = read_metadata(path)
             state, label = read_state_dict(path), path.name
     state = strip_wrapper_prefixes(state)
@@ -186,7 +211,7 @@ def open_checkpoint(source: Source, *, model_name: str | None = None, layout: st
     if name is None and not is_own_layout(state):
         name = detect_layout(state)
     if name is None:
-        return Checkpoint(state, f"weights file {label}", None, spec, meta)
+        return Checkpoint(state, label if isinstance(source, Mapping) else f"weights file {label}", None, spec, meta)
     peer, state = convert(state, name)
     return Checkpoint(state, f"{peer.name} checkpoint {label}", peer, spec, meta)
 
@@ -249,11 +274,18 @@ def load(source: Source, model: nn.Module | None = None, *, model_name: str | No
                            sha256=sha256, cache_dir=cache_dir)
     if model is None:
         model = _build(ckpt, model_name, num_classes, model_kwargs, new_head)
-    elif ckpt.model_name and getattr(model, "name", ckpt.model_name) != ckpt.model_name:
+    if ckpt.model_name and getattr(model, "name", ckpt.model_name) != ckpt.model_name:
         # Same keys and shapes can still mean another network (torchvision's ResNet-50 puts the
         # stride on the 3x3, our resnet50 on the 1x1): load, but say so.
         logger.warning("%s: the weights are for %s; loading them into %s", ckpt.label, ckpt.model_name, model.name)
     state, notes = _fit(model, ckpt, new_head)
+    into_meta = any(t.is_meta for t in model.state_dict().values())
+    if into_meta and not all(v.is_meta for v in ckpt.state.values()):
+        # PyTorch would copy nothing into a meta tensor and warn once per layer: a "loaded" model without weights.
+        raise WeightsError(f"{getattr(model, 'name', '') or type(model).__name__} is on the meta device (shapes "
+                           f"without values): the weights of {ckpt.label} cannot go into it; build the model on a "
+                           "real device, or let load() build it")
+    check_values({k: v for k, v in state.items() if k in ckpt.state}, ckpt.label, into_meta=into_meta)
     model.load_state_dict(state)
     notes += _apply_training_settings(model, ckpt)
     for note in notes:
@@ -392,11 +424,11 @@ def weights_preprocessing(weights: str | Path, model: str) -> dict[str, Any]:
                     classes=list(spec.categories) or None)
     path, _, url = _resolve(weights, model, None, None)
     with _reading(path, url):
-        meta = read_metadata(path) if path.suffix == ".safetensors" else {}
-    if "input_size" in meta and "mean" in meta and "std" in meta:  # one of ours: the header says it all
-        return dict(input_size=tuple(meta["input_size"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]),
-                    model_kwargs=meta.get("model_kwargs", {}), classes=meta.get("classes"))
-    ckpt = open_checkpoint(path, model_name=model)
+        meta = read_metadata(path) if path.is_file() and file_format(path) == "safetensors" else {}
+        if "input_size" in meta and "mean" in meta and "std" in meta:  # one of ours: the header says it all
+            return dict(input_size=tuple(meta["input_size"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]),
+                        model_kwargs=meta.get("model_kwargs", {}), classes=meta.get("classes"))
+        ckpt = open_checkpoint(path, model_name=model)
     kwargs = meta.get("model_kwargs", {})
     channels = meta.get("in_chans") or first_conv_channels(model, ckpt.state, kwargs)
     if ckpt.layout is not None:  # the peer's statistics are RGB's; other channel counts bring their own data

@@ -139,7 +139,17 @@ def get_weights(model: str, tag: str) -> WeightSpec:
     raise WeightsError(f"no {tag!r} weights for {model}; known for it: {known}")
 
 
-def is_tag(weights: str | Path) -> bool:
-    """A registered tag such as ``fashion-mnist``, as opposed to a file path or a URL."""
-    text = str(weights)
-    return not ("/" in text or "\\" in text or text.endswith((".pt", ".pth", ".safetensors")) or Path(text).exists())
+def is_tag(weights: object) -> bool:
+    """A registered tag such as ``fashion-mnist``, as opposed to a file path, a URL or a state dict.
+
+    A ``Path`` is always a path; a string is a tag unless it has a folder separator or a file
+    suffix (``model.ckpt``), or names a file that exists.
+    """
+    if not isinstance(weights, str):
+        return False
+    if "/" in weights or "\\" in weights or Path(weights).suffix:
+        return False
+    try:
+        return not Path(weights).exists()
+    except (OSError, ValueError):  # a name too long for a file, or with a NUL byte: not a file either
+        return True
