@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 import convnets
+from convnets.analysis import catalog as catalog_module
+from convnets.analysis.catalog import shipped_counts, write_shipped_counts
 from convnets.cli import main
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -132,7 +134,28 @@ def test_list_of_every_model_is_fast(full_list):
     code, out, elapsed = full_list
     assert code == 0
     assert f"{len(convnets.list_models())} models" in out
-    assert elapsed < 30, f"convnets list took {elapsed:.1f} s"  # about 9 s on 2 cores
+    assert elapsed < 30, f"convnets list took {elapsed:.1f} s"  # a fraction of a second: it reads counts.json
+
+
+def test_the_shipped_counts_are_a_fresh_count_of_every_model(tmp_path):
+    """`convnets list` reads counts.json: it must equal what counting every registered model gives now."""
+    fresh = write_shipped_counts(tmp_path / "counts.json")
+    if REGEN:
+        write_shipped_counts()
+    assert set(fresh) == set(convnets.list_models())
+    assert shipped_counts() == fresh, (
+        "src/convnets/analysis/counts.json is stale (a model changed); regenerate with "
+        "CONVNETS_REGEN_GOLDEN=1 pytest tests/test_cli_analysis.py -k shipped"
+    )
+
+
+def test_list_counts_afresh_a_model_it_has_no_figures_for(capsys, monkeypatch):
+    monkeypatch.setattr(catalog_module, "shipped_counts", lambda: {})  # as for a model the user registers
+    code, out, _ = run(capsys, "list", "lenet5")
+    assert code == 0 and "61.71K" in out
+    with_recount = run(capsys, "list", "resnet2*", "--recount")[1]
+    monkeypatch.undo()
+    assert with_recount == run(capsys, "list", "resnet2*")[1]
 
 
 # ---------------------------------------------------------------- cost

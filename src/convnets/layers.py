@@ -287,6 +287,8 @@ def he_init(model: nn.Module) -> None:
     unnecessary.
     """
     for module in model.modules():
+        if getattr(module, "weight", None) is not None and module.weight.is_meta:
+            continue  # built for counting: no values to draw (and on meta, drawing them is slow)
         if isinstance(module, nn.Conv2d):
             # fan_in keeps the forward signal's scale; fan_out would amplify it ~30x at every 1x1
             # reduction of GoogLeNet and NiN (480 -> 16 channels), which has no BatchNorm to undo it.

@@ -1,10 +1,19 @@
-"""Every registered model counted at its default input, beside its published figures."""
+"""Every registered model counted at its default input, beside its published figures.
+
+Counting all 51 models on the meta device takes seconds; their figures only change with the code,
+so the package ships them (``counts.json``, written by :func:`write_shipped_counts` and checked
+against a fresh count of every model by the test suite) and ``convnets list`` reads them. A model
+registered by the user, or one whose default input differs from the shipped one, is counted.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -14,6 +23,7 @@ from convnets.models.base import ConvNet
 from convnets.registry import Published, create_model, list_models, model_entry
 
 MARKS = {"exact": "=", "rounded": "~", "differs": "!=", "none": ""}
+SHIPPED_COUNTS = Path(__file__).with_name("counts.json")
 
 
 def build_for_counting(name: str, **kwargs) -> ConvNet:
@@ -73,19 +83,46 @@ class CatalogRow:
         return "differs" in (self.params_match, self.macs_match)
 
 
-def catalog_row(name: str) -> CatalogRow:
-    """Count one registered model at its default input and compare with its published figures."""
+def catalog_row(name: str, recount: bool = False) -> CatalogRow:
+    """One registered model at its default input, compared with its published figures.
+
+    The shipped figures are used unless ``recount`` (or the model is not among them).
+    """
     entry = model_entry(name)
-    counts = count(build_for_counting(name), entry.input_size)
+    shipped = None if recount else shipped_counts().get(entry.name)
+    if shipped and tuple(shipped["input_size"]) == entry.input_size:
+        params, macs = shipped["params"], shipped["macs"]
+    else:
+        counts = count(build_for_counting(name), entry.input_size)
+        params, macs = counts.params, counts.macs
     pub = entry.published
-    params_match = agreement(counts.params, pub and pub.params, bool(pub) and pub.is_exact("params"))
-    macs_match = agreement(counts.macs, pub and pub.macs, bool(pub) and pub.is_exact("macs"))
-    return CatalogRow(name, entry.family, entry.input_size, counts.params, counts.macs, pub, params_match, macs_match)
+    params_match = agreement(params, pub and pub.params, bool(pub) and pub.is_exact("params"))
+    macs_match = agreement(macs, pub and pub.macs, bool(pub) and pub.is_exact("macs"))
+    return CatalogRow(name, entry.family, entry.input_size, params, macs, pub, params_match, macs_match)
 
 
-def catalog(pattern: str = "*") -> list[CatalogRow]:
+def catalog(pattern: str = "*", recount: bool = False) -> list[CatalogRow]:
     """:func:`catalog_row` for every registered model matching ``pattern``."""
-    return [catalog_row(name) for name in list_models(pattern)]
+    return [catalog_row(name, recount) for name in list_models(pattern)]
+
+
+@functools.cache
+def shipped_counts() -> dict[str, dict]:
+    """The figures shipped with the package: model name -> input_size, params, MACs ({} if the file is absent)."""
+    try:
+        return json.loads(SHIPPED_COUNTS.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def write_shipped_counts(path: Path = SHIPPED_COUNTS) -> dict[str, dict]:
+    """Count every registered model afresh and write the figures ``convnets list`` ships with."""
+    rows = {r.name: {"input_size": list(r.input_size), "params": r.params, "macs": r.macs}
+            for r in catalog(recount=True)}
+    lines = [f"  {json.dumps(name)}: {json.dumps(row)}" for name, row in rows.items()]  # one model a line
+    path.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+    shipped_counts.cache_clear()
+    return rows
 
 
 def render_catalog(rows: Sequence[CatalogRow]) -> str:

@@ -16,12 +16,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "figures beside them (= equal, ~ equal up to the published rounding, != differs).",
     )
     p.add_argument("pattern", nargs="?", default="*", help="shell-style name pattern, e.g. 'resnet*' (default: all)")
+    p.add_argument("--recount", action="store_true",
+                   help="count every model afresh on the meta device instead of reading the figures shipped with "
+                   "this release (for a model you changed)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """``convnets list [PATTERN]``: print every matching model beside its published figures."""
-    rows = catalog(args.pattern)
+    rows = catalog(args.pattern, recount=args.recount)
     if not rows:
         raise ConfigError(f"no registered model matches {args.pattern!r}")
     print(render_catalog(rows))

@@ -182,7 +182,7 @@ class ResNet(ConvNet):
     def _init_weights(self) -> None:
         # He et al. 2015 Section 3.4 initialise as in their PReLU paper (He init, fan_out).
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, nn.Conv2d) and not module.weight.is_meta:  # meta: built for counting
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
 
