@@ -16,6 +16,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train a model (from scratch, or from --weights)",
         description="Train MODEL on --data and write a run directory: config, metrics, weights, curves, report. "
         "Unset options take the model's recipe. Under torchrun, trains on every process (DDP).",
+        # --channels would otherwise be read as --channels-last, --weight as --weight-decay...: only whole names.
+        allow_abbrev=False,
     )
     add_run_arguments(p)
     add_transfer_arguments(p, weights_required=False)

@@ -37,7 +37,9 @@ class BatchLoader:
     training there). Image folders are decoded by ``num_workers`` processes; the uint8 batch is
     then augmented on ``device`` when that is a GPU, or by the same batched code inside the
     worker when training on the CPU (with identical results: the seed belongs to the batch).
-    A file that cannot be decoded is dropped from its batch and recorded in :attr:`bad_files`.
+    A file that cannot be decoded is dropped from its batch and recorded in :attr:`bad_files`; a
+    batch of nothing but such files is skipped (distributed, it is yielded empty instead, so that
+    every rank sees as many batches).
 
     Distributed training: each of ``world_size`` ranks gets a disjoint shard of one shared
     permutation (padded by repeating indices so every rank has as many batches, as
@@ -92,6 +94,10 @@ class BatchLoader:
         check_whole("rank", rank, 0, world_size - 1)
         check_whole("num_workers", num_workers, 0, 256, optional=True)
         check_whole("cpu_threads", cpu_threads, 1, optional=True)
+        check_whole("seed", seed, 0, 2**63 - 1)
+        for name, flag in (("shuffle", shuffle), ("drop_last", drop_last), ("preload", preload)):
+            if not isinstance(flag, bool):  # "no" would be true
+                raise ConfigError(f"{name} must be True or False; got {flag!r}")
         if len(mean) != len(std) or any(not s > 0 for s in std):
             raise ConfigError(f"mean and std need one value per channel and std > 0; got mean {mean}, std {std}")
         self.split = split
@@ -196,7 +202,14 @@ class BatchLoader:
         for b, (images, labels, bad, finished) in enumerate(loader, start):
             self.bad_files.extend(bad)
             self.position = b + 1
-            if not len(labels):  # a batch of nothing but broken files is skipped, not yielded empty
+            if not len(labels):
+                if self.world_size == 1:  # a batch of nothing but broken files is skipped, not yielded empty
+                    continue
+                # Distributed, every rank must take part in each step, so the rank decides with the others
+                # (see the training loop) what an empty batch means: it is yielded, with its full shape.
+                h, w = self.split.image_size
+                yield (torch.empty(0, self.split.channels, h, w, device=self.device),
+                       torch.empty(0, dtype=torch.int64, device=self.device))
                 continue
             if finished:
                 yield images, labels
@@ -266,8 +279,13 @@ def make_loader(
         ConfigError: An argument outside its range: ``split`` not train/test, ``batch_size`` < 1, an
             unknown preset, a device this machine does not have...
     """
+    if not isinstance(dataset, Dataset):
+        raise ConfigError(f"make_loader takes a Dataset from load_dataset(...), not {type(dataset).__name__} "
+                          f"{dataset!r:.40}")
     if split not in ("train", "test"):
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    if shuffle is not None and not isinstance(shuffle, bool):
+        raise ConfigError(f"shuffle must be True, False or None; got {shuffle!r}")
     if augment is not None and not isinstance(augment, (str, AugmentConfig)):
         raise ConfigError(f"augment must be a preset name or an AugmentConfig, got {type(augment).__name__}")
     augmenter = None

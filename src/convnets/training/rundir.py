@@ -25,6 +25,12 @@ from convnets.training.config import TrainConfig
 from convnets.weights import remove_stale_temporaries, try_lock
 
 MARKER = ".convnets-run"
+
+
+class DirectoryBusy(RunDirectoryError):
+    """The directory is being written by another process (a default directory then passes to the next number)."""
+
+
 KINDS = {"train": "a training run", "experiment": "an experiment"}
 # Made by file browsers in any folder they show; convnets never writes these names, so nothing is lost.
 IGNORED = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
@@ -133,7 +139,7 @@ class RunDirectory:
             fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o666)
             if not try_lock(fd):
                 os.close(fd)
-                raise RunDirectoryError(f"{self.path} is being written by {_holder(marker)}: wait for it to end, "
+                raise DirectoryBusy(f"{self.path} is being written by {_holder(marker)}: wait for it to end, "
                                         "or choose another --out")
             try:
                 if os.stat(marker).st_ino == os.fstat(fd).st_ino:

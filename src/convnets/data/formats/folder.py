@@ -44,6 +44,28 @@ def _none_decodes(files: list[Path], bad: BadFileLog) -> str | None:
     return first
 
 
+def _files_under(class_dir: Path, bad: BadFileLog) -> list[Path]:
+    """Every file and link below ``class_dir``, sorted, except hidden ones and those in hidden folders.
+
+    Hidden names (.DS_Store, .ipynb_checkpoints, editor backups) are not data. Links to folders are
+    not followed (a link to ``..`` would loop); broken links are listed, for the caller to report. A
+    subfolder that cannot be listed is recorded in ``bad``; the class folder itself not being
+    listable is an error, not an empty class.
+
+    Raises:
+        DataError: ``class_dir`` cannot be listed.
+    """
+    try:
+        os.listdir(class_dir)
+    except OSError as err:
+        raise DataError(f"class folder {class_dir} cannot be read: {err.strerror or err}") from None
+    found = []
+    for folder, subfolders, files in os.walk(class_dir, onerror=lambda err: bad.add(err.filename, describe_error(err))):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        found += [Path(folder, name) for name in files if not name.startswith(".")]
+    return sorted(found)
+
+
 def _scan_class_folders(root: Path, bad: BadFileLog) -> tuple[list[str], list[tuple[str, int]]]:
     """Classes (sorted subfolder names) and (path, label) samples of ``root/CLASS/...``.
 
@@ -60,9 +82,7 @@ def _scan_class_folders(root: Path, bad: BadFileLog) -> tuple[list[str], list[tu
     samples = []
     for label, class_dir in enumerate(class_dirs):
         images = []
-        for path in sorted(class_dir.rglob("*")):
-            if path.name.startswith("."):
-                continue  # hidden files (.DS_Store, editor backups) are not data
+        for path in _files_under(class_dir, bad):
             if path.is_symlink() and not path.exists():
                 bad.add(path, "broken link")
             elif not path.is_file():
