@@ -25,6 +25,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as F
 from PIL import Image
 
@@ -36,6 +37,7 @@ from convnets.training import TrainConfig, train
 from convnets.training import loop as loop_module
 from convnets.training.config import probe_model, smallest_batch
 from convnets.training.rundir import RunDirectory
+from convnets.weights import atomic_write
 from test_bad_input_rundir import make_run, nothing_at, unchanged
 
 MISSING = "{tmp}/no-such-data"  # a check that names it never looked at the data
@@ -298,6 +300,9 @@ CASES = [
       expect=r"class folder .*pets/light cannot be read: Permission denied"),
     C("unreadable-data-folder", 4, call=lambda tmp: load_unreadable(tmp, "pets"),
       expect=r"pets/batches\.meta: permission denied: convnets cannot read it \(check the permissions"),
+    C("held-out-folder-beside-classes", 4, ["train", "lenet5", "--data", "{tmp}/pets", "--out", "{tmp}/run"],
+      r"pets/test looks like a held-out split, not a class: put the training classes in .*pets/train/CLASS",
+      setup=lambda tmp: pets(pets(tmp / "pets") / "test"), after=nothing_at("run")),
     # --- 7: a resumed run never ignores what the user typed, nor data that changed under it
     C("api-resume-data-typed-as-default", 7, call=lambda tmp: resume_api(tmp, data="fashion-mnist"),
       expect=r"--data fashion-mnist \(the run has digits\)", **unchanged(make_run)),
@@ -321,6 +326,8 @@ CASES = [
       **unchanged(experiment_at_tiny)),
     C("run-of-another-model", 2, ["train", "resnet20", "--data", "digits", "--out", "{tmp}/run"],
       r"run already holds a run of lenet5: choose another --out for resnet20", **unchanged(make_run)),
+    C("out-a-loop-of-links", 2, [*TRAIN[:-1], "{tmp}/a"], r"a is a link to nothing \(or a loop of links\)",
+      setup=lambda tmp: ((tmp / "a").symlink_to(tmp / "b"), (tmp / "b").symlink_to(tmp / "a"))),
     # --- 8: no leftovers from a refused command
     C("refused-experiment-data-leaves-nothing", 8, ["experiment", "classic", "--budget", "tiny", "--data",
                                                     "{tmp}/no-such-data", "--out", "{tmp}/exp"],
@@ -504,6 +511,40 @@ def test_a_builtin_name_shadowing_a_folder_says_so(tmp_path, monkeypatch, caplog
 
 
 # ------------------------------------------------------------------ 2, 7: run directories and resume
+
+
+def test_kaggle_style_train_and_test_folders_are_splits_not_classes(tmp_path) -> None:
+    pets(tmp_path / "data" / "Train", per_class=4)
+    pets(tmp_path / "data" / "Test", per_class=1)
+    data = load_dataset(tmp_path / "data")  # was: a classifier of "Test" against "Train"
+    assert data.classes == ["dark", "light"] and (len(data.train), len(data.test)) == (8, 2)
+
+
+def test_max_steps_already_reached_trains_no_more(tmp_path, capsys) -> None:
+    from safetensors.torch import load_file
+
+    make_run(tmp_path)  # stopped at step 50
+    before = load_file(tmp_path / "run" / "last.safetensors")
+    result = train(TrainConfig(**QUICK, out=str(tmp_path / "run"), resume=True, max_steps=5))
+    assert result.steps == 50 and result.stopped_early
+    assert "--max-steps 5: " in capsys.readouterr().out
+    after = load_file(tmp_path / "run" / "last.safetensors")  # the same weights, written again
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_second_interrupt_during_a_checkpoint_write_is_an_interrupt_not_a_torch_error(tmp_path,
+                                                                                         monkeypatch) -> None:
+    def interrupted_save(obj, f) -> None:
+        f.write(b"PK half an archive")
+        try:
+            raise KeyboardInterrupt  # the second Ctrl-C, inside torch's writer
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 21109952 vs 21109840")
+
+    monkeypatch.setattr(loop_module.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "state.pt", lambda tmp: loop_module._save_torch({}, tmp))
+    assert os.listdir(tmp_path) == []  # nothing half-written left
 
 
 def test_given_names_the_fields_passed_even_at_their_default() -> None:

@@ -344,9 +344,12 @@ class _Run:
         cfg, stopped = self.cfg, None
         start = self._start = time.perf_counter() - self.elapsed
         self._last_save = time.perf_counter()
+        if cfg.max_steps is not None and self.step >= cfg.max_steps:  # a resumed run already there: not one more
+            self._say(f"--max-steps {cfg.max_steps}: {self.out} has made {self.step} steps already; nothing to train")
+            stopped = "max_steps"
         with _stop_on_signals() as signalled:
             self._signalled = signalled
-            while self.epoch < cfg.epochs:
+            while self.epoch < cfg.epochs and not stopped:
                 stopped = self._train_epoch()
                 if stopped:
                     break
@@ -602,7 +605,11 @@ class _Run:
             self.epoch_sums = torch.tensor(state["epoch_sums"], dtype=torch.float64, device=self.ctx.device)
             self.epoch_seconds = state["epoch_seconds"]
         self.log.restore(state["metrics"])
-        self._say(f"resumed {self.out} at epoch {self.epoch + 1}, batch {self.position} (step {self.step})")
+        if self.epoch >= self.cfg.epochs:
+            self._say(f"resumed {self.out}: its {self.cfg.epochs} epochs are done, nothing to train (pass --epochs N "
+                      "to train longer)")
+        else:
+            self._say(f"resumed {self.out} at epoch {self.epoch + 1}, batch {self.position} (step {self.step})")
 
     def _weights_metadata(self, accuracy: float, epochs: int | None = None) -> dict[str, Any]:
         ds = self.dataset
@@ -794,9 +801,18 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _save_torch(obj: Any, path: str) -> None:
-    """``torch.save`` through a Python file: then a full disk is an OSError, not a RuntimeError of torch's writer."""
+    """``torch.save`` through a Python file: then a full disk is an OSError, not a RuntimeError of torch's writer.
+
+    A second Ctrl-C (or SIGTERM) stops the run at once, even mid-write; torch's writer then fails to close
+    its archive and reports that as a RuntimeError, which is given back as the interruption it is.
+    """
     with open(path, "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as err:
+            if isinstance(err.__context__, KeyboardInterrupt):
+                raise err.__context__ from None
+            raise
 
 
 def fit_batch(batch_size: int, images: int, world_size: int = 1) -> int:

@@ -97,6 +97,8 @@ class RunDirectory:
         path = self.path
         if path.exists() and not path.is_dir():
             raise RunDirectoryError(f"{path} is a file, not a directory: choose another --out")
+        if path.is_symlink() and not path.exists():
+            raise RunDirectoryError(f"{path} is a link to nothing (or a loop of links): choose another --out")
         if path.is_dir():
             self._check_owner()
         self._created = [p for p in (path, *path.parents) if not p.exists()]

@@ -153,6 +153,19 @@ def _probe_size(samples: Sequence[tuple[str, int]], cap: int = 224) -> int:
     return cap
 
 
+# Split folder names, matched in any case (Kaggle's Train/ and Test/ as well as train/ and val/), most usual first.
+TRAIN_FOLDERS = ("train", "training")
+HELD_OUT_FOLDERS = ("val", "test", "valid", "validation", "testing")
+
+
+def _split_folders(root: Path) -> tuple[Path | None, Path | None]:
+    """``root``'s training and held-out split folders (see :data:`TRAIN_FOLDERS`), each None when absent."""
+    folders = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir()}
+    train = next((folders[name] for name in TRAIN_FOLDERS if name in folders), None)
+    held_out = next((folders[name] for name in HELD_OUT_FOLDERS if name in folders), None)
+    return train, held_out
+
+
 def load_image_folder(
     root: str | Path,
     *,
@@ -172,8 +185,9 @@ def load_image_folder(
     16-bit and float images scaled to 8 bits.
 
     Args:
-        root: The folder. With ``train/`` and ``val/`` (or ``test/``) subfolders those are the
-            splits; otherwise a stratified ``val_fraction`` of every class is held out, chosen by ``seed``.
+        root: The folder. With ``train/`` and ``val/`` (or ``test/``; any case, and the other names of
+            :data:`TRAIN_FOLDERS` and :data:`HELD_OUT_FOLDERS`) subfolders those are the splits; otherwise
+            a stratified ``val_fraction`` of every class is held out, chosen by ``seed``.
         image_size: Output (height, width) or side; by default the shorter side of the first
             image, at most 224. Images are scaled to cover it and centre-cropped.
         channels: 1 (grey) or 3 (RGB, the default); other modes (palette, RGBA, CMYK) are converted.
@@ -186,7 +200,8 @@ def load_image_folder(
         FileNotFoundError: ``root`` does not exist.
         ConfigError: An argument outside its range.
         DataError: ``root`` is not a folder; no class folders; fewer than two classes; a class folder
-            without a decodable image; or split folders whose classes differ.
+            without a decodable image; split folders whose classes differ; or a held-out split folder
+            beside class folders (it would become a class).
     """
     options = LoadOptions(image_size=image_size, channels=channels, seed=seed, val_fraction=val_fraction,
                           num_workers=num_workers)
@@ -197,16 +212,19 @@ def load_image_folder(
     if not root.is_dir():
         raise DataError(f"{root}: is a file; an image folder is a directory of class folders (ROOT/CLASS/IMAGE.jpg)")
     bad = BadFileLog()
-    train_dir = root / "train"
-    held_out = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
-    if train_dir.is_dir() and held_out is not None:
+    train_dir, held_out = _split_folders(root)
+    if held_out is not None and train_dir is None:
+        # Beside the classes (ROOT/cat, ROOT/dog, ROOT/test), it would be trained on as one more class.
+        raise DataError(f"{held_out} looks like a held-out split, not a class: put the training classes in "
+                        f"{root}/train/CLASS and the held-out ones in {held_out}/CLASS, or move it out of {root}")
+    if train_dir is not None and held_out is not None:
         classes, train = _scan_class_folders(train_dir, bad)
         val_classes, val = _scan_class_folders(held_out, bad)
         if val_classes != classes:
             raise DataError(f"{held_out} has classes {val_classes} but {train_dir} has {classes}")
         check_classes(classes, [y for _, y in train], root)
     else:  # a lone train/ folder is split like a plain one
-        classes, samples = _scan_class_folders(train_dir if train_dir.is_dir() else root, bad)
+        classes, samples = _scan_class_folders(train_dir or root, bad)
         check_classes(classes, [y for _, y in samples], root)
         train, val = _stratified_split(samples, options.val_fraction, options.seed)  # keeps every class in train
         if not val and options.val_fraction > 0:
