@@ -16,8 +16,10 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -258,6 +260,14 @@ CASES = [
     C("augment-grid-of-big-folder-images", 3, ["augment", "--data", "{tmp}/big", "--out", "{tmp}/grid.png",
                                                "--rows", "64", "--variants", "32"],
       r"a grid of 64 x 33 images of 224x224 would be 108 megapixels", setup=big_images, after=nothing_at("grid.png")),
+    C("batch-size-past-2-to-the-64", 3, [*TRAIN, "--batch-size", "99999999999999999999"],
+      r"batch_size must be a whole number from 1 to 16,777,216.*got 99999999999999999999", after=nothing_at("run")),
+    C("api-make-loader-batch-past-2-to-the-64", 3, call=lambda tmp: make_loader(digits(), batch_size=10**20),
+      expect=r"batch_size must be a whole number from 1 to 16777216"),
+    C("cache-dir-a-device", 3, ["transfer", "resnet20", "--weights", "fashion-mnist", "--data", MISSING,
+                                "--cache-features", "--freeze", "all-but-head", "--cache-dir", "/dev/null",
+                                "--out", "{tmp}/run"],
+      r"cache_dir /dev/null is not a folder", after=nothing_at("run")),
     C("api-make-loader-name", 3, call=lambda tmp: make_loader("digits", batch_size=4),
       expect=r"make_loader takes a Dataset from load_dataset\(\.\.\.\), not str 'digits'"),
     C("api-make-loader-seed-word", 3, call=lambda tmp: make_loader(digits(), batch_size=4, seed="x"),
@@ -637,6 +647,13 @@ def test_an_interrupted_experiment_says_how_to_continue_it(tmp_path, monkeypatch
 # ------------------------------------------------------------------ under torchrun
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (a fixed one may be taken by another test run on the machine)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 _DDP_WORKER = """
 import json, sys
 from convnets.training import TrainConfig, train
@@ -657,7 +674,8 @@ def test_torchrun_with_broken_files_and_a_shard_smaller_than_a_batch(tmp_path) -
     # Seed 1 shuffles both good images onto one process in the first epoch (see BatchLoader._shard).
     config = dict(model="lenet5", data=str(data), epochs=2, batch_size=64, seed=1, num_workers=0, progress=False,
                   device="cpu", out=str(tmp_path / "run"))
-    proc = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29613", str(worker), json.dumps(config)],
+    proc = subprocess.run([torchrun, "--nproc_per_node=2", f"--master_port={free_port()}", str(worker),
+                           json.dumps(config)],
                           capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "training on batches of 6" in proc.stdout
@@ -666,3 +684,22 @@ def test_torchrun_with_broken_files_and_a_shard_smaller_than_a_batch(tmp_path) -
     with open(tmp_path / "run" / "bad_files.tsv", newline="") as f:
         logged = {path for path, _ in list(csv.reader(f, dialect="excel-tab"))[1:]}
     assert logged == {str(p) for p in (data / "train").rglob("broken*.png")}
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_whole_job_with_decoding_workers_stops_with_a_checkpoint(tmp_path) -> None:
+    """A cluster preempting a job signals every process of it, decoding workers included."""
+    data = pets(tmp_path / "pets", per_class=100)
+    command = [sys.executable, "-m", "convnets", "train", "lenet5", "--data", str(data), "--batch-size", "4",
+               "--epochs", "20", "--workers", "2", "--no-progress", "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in proc.stdout:  # training is under way once the model is described
+        if line.startswith("lenet5:"):
+            break
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]  # was: "DataLoader worker ... exited unexpectedly", no checkpoint
+    assert "stopped at step" in out and "Traceback" not in err
+    assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] > 0

@@ -19,9 +19,17 @@ import torch
 from convnets.data.augment import AugmentConfig, Augmenter
 from convnets.data.badfiles import BadFileLog
 from convnets.data.core import Dataset, TensorSplit, check_whole
-from convnets.data.images import ImageFolderSplit, collate_images
+from convnets.data.images import (
+    ImageFolderSplit,
+    collate_images,
+    leave_signals_to_the_main_process,
+    workers_starting,
+)
 from convnets.device import resolve_device
 from convnets.errors import ConfigError, DataError
+
+# Far beyond any batch that fits in memory; past 2**63, torch's indexing fails with an overflow.
+MAX_BATCH_SIZE = 1 << 24
 
 
 def derive_seed(*parts: int) -> int:
@@ -89,7 +97,7 @@ class BatchLoader:
         cpu_threads: int | None = 1,
         bad_files: BadFileLog | None = None,
     ) -> None:
-        check_whole("batch_size", batch_size, 1)
+        check_whole("batch_size", batch_size, 1, MAX_BATCH_SIZE)
         check_whole("world_size", world_size, 1)
         check_whole("rank", rank, 0, world_size - 1)
         check_whole("num_workers", num_workers, 0, 256, optional=True)
@@ -198,8 +206,11 @@ class BatchLoader:
             num_workers=self.num_workers,
             collate_fn=self._collate,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=leave_signals_to_the_main_process,
         )
-        for b, (images, labels, bad, finished) in enumerate(loader, start):
+        with workers_starting():
+            batches_decoded = iter(loader)
+        for b, (images, labels, bad, finished) in enumerate(batches_decoded, start):
             self.bad_files.extend(bad)
             self.position = b + 1
             if not len(labels):

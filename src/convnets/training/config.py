@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from convnets.checks import FLAG, TEXT, Rule, choice, number, pathlike, whole
+from convnets.data.loader import MAX_BATCH_SIZE
 from convnets.device import check_threads, resolve_device
 from convnets.errors import ConfigError, ConfigMismatchError
 from convnets.transfer import FREEZE_HELP
@@ -209,7 +210,7 @@ FIELDS: dict[str, Rule] = {
     "data_dir": pathlike("a folder").or_none("the default location"),
     "out": pathlike("a folder").or_none("runs/MODEL-DATA"),
     "epochs": whole(1).or_none(_RECIPE),
-    "batch_size": whole(1).or_none(_RECIPE),
+    "batch_size": whole(1, MAX_BATCH_SIZE).or_none(_RECIPE),
     # Upper bounds keep every product of these (lr x scale x decay) inside float32, whose overflow is an
     # error inside the optimizer; a learning rate near them diverges, which the loop reports.
     "lr": number(gt=0, le=1e6).or_none(_RECIPE),
@@ -396,6 +397,8 @@ def _validate(c: TrainConfig) -> None:
     if c.cache_features and c.freeze not in (*HEAD_ONLY, "auto"):
         raise ConfigMismatchError(f"cache_features needs everything but the classifier frozen (--freeze "
                                   f"all-but-head, or auto on little data); got freeze={c.freeze!r}")
+    if c.cache_features and c.cache_dir and Path(c.cache_dir).exists() and not Path(c.cache_dir).is_dir():
+        raise ConfigError(f"cache_dir {c.cache_dir} is not a folder: the cached features are files in a folder")
     probe = probe_model(c.model, c.model_kwargs)
     if c.freeze not in (None, "auto"):
         from convnets.transfer import freeze_paths

@@ -21,6 +21,8 @@ from convnets.data.images import (
     collate_images,
     decode_image,
     describe_error,
+    leave_signals_to_the_main_process,
+    workers_starting,
 )
 from convnets.errors import DataError
 
@@ -128,10 +130,13 @@ def _stats_of_folder(
     rng = np.random.default_rng(seed)
     indices = rng.permutation(len(split))[:samples].tolist()
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(split, indices), batch_size=64, num_workers=num_workers, collate_fn=collate_images
+        torch.utils.data.Subset(split, indices), batch_size=64, num_workers=num_workers, collate_fn=collate_images,
+        worker_init_fn=leave_signals_to_the_main_process,
     )
     images = []
-    for x, _, errors in loader:
+    with workers_starting():
+        batches = iter(loader)
+    for x, _, errors in batches:
         bad.extend(errors)
         images.append(x)
     images = [x for x in images if len(x)]
