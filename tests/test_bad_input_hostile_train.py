@@ -338,6 +338,11 @@ CASES = [
       r"run already holds a run of lenet5: choose another --out for resnet20", **unchanged(make_run)),
     C("out-a-loop-of-links", 2, [*TRAIN[:-1], "{tmp}/a"], r"a is a link to nothing \(or a loop of links\)",
       setup=lambda tmp: ((tmp / "a").symlink_to(tmp / "b"), (tmp / "b").symlink_to(tmp / "a"))),
+    C("out-under-a-file", 2, [*TRAIN[:-1], "{tmp}/notes.txt/run"],
+      r"notes\.txt/run cannot be made: .*notes\.txt is a file, not a folder", **unchanged(write("notes.txt", "mine"))),
+    C("experiment-out-under-a-file", 2, ["experiment", "one-by-one", "--budget", "tiny", "--out",
+                                         "{tmp}/notes.txt/exp"], r"notes\.txt is a file, not a folder",
+      **unchanged(write("notes.txt", "mine"))),
     # --- 8: no leftovers from a refused command
     C("refused-experiment-data-leaves-nothing", 8, ["experiment", "classic", "--budget", "tiny", "--data",
                                                     "{tmp}/no-such-data", "--out", "{tmp}/exp"],
@@ -568,6 +573,13 @@ def test_resume_from_python_with_only_the_model_and_out(tmp_path) -> None:
     result = train(TrainConfig(model="lenet5", out=str(tmp_path / "run"), resume=True, max_steps=52,
                                progress=False))
     assert result.steps == 52
+
+
+def test_resume_from_the_command_line_with_its_model_arg_and_nothing_else(tmp_path, capsys) -> None:
+    run = ["train", "mobilenet_v2", "--model-arg", "width=0.25", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert run_cli([*run, "--data", "digits", "--image-size", "32", "--max-steps", "1"], capsys)[0] == 0
+    status, out, err = run_cli([*run, "--resume", "--max-steps", "2"], capsys)  # --data digits not repeated
+    assert status == 0 and "resumed" in out, err
 
 
 def test_two_runs_started_at_once_into_the_default_folder_both_run(tmp_path, monkeypatch, capsys) -> None:

@@ -99,6 +99,9 @@ class RunDirectory:
             raise RunDirectoryError(f"{path} is a file, not a directory: choose another --out")
         if path.is_symlink() and not path.exists():
             raise RunDirectoryError(f"{path} is a link to nothing (or a loop of links): choose another --out")
+        above = next((p for p in path.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise RunDirectoryError(f"{path} cannot be made: {above} is a file, not a folder; choose another --out")
         if path.is_dir():
             self._check_owner()
         self._created = [p for p in (path, *path.parents) if not p.exists()]
