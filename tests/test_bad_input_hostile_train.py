@@ -711,7 +711,11 @@ def test_sigterm_to_the_whole_job_with_decoding_workers_stops_with_a_checkpoint(
             break
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # hung (as it could before): leave no process behind
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err[-2000:]  # was: "DataLoader worker ... exited unexpectedly", no checkpoint
     assert "stopped at step" in out and "Traceback" not in err
     assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] > 0
