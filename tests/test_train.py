@@ -114,7 +114,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, 
     out = tmp_path / "run"
     # 22 training steps + 2 test batches in epoch 1, then NaN from the 3rd step of epoch 2.
     _nan_after(monkeypatch, 22 + 2 + 2)
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 25 \(epoch 2, batch 3\).*last good "
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 25 \(epoch 2, batch 3\).*the last "
                                                r"checkpoint is .*state.pt.*--nan-policy skip"):
         train(TrainConfig(**LENET, out=str(out)))
     state = torch.load(out / "state.pt", weights_only=True)

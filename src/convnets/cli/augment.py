@@ -19,6 +19,10 @@ from convnets.errors import ConfigError
 
 # The grid holds rows x (variants + 1) tiles of at least 96 px: these bounds keep it a picture one can open.
 MAX_ROWS, MAX_VARIANTS, MAX_SIDE = 64, 32, 1024
+# And so does this one on the whole picture: each bound alone allows 64 x 33 tiles of 1024 px, 2.2 gigapixels
+# (tens of GB as the float images behind it). The defaults at the largest side make 67 megapixels.
+MAX_MEGAPIXELS = 100
+MIN_TILE, GAP = 96, 2
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "augment",
         help="render a grid of original and augmented training images",
         description="Render a PNG grid: one training image per row, the original first, then augmented versions.",
+        allow_abbrev=False,
     )
     p.add_argument("--data", required=True, help="dataset name (fashion-mnist, digits, cifar10, cifar100) or folder")
     p.add_argument("--data-dir", help="where named datasets are looked up")
@@ -62,18 +67,33 @@ def check_out(out: Path) -> str:
     return image_format
 
 
+def check_grid(rows: int, columns: int, height: int, width: int) -> None:
+    """A ConfigError, before the picture is made, when ``rows`` x ``columns`` tiles of ``height`` x ``width``
+    images (enlarged to at least :data:`MIN_TILE` px as :func:`render_grid` does) exceed :data:`MAX_MEGAPIXELS`."""
+    scale = max(1, -(-MIN_TILE // max(height, width)))
+    pixels = (columns * (width * scale + GAP) + GAP) * (rows * (height * scale + GAP) + GAP)
+    if pixels > MAX_MEGAPIXELS * 1e6:
+        raise ConfigError(f"a grid of {rows} x {columns} images of {height}x{width} would be {pixels / 1e6:,.0f} "
+                          f"megapixels, more than the {MAX_MEGAPIXELS} one picture may hold: use fewer --rows or "
+                          "--variants, or a smaller --image-size")
+
+
 def run(args: argparse.Namespace) -> int:
     """Write the grid of originals and augmented versions; print where it went."""
     config = get_preset(args.preset, **parse_key_values(args.set, "--set"))
     out = Path(args.out)
     image_format = check_out(out)
+    if args.image_size:
+        check_grid(args.rows, args.variants + 1, args.image_size, args.image_size)
     dataset = load_dataset(args.data, data_dir=args.data_dir, channels=args.channels)
     originals = sample_images(dataset, args.rows, args.seed, check_image_size(args.image_size))
+    check_grid(len(originals), args.variants + 1, *originals.shape[-2:])  # the data's own size, when not given
     augmenter = Augmenter(config, dataset.pixel_cov)
     versions = [originals.float() / 255]
     for v in range(args.variants):
         versions.append(augmenter(originals, torch.Generator().manual_seed(derive_seed(args.seed, v))))
-    grid = render_grid([torch.stack([version[i] for version in versions]) for i in range(len(originals))])
+    grid = render_grid([torch.stack([version[i] for version in versions]) for i in range(len(originals))],
+                       min_tile=MIN_TILE, gap=GAP)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed, so that a failed write never leaves half a picture at --out.
     partial = out.with_name(f".{out.name}.part")

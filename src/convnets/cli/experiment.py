@@ -10,7 +10,7 @@ from convnets.experiments import BUDGETS, EXPERIMENTS, register_all, run_experim
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("experiment", help="reproduce a claim of the case studies, with a figure",
                               description="Run one of the case studies' claims as an experiment; writes a PNG "
-                              "figure, results.json and results.md to --out.")
+                              "figure, results.json and results.md to --out.", allow_abbrev=False)
     p.add_argument("name", nargs="?", help="experiment name (omit to list them)")
     p.add_argument("--budget", choices=BUDGETS, default="small",
                    help="tiny: a seconds-long smoke run; small (default): minutes to tens of minutes on a 2-core CPU; "

@@ -21,14 +21,18 @@ def parse_key_values(items: list[str], option: str) -> dict[str, Any]:
     """``["small_input=true", "width=0.5", "shortcut=A", "crop_scale=(0.3, 1)"]`` -> a dict of Python values.
 
     Values are Python literals (numbers, tuples, quoted strings), ``true``/``false``/``null`` in any
-    case, or else taken as a bare string (``shortcut=A``).
+    case, or else taken as a bare string (``shortcut=A``). A key given twice is refused.
     """
     out: dict[str, Any] = {}
+    written: dict[str, str] = {}  # each key as typed
     for item in items:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key:
             raise ConfigError(f"{option} takes KEY=VALUE, got {item!r}")
+        if key in written:  # which one was meant? Keeping the last without a word would be a guess
+            raise ConfigError(f"{option} {key} is given twice ({written[key]!r} and {item!r}); keep one")
+        written[key] = item
         words = {"true": True, "false": False, "null": None, "none": None}
         if value.lower() in words:
             out[key] = words[value.lower()]

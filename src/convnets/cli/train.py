@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from convnets.cli.options import parse_model_args
 from convnets.device import DEVICE_HELP
@@ -16,6 +15,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train a model (from scratch, or from --weights)",
         description="Train MODEL on --data and write a run directory: config, metrics, weights, curves, report. "
         "Unset options take the model's recipe. Under torchrun, trains on every process (DDP).",
+        # --channels would otherwise be read as --channels-last, --weight as --weight-decay...: only whole names.
+        allow_abbrev=False,
     )
     add_run_arguments(p)
     add_transfer_arguments(p, weights_required=False)
@@ -85,11 +86,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from_file = read_config_file(args.config) if args.config else {}
     # The command's own defaults (transfer: --freeze auto) start a run; a resumed run keeps its values.
     defaults = {} if args.resume else args.config_defaults
-    config = TrainConfig(**{**defaults, **from_file, **given, "model": args.model})
+    values = {**defaults, **from_file, **given, "model": args.model}
     model_kwargs = parse_model_args(args.model_arg)
     if model_kwargs:
-        config = dataclasses.replace(config, model_kwargs={**config.model_kwargs, **model_kwargs})
-    return config
+        # Made in one call: TrainConfig remembers the fields it was given (a resume must not ignore them),
+        # and a copy made with dataclasses.replace would count every field as given.
+        TrainConfig(**values)  # the file's model_kwargs checked first, as a mapping
+        values["model_kwargs"] = {**values.get("model_kwargs", {}), **model_kwargs}
+    return TrainConfig(**values)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Start from --weights, replace the classifier for the new classes, freeze what --freeze says "
         "(auto: by examples per class, as the case studies advise), train the rest; with --cache-features the "
         "frozen trunk runs once and only the head trains.",
+        allow_abbrev=False,  # as train: an abbreviation could name another option
     )
     train.add_run_arguments(p)
     train.add_transfer_arguments(p, weights_required=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -50,10 +52,18 @@ class BadFileLog:
         return f"{n} bad file{'s' if n != 1 else ''} skipped" + (" (see bad_files.tsv)" if n else "")
 
     def write(self, run_dir: str | Path, name: str = "bad_files.tsv") -> Path:
-        """Write ``path<TAB>reason`` lines (with a header) to ``run_dir/name`` and return the file."""
+        """Write ``path<TAB>reason`` lines (with a header) to ``run_dir/name`` and return the file.
+
+        The file is tab-separated as the ``csv`` module's ``excel-tab`` dialect writes it: a field
+        holding a tab, a line break or a quote (a file name can hold any of them) is quoted, so that
+        every row stays one path and its reason (``csv.reader(f, dialect="excel-tab")`` reads it back).
+        """
         out = Path(run_dir) / name
         out.parent.mkdir(parents=True, exist_ok=True)
-        lines = ["path\treason"] + [f"{p}\t{r.replace(chr(9), ' ').replace(chr(10), ' ')}" for p, r in self.items]
+        text = io.StringIO(newline="")
+        writer = csv.writer(text, dialect="excel-tab", lineterminator="\n")
+        writer.writerow(["path", "reason"])
+        writer.writerows(self.items)
         # surrogateescape writes a file name that is not valid UTF-8 (a Latin-1 name from an old archive) as its bytes.
-        out.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogateescape")
+        out.write_text(text.getvalue(), encoding="utf-8", errors="surrogateescape")
         return out

@@ -370,6 +370,7 @@ def subsample_per_class(dataset: Dataset, per_class: int, seed: int = 0, split: 
     the normalisation statistics are kept, so results stay comparable across sizes.
     """
     check_whole("per_class", per_class, 1)
+    check_whole("seed", seed, 0, 2**63 - 1)
     if split not in ("train", "test"):
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     part = getattr(dataset, split)

@@ -8,6 +8,7 @@ this module re-exports keep ``from convnets.data.datasets import ...`` working.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -62,6 +63,9 @@ __all__ = [
 ]
 
 DATASET_NAMES = ("fashion-mnist", "digits", "cifar10", "cifar100")
+# Every spelling of a name above that load_dataset takes.
+_NAMES = ("fashion-mnist", "fashionmnist", "digits", "cifar10", "cifar-10", "cifar100", "cifar-100")
+logger = logging.getLogger("convnets.data")
 
 # The directory formats, tried in order: (recognise(path) -> bool, load(path, options) -> Dataset).
 # CIFAR and IDX folders are recognised by their file names; any other directory is an image folder.
@@ -113,6 +117,10 @@ def load_dataset(
                           val_fraction=val_fraction, num_workers=num_workers)
     spec = str(name_or_path)
     key = spec.lower().replace("_", "-")
+    if isinstance(name_or_path, str) and key in _NAMES and Path(spec).is_dir():
+        # The name wins (as it always has); the user who meant the folder is told how to get it.
+        logger.warning("%s is the built-in dataset; the folder %s here is not read (pass --data ./%s for it)",
+                       spec, spec, spec)
     if key in ("fashion-mnist", "fashionmnist"):
         return load_fashion_mnist(data_dir, download=download, **options.shape)
     if key == "digits":
@@ -126,7 +134,11 @@ def load_dataset(
         raise FileNotFoundError(f"unknown dataset {spec!r}: not one of {', '.join(DATASET_NAMES)} nor an existing path")
     if not path.is_dir():
         raise DataError(f"{path}: expected a dataset name or a directory, not a file")
-    for recognise, load in FORMATS:
-        if recognise(path):
-            return load(path, options)
+    try:
+        for recognise, load in FORMATS:
+            if recognise(path):
+                return load(path, options)
+    except PermissionError as err:  # a folder or file the user cannot read (not an output: the boundary's hint is)
+        raise DataError(f"{err.filename or path}: permission denied: convnets cannot read it (check the "
+                        "permissions of it and of the folders above it)") from err
     raise DataError(f"{path}: not a dataset directory")  # unreachable while the image folder takes any directory

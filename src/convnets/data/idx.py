@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -25,26 +27,27 @@ _IDX_DTYPES: dict[int, np.dtype] = {
     0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
+# The most data one file may declare: EMNIST's largest (ByClass) training images are 550 MB.
+_MAX_DATA_BYTES = 8 << 30
 
 
 class IDXFormatError(DataError):
     """An IDX file whose header is invalid or does not match its size."""
 
 
-def _read_bytes(path: Path) -> bytes:
+def _open(path: Path) -> BinaryIO:
+    """The file's decompressed byte stream (gzip or raw)."""
     with open(path, "rb") as f:
         head = f.read(2)
-    try:
-        if head == _GZIP_MAGIC:
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except (OSError, EOFError) as err:  # a truncated or damaged gzip stream
-        raise IDXFormatError(f"{path}: cannot decompress: {err}") from err
+    return gzip.open(path, "rb") if head == _GZIP_MAGIC else open(path, "rb")
 
 
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file (raw or gzip-compressed) into a numpy array.
+
+    The header is read first and the data after it only up to the size it declares, so a file
+    that holds more (a huge sparse file, a gzip stream that inflates to gigabytes) is refused
+    before it is read into memory.
 
     Args:
         path: The file.
@@ -54,27 +57,38 @@ def read_idx(path: str | Path) -> np.ndarray:
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        IDXFormatError: If the magic number is not IDX or the header's dimensions do not
-            match the number of bytes that follow (a truncated or padded file).
+        IDXFormatError: If the magic number is not IDX, the header's dimensions do not match the
+            number of bytes that follow (a truncated or padded file), or the gzip stream is damaged.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IDX file not found: {path}")
-    data = _read_bytes(path)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise IDXFormatError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
-    dtype, ndim = _IDX_DTYPES[data[2]], data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise IDXFormatError(f"{path}: header declares {ndim} dimensions but the file has only {len(data)} bytes")
-    shape = struct.unpack(f">{ndim}i", data[4:header])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) - header != expected:
-        raise IDXFormatError(
-            f"{path}: header says shape {tuple(shape)} ({expected} data bytes) but the file has "
-            f"{len(data) - header} data bytes"
-        )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    try:
+        with _open(path) as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+                raise IDXFormatError(f"{path}: not an IDX file (bad magic number {magic.hex() or 'empty'})")
+            dtype, ndim = _IDX_DTYPES[magic[2]], magic[3]
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise IDXFormatError(f"{path}: header declares {ndim} dimensions but the file has only "
+                                     f"{4 + len(dims)} bytes")
+            shape = struct.unpack(f">{ndim}i", dims)
+            expected = int(np.prod(shape, dtype=object)) * dtype.itemsize  # exact: int64 would overflow
+            if not 0 <= expected <= _MAX_DATA_BYTES:
+                raise IDXFormatError(f"{path}: header says shape {tuple(shape)} ({expected:,} data bytes), which "
+                                     f"no IDX dataset holds (at most {_MAX_DATA_BYTES:,} are read)")
+            data = f.read(expected + 1)  # one byte more tells a file that holds more, without reading it all
+            if len(data) != expected:
+                if not isinstance(f, gzip.GzipFile):
+                    held: int | str = path.stat().st_size - len(magic) - len(dims)
+                else:
+                    held = len(data) if len(data) < expected else f"more than {expected}"
+                raise IDXFormatError(f"{path}: header says shape {tuple(shape)} ({expected} data bytes) but the "
+                                     f"file has {held} data bytes")
+    except (OSError, EOFError, zlib.error) as err:  # a truncated or damaged gzip stream
+        raise IDXFormatError(f"{path}: cannot decompress: {err}") from err
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def write_idx(path: str | Path, array: np.ndarray, *, compress: bool | None = None) -> Path:

@@ -9,9 +9,11 @@ skipped sample with its reason, so one bad file never ends an epoch.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +163,44 @@ class ImageFolderSplit(torch.utils.data.Dataset):
             return decode_image(path, self.image_size, self.channels), label, None
         except DECODE_ERRORS as err:
             return None, label, (path, describe_error(err))
+
+
+# What a terminal (Ctrl-C) or a cluster (SIGTERM) sends to every process of a job at once.
+_JOB_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def leave_signals_to_the_main_process(worker_id: int) -> None:
+    """A decoding worker's ``worker_init_fn``: ignore Ctrl-C and SIGTERM, which reach every process of a job.
+
+    The main process decides what they mean (training stops after the step under way, with a
+    checkpoint) and then ends its workers itself. A worker that died of the signal first would
+    instead make the main process fail with "DataLoader worker exited unexpectedly", or wait for
+    ever on a sibling at exit. A worker whose main process is killed outright still exits:
+    PyTorch's workers watch their parent. The workers start with these signals held (see
+    :func:`workers_starting`); one that came meanwhile is dropped here, when they are unheld.
+    """
+    for sig in _JOB_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _JOB_SIGNALS)
+
+
+@contextlib.contextmanager
+def workers_starting() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while decoding workers are forked (start a DataLoader's iteration inside it).
+
+    A new worker inherits the held signals, so none can end it before
+    :func:`leave_signals_to_the_main_process` makes it ignore them; the main process receives
+    any that came when they are unheld, on leaving.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: workers are spawned, not forked
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _JOB_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def collate_images(

@@ -19,9 +19,17 @@ import torch
 from convnets.data.augment import AugmentConfig, Augmenter
 from convnets.data.badfiles import BadFileLog
 from convnets.data.core import Dataset, TensorSplit, check_whole
-from convnets.data.images import ImageFolderSplit, collate_images
+from convnets.data.images import (
+    ImageFolderSplit,
+    collate_images,
+    leave_signals_to_the_main_process,
+    workers_starting,
+)
 from convnets.device import resolve_device
 from convnets.errors import ConfigError, DataError
+
+# Far beyond any batch that fits in memory; past 2**63, torch's indexing fails with an overflow.
+MAX_BATCH_SIZE = 1 << 24
 
 
 def derive_seed(*parts: int) -> int:
@@ -37,7 +45,9 @@ class BatchLoader:
     training there). Image folders are decoded by ``num_workers`` processes; the uint8 batch is
     then augmented on ``device`` when that is a GPU, or by the same batched code inside the
     worker when training on the CPU (with identical results: the seed belongs to the batch).
-    A file that cannot be decoded is dropped from its batch and recorded in :attr:`bad_files`.
+    A file that cannot be decoded is dropped from its batch and recorded in :attr:`bad_files`; a
+    batch of nothing but such files is skipped (distributed, it is yielded empty instead, so that
+    every rank sees as many batches).
 
     Distributed training: each of ``world_size`` ranks gets a disjoint shard of one shared
     permutation (padded by repeating indices so every rank has as many batches, as
@@ -87,11 +97,15 @@ class BatchLoader:
         cpu_threads: int | None = 1,
         bad_files: BadFileLog | None = None,
     ) -> None:
-        check_whole("batch_size", batch_size, 1)
+        check_whole("batch_size", batch_size, 1, MAX_BATCH_SIZE)
         check_whole("world_size", world_size, 1)
         check_whole("rank", rank, 0, world_size - 1)
         check_whole("num_workers", num_workers, 0, 256, optional=True)
         check_whole("cpu_threads", cpu_threads, 1, optional=True)
+        check_whole("seed", seed, 0, 2**63 - 1)
+        for name, flag in (("shuffle", shuffle), ("drop_last", drop_last), ("preload", preload)):
+            if not isinstance(flag, bool):  # "no" would be true
+                raise ConfigError(f"{name} must be True or False; got {flag!r}")
         if len(mean) != len(std) or any(not s > 0 for s in std):
             raise ConfigError(f"mean and std need one value per channel and std > 0; got mean {mean}, std {std}")
         self.split = split
@@ -192,11 +206,21 @@ class BatchLoader:
             num_workers=self.num_workers,
             collate_fn=self._collate,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=leave_signals_to_the_main_process,
         )
-        for b, (images, labels, bad, finished) in enumerate(loader, start):
+        with workers_starting():
+            batches_decoded = iter(loader)
+        for b, (images, labels, bad, finished) in enumerate(batches_decoded, start):
             self.bad_files.extend(bad)
             self.position = b + 1
-            if not len(labels):  # a batch of nothing but broken files is skipped, not yielded empty
+            if not len(labels):
+                if self.world_size == 1:  # a batch of nothing but broken files is skipped, not yielded empty
+                    continue
+                # Distributed, every rank must take part in each step, so the rank decides with the others
+                # (see the training loop) what an empty batch means: it is yielded, with its full shape.
+                h, w = self.split.image_size
+                yield (torch.empty(0, self.split.channels, h, w, device=self.device),
+                       torch.empty(0, dtype=torch.int64, device=self.device))
                 continue
             if finished:
                 yield images, labels
@@ -266,8 +290,13 @@ def make_loader(
         ConfigError: An argument outside its range: ``split`` not train/test, ``batch_size`` < 1, an
             unknown preset, a device this machine does not have...
     """
+    if not isinstance(dataset, Dataset):
+        raise ConfigError(f"make_loader takes a Dataset from load_dataset(...), not {type(dataset).__name__} "
+                          f"{dataset!r:.40}")
     if split not in ("train", "test"):
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    if shuffle is not None and not isinstance(shuffle, bool):
+        raise ConfigError(f"shuffle must be True, False or None; got {shuffle!r}")
     if augment is not None and not isinstance(augment, (str, AugmentConfig)):
         raise ConfigError(f"augment must be a preset name or an AugmentConfig, got {type(augment).__name__}")
     augmenter = None

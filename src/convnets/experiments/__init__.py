@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from convnets.device import check_threads
-from convnets.errors import ConfigError
+from convnets.errors import ConfigError, ConfigMismatchError
 
 BUDGETS = ("tiny", "small", "full")  # tiny: a seconds-long smoke run for the test suite
 MODULES = ("costs", "degradation", "architecture", "practice", "classic")  # each registers its experiments
@@ -194,13 +194,56 @@ def run_experiment(name: str, budget: str = "small", out: str | Path | None = No
         raise ConfigError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
     if budget not in BUDGETS:
         raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
-    from convnets.training.rundir import RunDirectory
+    from convnets.training.rundir import MARKER, RunDirectory
 
     check_threads(threads)  # before any work: not every experiment trains, where TrainConfig would check it
     out = Path(out) if out else Path("runs") / "experiments" / name
+    from convnets.training.report import write_text
+
     # Refuses a file, a directory of someone else's files, or one another experiment is writing.
     with RunDirectory(out, "experiment"):
-        result = EXPERIMENTS[name][1](Setting(budget, out, data, data_dir, threads))
+        setting = {"name": name, "budget": budget, "data": str(data)}
+        _check_same_setting(out, setting)
+        write_text(out / SETTING_FILE, json.dumps(setting, indent=1) + "\n")
+        try:
+            result = EXPERIMENTS[name][1](Setting(budget, out, data, data_dir, threads))
+        except BaseException as err:
+            if {p.name for p in out.iterdir()} <= {MARKER, SETTING_FILE}:  # refused before any run: leave nothing
+                (out / SETTING_FILE).unlink()
+            elif isinstance(err, KeyboardInterrupt):
+                again = f"convnets experiment {name} --budget {budget}" + (
+                    f" --data {data}" if data != "fashion-mnist" else "") + f" --out {out}"
+                print(f"experiment stopped; `{again}` continues it (finished runs are reused)", flush=True)
+            raise
         result.write(out, budget)
     result.out = out
     return result
+
+
+# What an experiment's directory was made with; its runs are reused only by a run with the same.
+SETTING_FILE = "experiment.json"
+
+
+def _check_same_setting(out: Path, setting: dict[str, str]) -> None:
+    """A ConfigMismatchError, before any work, when ``out`` holds another experiment, budget or dataset.
+
+    Its training runs were made for that setting: reusing them would mix budgets in one table, and
+    resuming them with other settings is refused anyway, but only once the experiment reaches them.
+    Directories written before :data:`SETTING_FILE` existed are judged by their ``results.json``.
+    """
+    before = _read_json(out / SETTING_FILE) or {k: v for k, v in (_read_json(out / "results.json") or {}).items()
+                                                 if k in ("name", "budget")}
+    differ = [k for k in ("name", "budget", "data") if k in before and before[k] != setting[k]]
+    if differ:
+        held = " ".join(f"--{k} {before[k]}" for k in ("budget", "data") if k in before)
+        raise ConfigMismatchError(f"{out} holds the {before.get('name', setting['name'])} experiment at {held}: "
+                                  "re-run it with those to reuse its runs, or choose another --out for "
+                                  f"{setting['name']} at --budget {setting['budget']} --data {setting['data']}")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

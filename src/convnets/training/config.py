@@ -5,16 +5,23 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import functools
 import json
 import os
+import stat
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convnets.checks import FLAG, TEXT, Rule, choice, number, pathlike, whole
+from convnets.data.loader import MAX_BATCH_SIZE
 from convnets.device import check_threads, resolve_device
 from convnets.errors import ConfigError, ConfigMismatchError
 from convnets.transfer import FREEZE_HELP
+
+if TYPE_CHECKING:
+    from convnets.models.base import ConvNet
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "onecycle", "constant")
@@ -22,6 +29,27 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENT_PRESETS = ("none", "light", "standard", "heavy")
 
 
+def _records_given(cls: type) -> type:
+    """Make ``cls(...)`` remember which fields were passed (see :attr:`TrainConfig.given`).
+
+    A field left at its default and one given the same value look alike afterwards; a resumed run
+    must tell them apart (``data="fashion-mnist"`` typed on a run of digits is a conflict, not
+    nothing), so the generated ``__init__`` is wrapped to note the names it was called with.
+    """
+    init = cls.__init__
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        passed = {*names[: len(args)], *kwargs}
+        object.__setattr__(self, "_given", frozenset(n for n in passed if getattr(self, n) is not None))
+
+    cls.__init__ = __init__
+    return cls
+
+
+@_records_given
 @dataclass
 class TrainConfig:
     """Everything a run depends on. ``None`` fields take the model's recipe (see :data:`RECIPES`).
@@ -120,6 +148,22 @@ class TrainConfig:
                 setattr(self, name, os.fspath(getattr(self, name)))
         for f in dataclasses.fields(self):
             check_field(f.name, getattr(self, f.name))
+        # A shell expands ~ only where it stands unquoted; from a config file or the Python API
+        # "~/runs/x" would otherwise become a folder named "~" in the current directory.
+        for name in ("data", "data_dir", "out", "cache_dir"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.startswith("~"):
+                setattr(self, name, os.path.expanduser(value))
+
+    @property
+    def given(self) -> frozenset[str]:
+        """The fields passed by name or position when this config was made, except those passed as None.
+
+        What a resumed run must not ignore: ``TrainConfig(model="lenet5", data="fashion-mnist",
+        resume=True)`` names its data even though it is the default. None is never counted, as it
+        means "the recipe's", which for a resumed run is the run's own.
+        """
+        return getattr(self, "_given", frozenset())
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
@@ -166,11 +210,13 @@ FIELDS: dict[str, Rule] = {
     "data_dir": pathlike("a folder").or_none("the default location"),
     "out": pathlike("a folder").or_none("runs/MODEL-DATA"),
     "epochs": whole(1).or_none(_RECIPE),
-    "batch_size": whole(1).or_none(_RECIPE),
-    "lr": number(gt=0).or_none(_RECIPE),
+    "batch_size": whole(1, MAX_BATCH_SIZE).or_none(_RECIPE),
+    # Upper bounds keep every product of these (lr x scale x decay) inside float32, whose overflow is an
+    # error inside the optimizer; a learning rate near them diverges, which the loop reports.
+    "lr": number(gt=0, le=1e6).or_none(_RECIPE),
     "optimizer": choice(*OPTIMIZERS).or_none(_RECIPE),
     "momentum": number(ge=0, lt=1),
-    "weight_decay": number(ge=0).or_none(_RECIPE),
+    "weight_decay": number(ge=0, le=1e6).or_none(_RECIPE),
     "schedule": choice(*SCHEDULES).or_none(_RECIPE),
     "warmup_epochs": number(ge=0).or_none(_RECIPE),
     "label_smoothing": number(ge=0, lt=1).or_none(_RECIPE),
@@ -194,7 +240,7 @@ FIELDS: dict[str, Rule] = {
     "progress": FLAG,
     "weights": pathlike("a registered tag, a weights file or a URL").or_none("train from scratch"),
     "freeze": Rule(lambda v: isinstance(v, str), "a string (" + FREEZE_HELP + ")").or_none("nothing frozen"),
-    "pretrained_lr_scale": number(gt=0),
+    "pretrained_lr_scale": number(gt=0, le=1e6),
     "cache_features": FLAG,
     "cache_dir": pathlike("a folder").or_none("~/.cache/convnets/features"),
     # 0 is refused, not read as "all": a user who asks for 0 examples has made a mistake.
@@ -214,33 +260,52 @@ def check_field(name: str, value: Any, where: str = "") -> None:
         FIELDS[name].check(name, value, where)
 
 
+# A config file names a few dozen fields; anything larger is not one (and is not read into memory whole).
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The fields of a JSON (or, with a ``.toml`` suffix, TOML) config file, each checked.
 
+    A UTF-8 byte-order mark (as Windows editors write) is accepted.
+
     Raises:
-        ConfigError: the file is missing or unreadable, is not valid JSON/TOML (with the line and
-            column), is not a table of fields, names an unknown field, or has a value a field cannot take.
+        ConfigError: the file is missing, unreadable, not a regular file (a FIFO or a device would
+            block or never end), larger than :data:`MAX_CONFIG_BYTES`, empty, not valid JSON/TOML (with
+            the line and column), names a field twice, is not a table of fields, names an unknown
+            field, or has a value a field cannot take.
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        info = path.stat()  # before opening: opening a FIFO waits for a writer
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise ConfigError(f"config file {path} cannot be read: it is {kind}; a config is a JSON or TOML file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is {info.st_size:,} bytes; a config of TrainConfig fields is a "
+                              f"few hundred (at most {MAX_CONFIG_BYTES:,} are read)")
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file {path} is not text (byte {err.start} is not UTF-8): "
                           "a config is JSON or TOML") from None
     except OSError as err:
         raise ConfigError(f"config file {path} cannot be read: {err.strerror or err}") from None
+    if not text.strip():
+        raise ConfigError(f'config file {path} is empty: a config is a table of TrainConfig fields ({{"epochs": 3}})')
     if path.suffix.lower() == ".toml":
         try:
             import tomllib
         except ModuleNotFoundError as err:  # Python 3.10
             raise ConfigError(f"{path}: TOML configs need Python 3.11+; use JSON") from err
         try:
-            values = tomllib.loads(text)
+            values = tomllib.loads(text)  # refuses a key given twice itself
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path}: not valid TOML: {err}") from None
     else:
         try:
-            values = json.loads(text)
+            values = json.loads(text, object_pairs_hook=functools.partial(_unique_keys, path))
         except json.JSONDecodeError as err:
             hint = "" if path.suffix.lower() == ".json" else " (read as JSON; a TOML file needs the .toml suffix)"
             raise ConfigError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: "
@@ -259,15 +324,36 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def default_out(model: str, data: str, *, resume: bool = False) -> Path:
+def _unique_keys(path: Path, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice (json would keep the last one without a word)."""
+    values: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in values:
+            raise ConfigError(f"{path}: {key!r} is given twice ({values[key]!r} and {value!r}); keep one")
+        values[key] = value
+    return values
+
+
+def default_out(model: str, data: str, *, resume: bool = False, skip: Collection[Path] = ()) -> Path:
     """``runs/MODEL-DATA``, or ``-2``, ``-3``... when taken: running the same command twice starts a
-    second run rather than failing; ``--resume`` without ``--out`` continues the latest one."""
-    base = Path("runs") / f"{model}-{Path(str(data)).name}"
+    second run rather than failing; ``--resume`` without ``--out`` continues the latest one.
+
+    Args:
+        model, data: Name the directory (``data``'s last part; ``.`` is the current folder's name).
+        resume: The latest existing run instead of the next free name.
+        skip: Free names to pass over (another process is writing them, not yet their config.json).
+    """
+    name = Path(str(data)).name or Path(str(data)).resolve().name
+    base = Path("runs") / f"{model}-{name}"
     taken = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 1000)]
     existing = [p for p in taken if (p / "config.json").exists()]
     if resume:
         return existing[-1] if existing else base
-    return next(p for p in taken if not (p / "config.json").exists())
+    free = (p for p in taken if not (p / "config.json").exists() and p not in skip)
+    found = next(free, None)
+    if found is None:
+        raise ConfigError(f"{base} and its 998 numbered siblings are all taken: pass --out")
+    return found
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
@@ -296,7 +382,8 @@ HEAD_ONLY = ("all-but-head", "trunk")
 
 
 def _validate(c: TrainConfig) -> None:
-    """What a field alone cannot say: agreement between fields, the model's arguments, the device."""
+    """What a field alone cannot say: agreement between fields, the model's arguments, the device, and
+    whether the model can train at an image size and batch size known before the data is read."""
     from convnets.registry import check_arguments
 
     if c.warmup_epochs >= c.epochs and c.warmup_epochs > 0:
@@ -310,17 +397,104 @@ def _validate(c: TrainConfig) -> None:
     if c.cache_features and c.freeze not in (*HEAD_ONLY, "auto"):
         raise ConfigMismatchError(f"cache_features needs everything but the classifier frozen (--freeze "
                                   f"all-but-head, or auto on little data); got freeze={c.freeze!r}")
+    if c.cache_features and c.cache_dir and Path(c.cache_dir).exists() and not Path(c.cache_dir).is_dir():
+        raise ConfigError(f"cache_dir {c.cache_dir} is not a folder: the cached features are files in a folder")
+    probe = probe_model(c.model, c.model_kwargs)
     if c.freeze not in (None, "auto"):
-        _check_freeze(c)
+        from convnets.transfer import freeze_paths
+
+        freeze_paths(probe, c.freeze)
+    # Pretrained weights may bring their own builder arguments (small_input...) and input size, and
+    # freezing changes which BatchNorm layers train: then the loop checks once the weights are read.
+    if c.weights is None and c.freeze is None:
+        size = (c.image_size,) * 2 if c.image_size else probe.fixed_input_size
+        if size is not None:
+            check_input_size(c.model, probe, size, f"--image-size {size[0]} gives")
+            smallest_batch(c.model, probe, c.batch_size, size)
 
 
-def _check_freeze(c: TrainConfig) -> None:
-    """Check the freeze spec against the model's stages, on a model with no memory (the meta device)."""
+def probe_model(name: str, model_kwargs: dict[str, Any]) -> ConvNet:
+    """The model built on the meta device: its structure and sizes, without memory or computation."""
     import torch
 
     from convnets.registry import create_model
-    from convnets.transfer import freeze_paths
 
     with torch.device("meta"):
-        probe = create_model(c.model, **c.model_kwargs)
-    freeze_paths(probe, c.freeze)
+        return create_model(name, **model_kwargs)
+
+
+def check_input_size(model: str, probe: ConvNet, size: Sequence[int], source: str) -> None:
+    """A ConfigMismatchError, saying what to pass instead, when ``probe`` cannot take images of ``size``.
+
+    Args:
+        model: The model's name, for the message.
+        probe: The model (see :func:`probe_model`).
+        size: (height, width) of the images.
+        source: Where the size comes from, completing "... but SOURCE HxW" ("--image-size 28 gives", "digits gives").
+    """
+    import convnets
+
+    h, w = size
+    if probe.fixed_input_size is not None and (h, w) != probe.fixed_input_size:
+        fh, fw = probe.fixed_input_size
+        raise ConfigMismatchError(f"{model} takes only {fh}x{fw} images but {source} {h}x{w}: use --image-size {fh}")
+    if min(h, w) < probe.min_input_size:
+        hint = f"--image-size {probe.min_input_size}"
+        if convnets.model_entry(model).takes("small_input") and not getattr(probe, "small_input", True):
+            hint += " or --model-arg small_input=true"
+        raise ConfigMismatchError(f"{model} needs images of at least {probe.min_input_size}x"
+                                  f"{probe.min_input_size} but {source} {h}x{w}: pass {hint}")
+
+
+def smallest_batch(model: str, probe: ConvNet, batch: int, size: Sequence[int], *, frozen: Sequence[str] = (),
+                   few_images: bool = False) -> int:
+    """The smallest batch ``probe`` can train on at ``size`` (1, or 2), checked against ``batch``.
+
+    A BatchNorm layer in training mode normalises each channel over the batch and the map; where
+    the map is 1x1 (MobileNet's last stage at 32x32), a batch of one gives it a single value, and
+    PyTorch refuses it mid-run. The model runs once, in training mode on the meta device (no
+    memory, no computation), to see the map every training BatchNorm layer gets; this also raises
+    the model's own :class:`~convnets.errors.InputShapeError` for an input only some branch cannot
+    take (GoogLeNet's auxiliary classifiers).
+
+    Args:
+        model: The model's name, for the message.
+        probe: The model (see :func:`probe_model`).
+        batch: The batch the run would use.
+        size: (height, width) of the images.
+        frozen: Module paths that stay in evaluation mode (see :func:`convnets.transfer.freeze`).
+        few_images: The batch is small because the training set is (the message then says so).
+
+    Raises:
+        ConfigMismatchError: ``batch`` is below the smallest, naming the layer and what to change.
+    """
+    import torch
+    from torch import nn
+
+    one_value: list[str] = []  # BatchNorm layers that would see one value per channel and image
+
+    def note(name: str, module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if module.training and args[0][0, 0].numel() == 1:
+            one_value.append(name)
+
+    hooks = [m.register_forward_pre_hook(functools.partial(note, name)) for name, m in probe.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    probe.frozen = list(frozen)
+    probe.train()
+    try:
+        x = torch.empty(2, probe.in_chans, *size, device="meta")  # two: a batch that any layer takes
+        with torch.no_grad():
+            probe(x, return_aux=True) if getattr(probe, "aux", None) is not None else probe(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    smallest = 2 if one_value else 1
+    if batch < smallest:
+        why = ("the training set gives each process a batch of 1 image: add training images" if few_images
+               else "use --batch-size 2 or more")
+        raise ConfigMismatchError(
+            f"{model} cannot train on batches of 1 at {size[0]}x{size[1]}: its BatchNorm layer {one_value[0]} sees a "
+            f"1x1 map there, one value per channel, which training cannot normalise; {why}, or pass --image-size "
+            f"{2 * probe.min_input_size} or more"
+        )
+    return smallest

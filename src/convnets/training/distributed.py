@@ -66,3 +66,21 @@ def all_sum(ctx: Context, *values: float) -> list[float]:
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def broadcast(ctx: Context, value: object) -> object:
+    """Rank 0's ``value`` on every rank (itself for a single process); any picklable value."""
+    if not ctx.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_lists(ctx: Context, items: list) -> list:
+    """The concatenation of every rank's ``items``, in rank order, on every rank (``items`` for a single process)."""
+    if not ctx.distributed:
+        return list(items)
+    lists: list[list] = [[] for _ in range(ctx.world_size)]
+    dist.all_gather_object(lists, list(items))
+    return [item for part in lists for item in part]

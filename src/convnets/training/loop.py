@@ -17,8 +17,10 @@ is not empty and was not written by convnets is refused, never overwritten.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import shlex
 import signal
 import sys
@@ -38,13 +40,12 @@ import convnets
 from convnets.data.datasets import load_dataset, subsample_per_class
 from convnets.data.loader import make_loader
 from convnets.device import set_threads
-from convnets.errors import ConfigMismatchError, ConvnetsError, RunDirectoryError, TrainingDiverged
-from convnets.models.base import ConvNet
+from convnets.errors import ConfigError, ConfigMismatchError, ConvnetsError, RunDirectoryError, TrainingDiverged
 from convnets.models.inception import AUX_LOSS_WEIGHT
 from convnets.training import distributed
-from convnets.training.config import TrainConfig, resolve
+from convnets.training.config import TrainConfig, check_input_size, default_out, probe_model, resolve, smallest_batch
 from convnets.training.report import MetricsLog, write_report, write_text
-from convnets.training.rundir import RunDirectory
+from convnets.training.rundir import DirectoryBusy, RunDirectory
 from convnets.transfer import FeatureLoader, cached_features, freeze, parameter_groups, recommend, split_fingerprint
 from convnets.weights import atomic_write, get_weights, is_tag, load_pretrained, save_weights, weights_preprocessing
 
@@ -82,38 +83,89 @@ def train(config: TrainConfig, *, given: Collection[str] = ()) -> TrainResult:
     Args:
         config: The run. With ``resume``, the run in ``config.out`` continues; a field that defines
             the run and differs from the run's value is refused (see :data:`RESUME_MAY_CHANGE`).
-        given: Fields the user set explicitly (the command line names the options typed). A field
-            whose value differs from :class:`TrainConfig`'s default counts as given anyway; this
-            also covers a value typed equal to the default (``--data fashion-mnist``).
+        given: Fields the user set explicitly (the command line names the options typed). The
+            fields passed to ``TrainConfig(...)`` (:attr:`TrainConfig.given`) and those whose value
+            differs from the default count as given too, so that ``data="fashion-mnist"`` named
+            on a resumed run of digits is refused, not ignored.
+
+    Raises:
+        ConfigError: ``config`` is not a :class:`TrainConfig`, or holds values that cannot go together.
     """
-    ctx = distributed.setup(config.device)
-    try:
-        out = Path(resolve(config).out)  # decided once: a default directory is numbered on first use
-        with _claimed(out, ctx):
-            return _Run(dataclasses.replace(config, out=str(out)), ctx, given).run()
-    finally:
-        distributed.teardown(ctx)
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"train() takes a TrainConfig (TrainConfig(model='lenet5', data='digits', ...)), "
+                          f"not {type(config).__name__}")
+    given = {*given, *config.given}
+    with _terminate_as_interrupt():
+        ctx = distributed.setup(config.device)
+        try:
+            resolved = resolve(config)
+            # A default directory is numbered on first use; rank 0 picks it, and every rank learns which.
+            numbered = (config.model, config.data) if config.out is None and not config.resume else None
+            with _claimed(Path(resolved.out), ctx, numbered=numbered) as out:
+                return _Run(dataclasses.replace(config, out=str(out)), ctx, given).run()
+        finally:
+            distributed.teardown(ctx)
 
 
 @contextmanager
-def _claimed(out: Path, ctx: distributed.Context) -> Iterator[None]:
-    """Hold the run directory for the run (rank 0 writes it, so rank 0 claims it); every rank learns if it could."""
-    directory = RunDirectory(out, "train")
-    error = None
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Let SIGTERM stop the setup (reading data, loading weights) as Ctrl-C does, so that the run directory
+    claimed for it is released and, if still empty, removed; the loop then handles both signals itself."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _claimed(out: Path, ctx: distributed.Context, *, numbered: tuple[str, str] | None = None) -> Iterator[Path]:
+    """Hold the run directory for the run (rank 0 writes it, so rank 0 claims it); every rank learns which.
+
+    Args:
+        out: The directory.
+        ctx: This process's place in the run.
+        numbered: (model, data) when ``out`` is the default ``runs/MODEL-DATA``: then a directory another
+            process is writing is passed over for the next number, so that two runs started at once both run.
+    """
+    directory, error = None, None
     if ctx.is_main:
         try:
-            directory.acquire()
+            directory = _claim(out, numbered)
         except (ConvnetsError, OSError) as err:  # raised below, once the other ranks know not to start
             error = err
-    if distributed.all_sum(ctx, float(error is not None))[0]:
+    claimed = distributed.broadcast(ctx, None if directory is None else str(directory.path))
+    if claimed is None:
         if error is not None:
             raise error
         raise RunDirectoryError(f"{out}: rank 0 could not claim the run directory (its error says why)")
     try:
-        yield
+        yield Path(claimed)
     finally:
-        if ctx.is_main:
+        if directory is not None:
             directory.release()
+
+
+def _claim(out: Path, numbered: tuple[str, str] | None) -> RunDirectory:
+    """Acquire ``out``, or with ``numbered`` the first default directory no other process is writing."""
+    busy: list[Path] = []
+    while True:
+        directory = RunDirectory(out, "train")
+        try:
+            directory.acquire()
+            return directory
+        except DirectoryBusy:
+            if numbered is None:
+                raise
+            busy.append(out)
+            out = default_out(*numbered, skip=busy)
 
 
 class _Run:
@@ -126,6 +178,9 @@ class _Run:
         self.cfg = cfg = resolve(config)
         self.out = out
         if not cfg.resume and (out / STATE_FILE).exists():
+            other = _saved_model(out)
+            if other not in (None, cfg.model):
+                raise ConfigMismatchError(f"{out} already holds a run of {other}: choose another --out for {cfg.model}")
             raise ConfigMismatchError(
                 f"{out} already holds a run: pass --resume to continue it, or --out for a new directory"
             )
@@ -137,12 +192,15 @@ class _Run:
         # Pretrained weights fix the preprocessing: input size, channels and normalisation.
         self.preprocessing = weights_preprocessing(cfg.weights, cfg.model) if cfg.weights else None
         model_kwargs = {**(self.preprocessing or {}).get("model_kwargs", {}), **cfg.model_kwargs}
-        probe = _probe_model(cfg.model, model_kwargs)
+        probe = probe_model(cfg.model, model_kwargs)
         image_size, channels = cfg.image_size, None
         if self.preprocessing:
             channels = self.preprocessing["input_size"][0]
             image_size = image_size or self.preprocessing["input_size"][1]
-        if image_size is None and probe.fixed_input_size:
+        if image_size is not None:  # checked before the data is read; sizes the data decides, after
+            source = f"--image-size {image_size} gives" if cfg.image_size else "the weights' input size is"
+            check_input_size(cfg.model, probe, (image_size, image_size), source)
+        elif probe.fixed_input_size:
             image_size = probe.fixed_input_size[0]
         dataset = load_dataset(cfg.data, data_dir=cfg.data_dir, image_size=image_size, channels=channels,
                                num_workers=cfg.num_workers)
@@ -156,7 +214,8 @@ class _Run:
         self.dataset = dataset
         if len(dataset.test) == 0:
             self._say(f"warning: {dataset.name} has no test images: test loss and accuracy are not measured (nan)")
-        _check_fit(cfg, probe, dataset)
+        check_input_size(cfg.model, probe, dataset.image_size, f"{dataset.name} gives")
+        self.data_identity = data_identity(dataset)
         self.model = convnets.create_model(cfg.model, num_classes=dataset.num_classes, in_chans=dataset.channels,
                                            **model_kwargs)
         if cfg.weights and not cfg.resume:
@@ -185,6 +244,10 @@ class _Run:
                 self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
             self.eval_net = self.model
             self.batch_size = self._batch_for(len(dataset.train))
+            # Checked on the model as it will train (frozen parts stay in evaluation mode); a batch that
+            # broken files leave below the smallest is skipped in the loop.
+            self.min_batch = smallest_batch(cfg.model, probe, self.batch_size, dataset.image_size,
+                                            frozen=self.frozen, few_images=self.batch_size < cfg.batch_size)
             self.train_loader = make_loader(dataset, "train", batch_size=self.batch_size, augment=cfg.augment,
                                             rank=ctx.rank, world_size=ctx.world_size, drop_last=True, **loader_kw)
             self.test_loader = make_loader(dataset, "test", batch_size=max(256, cfg.batch_size), **loader_kw)
@@ -269,6 +332,7 @@ class _Run:
                   f"({time.perf_counter() - t0:.1f} s)")
         (train_x, train_y), (test_x, test_y) = features["train"], features["test"]
         self.batch_size = self._batch_for(len(train_y))
+        self.min_batch = 1  # only the classifier trains, on whole feature batches
         self.train_loader = FeatureLoader(train_x, train_y, batch_size=self.batch_size, device=self.ctx.device,
                                           shuffle=True, seed=cfg.seed, drop_last=True)
         self.test_loader = FeatureLoader(test_x, test_y, batch_size=256, device=self.ctx.device, shuffle=False)
@@ -280,9 +344,12 @@ class _Run:
         cfg, stopped = self.cfg, None
         start = self._start = time.perf_counter() - self.elapsed
         self._last_save = time.perf_counter()
+        if cfg.max_steps is not None and self.step >= cfg.max_steps:  # a resumed run already there: not one more
+            self._say(f"--max-steps {cfg.max_steps}: {self.out} has made {self.step} steps already; nothing to train")
+            stopped = "max_steps"
         with _stop_on_signals() as signalled:
             self._signalled = signalled
-            while self.epoch < cfg.epochs:
+            while self.epoch < cfg.epochs and not stopped:
                 stopped = self._train_epoch()
                 if stopped:
                     break
@@ -303,12 +370,14 @@ class _Run:
         best = math.nan if math.isnan(test_acc) else max(self.best, test_acc)  # nan: no test image to measure
         result = TrainResult(self.model, self.out, test_acc, best, self.epoch, self.step,
                              self.elapsed, images / max(self.elapsed, 1e-9), stopped is not None)
+        # Each process decodes its own shard: the files any of them could not read are reported together.
+        bad = distributed.gather_lists(self.ctx, self.dataset.bad_files.items + self.train_loader.bad_files.items)
         if self.ctx.is_main:
             meta = self._weights_metadata(test_acc)
             save_weights(self.model, self.out / "last.safetensors", meta)
             if not (self.out / "best.safetensors").exists():
                 save_weights(self.model, self.out / "best.safetensors", meta)
-            self.dataset.bad_files.extend(self.train_loader.bad_files.items)
+            self.dataset.bad_files.extend(bad)
             if self.dataset.bad_files.items:
                 self.dataset.bad_files.write(self.out)
                 self._say(self.dataset.bad_files.summary())
@@ -332,19 +401,26 @@ class _Run:
         t0, seen, seconds_before = time.perf_counter(), 0, self.epoch_seconds
         bar = self._progress(self.steps_per_epoch - self.position)
         for x, y in self.train_loader:
+            if not self._trainable(len(y)):
+                self.position = self.train_loader.position
+                continue
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            loss, logits = self._step(x, y)
-            with torch.no_grad():
-                sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
-                                     torch.tensor(float(len(y)), dtype=torch.float64, device=ctx.device)])
+            stepped = self._step(x, y)
+            if stepped is not None:  # a skipped step (--nan-policy skip) adds nothing to the epoch's metrics
+                loss, logits = stepped
+                with torch.no_grad():
+                    sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
+                                         torch.tensor(float(len(y)), dtype=torch.float64, device=ctx.device)])
             self.position = self.train_loader.position
             self.epoch_seconds = seconds_before + time.perf_counter() - t0
             seen += len(y)
             if bar is not None:
                 rate = seen * ctx.world_size / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(sums[1] / sums[2]).item():.3f}",
-                                img_s=f"{rate:,.0f}", refresh=False)
+                if stepped is not None:
+                    accuracy = (sums[1] / sums[2].clamp_min(1)).item()
+                    bar.set_postfix(loss=f"{stepped[0].item():.3f}", acc=f"{accuracy:.3f}", img_s=f"{rate:,.0f}",
+                                    refresh=False)
                 bar.update()
             # Under torchrun every rank must stop, and checkpoint, at the same step (the checkpoint sums
             # the ranks' metrics): a signal on any rank stops all, rank 0's clock times the checkpoints.
@@ -364,8 +440,10 @@ class _Run:
         seconds = self.epoch_seconds
         loss_sum, correct, n = distributed.all_sum(ctx, *sums.tolist())
         test_loss, test_acc = self.evaluate()
+        # An epoch whose every step was skipped measured nothing: nan, as for a missing test split, not 0.
         row = dict(epoch=self.epoch + 1, step=self.step, lr=self.scheduler.get_last_lr()[0],
-                   train_loss=loss_sum / max(n, 1), train_acc=correct / max(n, 1), test_loss=test_loss,
+                   train_loss=loss_sum / n if n else math.nan, train_acc=correct / n if n else math.nan,
+                   test_loss=test_loss,
                    test_acc=test_acc, seconds=round(seconds, 3), images_per_s=round(n / max(seconds, 1e-9), 1),
                    elapsed=round(time.perf_counter() - self._start, 3))
         self.log.append(row)
@@ -379,7 +457,23 @@ class _Run:
                              self._weights_metadata(test_acc, epochs=self.epoch + 1))
         return None
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _trainable(self, images: int) -> bool:
+        """Whether every rank's batch can make a step: broken files may leave one empty, or with a single
+        image where BatchNorm needs two (see :func:`~convnets.training.config.smallest_batch`).
+
+        Under torchrun the ranks agree, so that they keep making the same steps together.
+        """
+        usable = images >= self.min_batch
+        if self.ctx.distributed:
+            usable = distributed.all_sum(self.ctx, float(usable))[0] == self.ctx.world_size
+        if not usable:
+            self._say(f"warning: batch {self.train_loader.position} of epoch {self.epoch + 1} skipped: after its "
+                      f"undecodable files{' on some process' if self.ctx.distributed else ''} too few images "
+                      f"are left (the model needs {self.min_batch} a batch); see bad_files.tsv")
+        return usable
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One optimizer step; the loss and logits, or None when a non-finite loss was skipped."""
         cfg = self.cfg
         autocast = (torch.autocast(self.ctx.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else nullcontext())
@@ -397,7 +491,7 @@ class _Run:
         if not finite:
             self._diverged(loss)
             self.optimizer.zero_grad(set_to_none=True)
-            return loss.detach().nan_to_num(0.0), logits.float()
+            return None
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.grad_clip:
@@ -418,11 +512,11 @@ class _Run:
                 return
             where += f" after {self.skipped_steps} skipped steps"
         kept = self.out / STATE_FILE
-        kept_text = f"the last good checkpoint is {kept}" if kept.exists() else "no checkpoint was written yet"
-        raise TrainingDiverged(
-            f"loss became {loss.item()} at {where}; {kept_text}. Lower --lr (now {self.cfg.lr}), add "
-            "--grad-clip 1.0, or pass --nan-policy skip to skip such steps"
-        )
+        # The last checkpoint may hold weights the step before already spoilt (a huge learning rate): not "good".
+        kept_text = f"the last checkpoint is {kept}" if kept.exists() else "no checkpoint was written yet"
+        remedies = f"lower --lr (now {self.cfg.lr}) or add --grad-clip 1.0" if self.cfg.nan_policy == "skip" else (
+            f"lower --lr (now {self.cfg.lr}), add --grad-clip 1.0, or pass --nan-policy skip to skip such steps")
+        raise TrainingDiverged(f"loss became {loss.item()} at {where}; {kept_text}: {remedies}")
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -470,6 +564,7 @@ class _Run:
             "metrics": self.log.rows,
             "epoch_sums": epoch_sums,
             "epoch_seconds": self.epoch_seconds,
+            "data": self.data_identity,
         }
         atomic_write(self.out / STATE_FILE, lambda tmp: _save_torch(state, tmp))
 
@@ -489,6 +584,8 @@ class _Run:
             raise RunDirectoryError(f"{path} is not a convnets training state (it has no {', '.join(missing)})")
         if state["model_name"] != self.cfg.model:
             raise ConfigMismatchError(f"{path} is a run of {state['model_name']}, not {self.cfg.model}")
+        if "data" in state:  # checkpoints written before it was recorded are trusted
+            _check_same_data(state["data"], self.data_identity, self.cfg.data, self.out)
         if state["epoch"] > self.cfg.epochs:
             raise ConfigMismatchError(f"--epochs {self.cfg.epochs}: {self.out} has finished {state['epoch']} epochs "
                                       "already; give at least that many")
@@ -508,7 +605,11 @@ class _Run:
             self.epoch_sums = torch.tensor(state["epoch_sums"], dtype=torch.float64, device=self.ctx.device)
             self.epoch_seconds = state["epoch_seconds"]
         self.log.restore(state["metrics"])
-        self._say(f"resumed {self.out} at epoch {self.epoch + 1}, batch {self.position} (step {self.step})")
+        if self.epoch >= self.cfg.epochs:
+            self._say(f"resumed {self.out}: its {self.cfg.epochs} epochs are done, nothing to train (pass --epochs N "
+                      "to train longer)")
+        else:
+            self._say(f"resumed {self.out} at epoch {self.epoch + 1}, batch {self.position} (step {self.step})")
 
     def _weights_metadata(self, accuracy: float, epochs: int | None = None) -> dict[str, Any]:
         ds = self.dataset
@@ -530,8 +631,19 @@ class _Run:
     # ---- output
 
     def _say(self, text: str) -> None:
-        if self.ctx.is_main:
+        if not self.ctx.is_main:
+            return
+        try:
             print(text, flush=True)
+        except BrokenPipeError:
+            # Output piped into `head` or a closed `tee`: the run goes on unheard rather than ending mid-epoch.
+            # Standard output becomes /dev/null, so that nothing buffered for it fails again at exit.
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, sys.stdout.fileno())
+                os.close(null)
+            except (OSError, ValueError):  # not a real file (captured output): nothing to redirect
+                pass
 
     def _progress(self, total: int) -> Any:
         if not (self.ctx.is_main and self.cfg.progress):
@@ -597,6 +709,56 @@ def _resumed_config(config: TrainConfig, out: Path, given_names: Collection[str]
     return TrainConfig(**values), changed
 
 
+def _saved_model(out: Path) -> str | None:
+    """The model of the run in ``out`` as its config.json says, or None when that cannot be read."""
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return saved.get("model") if isinstance(saved, dict) else None
+
+
+def data_identity(dataset: Any) -> dict[str, Any]:
+    """What a resumed run must find again: the classes, and each split's size and a hash of its labels
+    and (for an image folder) of its files' paths within the folder.
+
+    Cheap (no file is read or stat'ed): it catches images added, removed or moved to another class
+    and renamed classes, which would otherwise shift the resumed epoch or swap what the model learnt.
+    """
+    identity: dict[str, Any] = {"classes": [str(c) for c in dataset.classes]}
+    for split in ("train", "test"):
+        part = getattr(dataset, split)
+        digest = hashlib.sha256(part.labels.cpu().numpy().astype("<i8").tobytes())
+        for path, _ in getattr(part, "samples", ()):
+            digest.update(os.path.relpath(path, dataset.source or ".").encode("utf-8", "surrogateescape") + b"\0")
+        identity[split] = [len(part), digest.hexdigest()]
+    return identity
+
+
+def _check_same_data(saved: dict[str, Any], now: dict[str, Any], data: str, out: Path) -> None:
+    """A ConfigMismatchError saying what changed when the data of a resumed run is not what it began with."""
+    if saved == now:
+        return
+
+    def sizes(identity: dict[str, Any]) -> list[Any]:
+        return [(identity.get(split) or [None])[0] for split in ("train", "test")]
+
+    if saved.get("classes") != now["classes"]:
+        what = f"its classes were {_listed(saved.get('classes'))}, now {_listed(now['classes'])}"
+    elif sizes(saved) != sizes(now):
+        (train_was, test_was), (train_now, test_now) = sizes(saved), sizes(now)
+        what = f"it had {train_was} training and {test_was} test images, now {train_now} and {test_now}"
+    else:
+        what = "as many images, but other files or labels"
+    raise ConfigMismatchError(f"cannot resume {out}: the data {data} changed since the run began ({what}); a "
+                              "resumed run must see the same data: restore it, or start a new run with another --out")
+
+
+def _listed(names: Any, limit: int = 6) -> str:
+    names = list(names or [])
+    return ", ".join(map(str, names[:limit])) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def _saved_config(out: Path) -> dict[str, Any]:
     """The fields of ``out/config.json`` of a run that has a checkpoint to resume."""
     path = out / "config.json"
@@ -639,9 +801,18 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _save_torch(obj: Any, path: str) -> None:
-    """``torch.save`` through a Python file: then a full disk is an OSError, not a RuntimeError of torch's writer."""
+    """``torch.save`` through a Python file: then a full disk is an OSError, not a RuntimeError of torch's writer.
+
+    A second Ctrl-C (or SIGTERM) stops the run at once, even mid-write; torch's writer then fails to close
+    its archive and reports that as a RuntimeError, which is given back as the interruption it is.
+    """
     with open(path, "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as err:
+            if isinstance(err.__context__, KeyboardInterrupt):
+                raise err.__context__ from None
+            raise
 
 
 def fit_batch(batch_size: int, images: int, world_size: int = 1) -> int:
@@ -662,11 +833,6 @@ def fit_batch(batch_size: int, images: int, world_size: int = 1) -> int:
     return min(batch_size, per_process)
 
 
-def _probe_model(name: str, model_kwargs: dict[str, Any]) -> ConvNet:
-    with torch.device("meta"):
-        return convnets.create_model(name, **model_kwargs)
-
-
 def _weights_identity(model: str, weights: str | None) -> str | None:
     """What identifies weights in a cache key: a registered tag's sha256, or a file's path, size and time."""
     if weights and is_tag(weights):
@@ -675,21 +841,6 @@ def _weights_identity(model: str, weights: str | None) -> str | None:
         stat = Path(weights).stat()
         return f"{Path(weights).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     return weights
-
-
-def _check_fit(cfg: TrainConfig, probe: ConvNet, dataset: Any) -> None:
-    """Model/data mismatches, reported before any training, each in one sentence."""
-    h, w = dataset.image_size
-    if probe.fixed_input_size is not None and (h, w) != probe.fixed_input_size:
-        fh, fw = probe.fixed_input_size
-        raise ConfigMismatchError(f"{cfg.model} takes only {fh}x{fw} images but --image-size gives {h}x{w}: "
-                                  f"use --image-size {fh}")
-    if min(h, w) < probe.min_input_size:
-        hint = f"--image-size {probe.min_input_size}"
-        if convnets.model_entry(cfg.model).takes("small_input") and not getattr(probe, "small_input", True):
-            hint += " or --model-arg small_input=true"
-        raise ConfigMismatchError(f"{cfg.model} needs images of at least {probe.min_input_size}x"
-                                  f"{probe.min_input_size} but {dataset.name} gives {h}x{w}: pass {hint}")
 
 
 def _lr_factor(cfg: TrainConfig, total: int, per_epoch: int) -> Any:

@@ -25,6 +25,12 @@ from convnets.training.config import TrainConfig
 from convnets.weights import remove_stale_temporaries, try_lock
 
 MARKER = ".convnets-run"
+
+
+class DirectoryBusy(RunDirectoryError):
+    """The directory is being written by another process (a default directory then passes to the next number)."""
+
+
 KINDS = {"train": "a training run", "experiment": "an experiment"}
 # Made by file browsers in any folder they show; convnets never writes these names, so nothing is lost.
 IGNORED = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
@@ -91,6 +97,11 @@ class RunDirectory:
         path = self.path
         if path.exists() and not path.is_dir():
             raise RunDirectoryError(f"{path} is a file, not a directory: choose another --out")
+        if path.is_symlink() and not path.exists():
+            raise RunDirectoryError(f"{path} is a link to nothing (or a loop of links): choose another --out")
+        above = next((p for p in path.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise RunDirectoryError(f"{path} cannot be made: {above} is a file, not a folder; choose another --out")
         if path.is_dir():
             self._check_owner()
         self._created = [p for p in (path, *path.parents) if not p.exists()]
@@ -133,7 +144,7 @@ class RunDirectory:
             fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o666)
             if not try_lock(fd):
                 os.close(fd)
-                raise RunDirectoryError(f"{self.path} is being written by {_holder(marker)}: wait for it to end, "
+                raise DirectoryBusy(f"{self.path} is being written by {_holder(marker)}: wait for it to end, "
                                         "or choose another --out")
             try:
                 if os.stat(marker).st_ino == os.fstat(fd).st_ino:

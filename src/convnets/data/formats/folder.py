@@ -21,6 +21,8 @@ from convnets.data.images import (
     collate_images,
     decode_image,
     describe_error,
+    leave_signals_to_the_main_process,
+    workers_starting,
 )
 from convnets.errors import DataError
 
@@ -44,6 +46,28 @@ def _none_decodes(files: list[Path], bad: BadFileLog) -> str | None:
     return first
 
 
+def _files_under(class_dir: Path, bad: BadFileLog) -> list[Path]:
+    """Every file and link below ``class_dir``, sorted, except hidden ones and those in hidden folders.
+
+    Hidden names (.DS_Store, .ipynb_checkpoints, editor backups) are not data. Links to folders are
+    not followed (a link to ``..`` would loop); broken links are listed, for the caller to report. A
+    subfolder that cannot be listed is recorded in ``bad``; the class folder itself not being
+    listable is an error, not an empty class.
+
+    Raises:
+        DataError: ``class_dir`` cannot be listed.
+    """
+    try:
+        os.listdir(class_dir)
+    except OSError as err:
+        raise DataError(f"class folder {class_dir} cannot be read: {err.strerror or err}") from None
+    found = []
+    for folder, subfolders, files in os.walk(class_dir, onerror=lambda err: bad.add(err.filename, describe_error(err))):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        found += [Path(folder, name) for name in files if not name.startswith(".")]
+    return sorted(found)
+
+
 def _scan_class_folders(root: Path, bad: BadFileLog) -> tuple[list[str], list[tuple[str, int]]]:
     """Classes (sorted subfolder names) and (path, label) samples of ``root/CLASS/...``.
 
@@ -60,9 +84,7 @@ def _scan_class_folders(root: Path, bad: BadFileLog) -> tuple[list[str], list[tu
     samples = []
     for label, class_dir in enumerate(class_dirs):
         images = []
-        for path in sorted(class_dir.rglob("*")):
-            if path.name.startswith("."):
-                continue  # hidden files (.DS_Store, editor backups) are not data
+        for path in _files_under(class_dir, bad):
             if path.is_symlink() and not path.exists():
                 bad.add(path, "broken link")
             elif not path.is_file():
@@ -108,10 +130,13 @@ def _stats_of_folder(
     rng = np.random.default_rng(seed)
     indices = rng.permutation(len(split))[:samples].tolist()
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(split, indices), batch_size=64, num_workers=num_workers, collate_fn=collate_images
+        torch.utils.data.Subset(split, indices), batch_size=64, num_workers=num_workers, collate_fn=collate_images,
+        worker_init_fn=leave_signals_to_the_main_process,
     )
     images = []
-    for x, _, errors in loader:
+    with workers_starting():
+        batches = iter(loader)
+    for x, _, errors in batches:
         bad.extend(errors)
         images.append(x)
     images = [x for x in images if len(x)]
@@ -133,6 +158,19 @@ def _probe_size(samples: Sequence[tuple[str, int]], cap: int = 224) -> int:
     return cap
 
 
+# Split folder names, matched in any case (Kaggle's Train/ and Test/ as well as train/ and val/), most usual first.
+TRAIN_FOLDERS = ("train", "training")
+HELD_OUT_FOLDERS = ("val", "test", "valid", "validation", "testing")
+
+
+def _split_folders(root: Path) -> tuple[Path | None, Path | None]:
+    """``root``'s training and held-out split folders (see :data:`TRAIN_FOLDERS`), each None when absent."""
+    folders = {p.name.lower(): p for p in sorted(root.iterdir()) if p.is_dir()}
+    train = next((folders[name] for name in TRAIN_FOLDERS if name in folders), None)
+    held_out = next((folders[name] for name in HELD_OUT_FOLDERS if name in folders), None)
+    return train, held_out
+
+
 def load_image_folder(
     root: str | Path,
     *,
@@ -152,8 +190,9 @@ def load_image_folder(
     16-bit and float images scaled to 8 bits.
 
     Args:
-        root: The folder. With ``train/`` and ``val/`` (or ``test/``) subfolders those are the
-            splits; otherwise a stratified ``val_fraction`` of every class is held out, chosen by ``seed``.
+        root: The folder. With ``train/`` and ``val/`` (or ``test/``; any case, and the other names of
+            :data:`TRAIN_FOLDERS` and :data:`HELD_OUT_FOLDERS`) subfolders those are the splits; otherwise
+            a stratified ``val_fraction`` of every class is held out, chosen by ``seed``.
         image_size: Output (height, width) or side; by default the shorter side of the first
             image, at most 224. Images are scaled to cover it and centre-cropped.
         channels: 1 (grey) or 3 (RGB, the default); other modes (palette, RGBA, CMYK) are converted.
@@ -166,7 +205,8 @@ def load_image_folder(
         FileNotFoundError: ``root`` does not exist.
         ConfigError: An argument outside its range.
         DataError: ``root`` is not a folder; no class folders; fewer than two classes; a class folder
-            without a decodable image; or split folders whose classes differ.
+            without a decodable image; split folders whose classes differ; or a held-out split folder
+            beside class folders (it would become a class).
     """
     options = LoadOptions(image_size=image_size, channels=channels, seed=seed, val_fraction=val_fraction,
                           num_workers=num_workers)
@@ -177,16 +217,19 @@ def load_image_folder(
     if not root.is_dir():
         raise DataError(f"{root}: is a file; an image folder is a directory of class folders (ROOT/CLASS/IMAGE.jpg)")
     bad = BadFileLog()
-    train_dir = root / "train"
-    held_out = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
-    if train_dir.is_dir() and held_out is not None:
+    train_dir, held_out = _split_folders(root)
+    if held_out is not None and train_dir is None:
+        # Beside the classes (ROOT/cat, ROOT/dog, ROOT/test), it would be trained on as one more class.
+        raise DataError(f"{held_out} looks like a held-out split, not a class: put the training classes in "
+                        f"{root}/train/CLASS and the held-out ones in {held_out}/CLASS, or move it out of {root}")
+    if train_dir is not None and held_out is not None:
         classes, train = _scan_class_folders(train_dir, bad)
         val_classes, val = _scan_class_folders(held_out, bad)
         if val_classes != classes:
             raise DataError(f"{held_out} has classes {val_classes} but {train_dir} has {classes}")
         check_classes(classes, [y for _, y in train], root)
     else:  # a lone train/ folder is split like a plain one
-        classes, samples = _scan_class_folders(train_dir if train_dir.is_dir() else root, bad)
+        classes, samples = _scan_class_folders(train_dir or root, bad)
         check_classes(classes, [y for _, y in samples], root)
         train, val = _stratified_split(samples, options.val_fraction, options.seed)  # keeps every class in train
         if not val and options.val_fraction > 0:

@@ -80,21 +80,25 @@ def classes_from_labels(labels: np.ndarray, path: str | Path) -> list[str]:
     if labels.min() < 0:
         raise DataError(f"{path}: labels must be 0 or more; found {int((labels < 0).sum())} negative "
                         f"(e.g. {int(labels[labels < 0][0])})")
-    counts = np.bincount(labels)
-    used, empty = np.flatnonzero(counts), np.flatnonzero(counts == 0)
-    if len(empty) > len(used):
-        gap = int(empty[0])
-        stray = used[used > gap]
-        named = ", ".join(f"{int(s)} ({counts[s]} image{'s' if counts[s] != 1 else ''})" for s in stray[:5])
+    # The labels used and their counts, without a count for every label up to the largest: one stray
+    # label 2**31 - 1 would need a 16 GB table.
+    used, counts = np.unique(labels, return_counts=True)
+    ways = int(used[-1]) + 1
+    empty = ways - len(used)
+    if empty > len(used):
+        gap = next((i for i, label in enumerate(used) if label != i), len(used))
+        stray, stray_counts = used[gap:], counts[gap:]
+        named = ", ".join(f"{int(s)} ({n} image{'s' if n != 1 else ''})" for s, n in zip(stray[:5], stray_counts[:5],
+                                                                                              strict=True))
         more = f" and {len(stray) - 5} more" if len(stray) > 5 else ""
         kept = f"0..{gap - 1}" if gap > 0 else "none below them"
         plural = len(stray) > 1
         raise DataError(
             f"{path}: label{'s' if plural else ''} {named}{more} {'lie' if plural else 'lies'} far beyond the others "
-            f"({kept}) and would make a {len(counts)}-way classifier in which {len(empty)} classes have no image; "
+            f"({kept}) and would make a {ways:,}-way classifier in which {empty:,} classes have no image; "
             f"fix or remove {'those labels' if plural else 'that label'}, or pass classes=[...] naming every class"
         )
-    return [str(i) for i in range(len(counts))]
+    return [str(i) for i in range(ways)]
 
 
 def load_idx_dataset(
@@ -126,6 +130,8 @@ def load_idx_dataset(
     if files is None:
         raise FileNotFoundError(f"{directory}: no train/t10k IDX image and label files")
     train, test = (load_idx_pair(*files[s]) for s in ("train", "test"))
+    if not len(train[1]):
+        raise DataError(f"{files['train'][0]}: holds no images: a dataset needs training images")
     if classes is None:
         classes = classes_from_labels(train[1], files["train"][1])
     for split, (_, labels) in zip(("train", "test"), (train, test), strict=True):
