@@ -40,6 +40,11 @@ CASES = [
     Case("cost-depthwise-stride-word", 3, ["cost", "depthwise", "-s", "two"], r"--stride.*'two'"),
     Case("experiment-unknown", 3, ["experiment", "degredation"], r"unknown experiment 'degredation'"),
     Case("weights-unknown-model", 3, ["weights", "resnet21"], r"resnet21"),
+    # An option the command does not know is reported by that command, like any other bad option.
+    Case("train-unknown-option", 3, ["train", "lenet5", "--lr-max", "1"],
+         r"(?m)^convnets train: error: unrecognized arguments: --lr-max 1"),
+    Case("summary-unknown-option", 3, ["summary", "lenet5", "--deep", "2"],
+         r"(?m)^convnets summary: error: unrecognized arguments: --deep"),
 ]
 
 
@@ -68,3 +73,13 @@ def test_a_refused_file_is_one_line_naming_the_path(tmp_path: Path, capsys: pyte
                              capsys)
     assert status == 2 and "Traceback" not in err
     assert f"convnets augment: error: {target}" in err
+
+
+def test_ctrl_c_while_the_commands_load_is_an_interrupt_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import convnets.cli as cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "parse_args", interrupted)
+    assert main(["list"]) == 130

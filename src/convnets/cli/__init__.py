@@ -30,12 +30,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line; an option the command does not know is reported by that command's parser,
+    so its message reads ``convnets train: error: unrecognized arguments: ...`` like every other."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def describe_os_error(err: OSError) -> str:
     """``path: reason`` for a file the operating system refused, with what to do for a full or read-only disk."""
     where = f"{err.filename}: " if err.filename else ""
     reason = err.strerror or str(err)
     hints = {errno.ENOSPC: " (free some space or choose another --out; the last checkpoint written is kept)",
-             errno.EROFS: " (choose a writable --out)", errno.EACCES: " (choose a location you can write)"}
+             errno.EROFS: " (choose a writable --out)", errno.EACCES: " (check the permissions of that path)"}
     return where + reason + hints.get(err.errno, "")
 
 
@@ -44,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         # A terminal whose locale cannot encode a class name ('Ü', 'T恤') prints it escaped, not a traceback.
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    args = build_parser().parse_args(argv)
     try:
+        args = parse_args(argv)
         return args.run(args) or 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # also while the commands import or the arguments are read
         return 130
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         sys.stderr.close()
