@@ -273,3 +273,15 @@ def test_the_same_command_twice_starts_a_second_run_and_resume_takes_the_latest(
     assert train(TrainConfig(**cfg)).out == Path("runs/lenet5-digits-2")
     resumed = train(TrainConfig(model="lenet5", data="digits", resume=True, progress=False, max_steps=4))
     assert resumed.out == Path("runs/lenet5-digits-2") and resumed.steps == 4
+
+
+def test_a_run_says_what_precision_it_computes_in() -> None:
+    from convnets.training.loop import describe_precision
+
+    cpu = torch.device("cpu")
+    mobile = convnets.create_model("mobilenet_v2", num_classes=3, width=0.25)
+    assert describe_precision(None, cpu, mobile) == "fp32"
+    assert describe_precision(torch.bfloat16, cpu, mobile) == (
+        "bf16 autocast (depthwise convolutions in fp32: faster on this CPU)")
+    assert describe_precision(torch.bfloat16, cpu, convnets.create_model("lenet5")) == "bf16 autocast"
+    assert describe_precision(torch.float16, torch.device("cuda"), mobile) == "fp16 autocast with loss scaling"

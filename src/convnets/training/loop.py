@@ -41,6 +41,7 @@ from convnets.data.datasets import load_dataset, subsample_per_class
 from convnets.data.loader import make_loader
 from convnets.device import set_threads
 from convnets.errors import ConfigError, ConfigMismatchError, ConvnetsError, RunDirectoryError, TrainingDiverged
+from convnets.layers import DepthwiseConv2d
 from convnets.models.inception import AUX_LOSS_WEIGHT
 from convnets.training import distributed
 from convnets.training.config import TrainConfig, check_input_size, default_out, probe_model, resolve, smallest_batch
@@ -72,6 +73,7 @@ class TrainResult:
     seconds: float
     images_per_second: float
     stopped_early: bool = False
+    precision: str = "fp32"  # what ran: "bf16 autocast (depthwise convolutions in fp32)", "fp32"...
 
 
 def train(config: TrainConfig, *, given: Collection[str] = ()) -> TrainResult:
@@ -260,6 +262,7 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(cfg, self.total_steps,
                                                                                        self.steps_per_epoch))
         self.autocast_dtype = autocast_dtype(cfg.precision, ctx.device)
+        self.precision = describe_precision(self.autocast_dtype, ctx.device, self.model)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.autocast_dtype == torch.float16)
         self.aux = getattr(self.model, "aux", None) is not None and not self.cached
         self.epoch, self.position, self.step, self.best = 0, 0, 0, 0.0
@@ -281,7 +284,8 @@ class _Run:
             self._write_config()
             self._say(self.dataset.describe())
             self._say(f"{cfg.model}: {sum(p.numel() for p in self.model.parameters()):,} params on "
-                      f"{ctx.device}" + (f" x {ctx.world_size} processes" if ctx.distributed else ""))
+                      f"{ctx.device}" + (f" x {ctx.world_size} processes" if ctx.distributed else "")
+                      + f", precision {cfg.precision}: {self.precision}")
 
     def _write_config(self) -> None:
         write_text(self.out / "config.json", json.dumps({**self.cfg.to_dict(), "resume": False}, indent=2) + "\n")
@@ -369,7 +373,7 @@ class _Run:
         images = self.step * self.batch_size * self.ctx.world_size
         best = math.nan if math.isnan(test_acc) else max(self.best, test_acc)  # nan: no test image to measure
         result = TrainResult(self.model, self.out, test_acc, best, self.epoch, self.step,
-                             self.elapsed, images / max(self.elapsed, 1e-9), stopped is not None)
+                             self.elapsed, images / max(self.elapsed, 1e-9), stopped is not None, self.precision)
         # Each process decodes its own shard: the files any of them could not read are reported together.
         bad = distributed.gather_lists(self.ctx, self.dataset.bad_files.items + self.train_loader.bad_files.items)
         if self.ctx.is_main:
@@ -879,6 +883,18 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def describe_precision(dtype: torch.dtype | None, device: torch.device, model: nn.Module) -> str:
+    """What a run computes in, in words: ``fp32``, ``bf16 autocast``, ``fp16 autocast with loss scaling``,
+    with a note where the model's depthwise convolutions stay in fp32 (on the CPU, see :class:`DepthwiseConv2d`)."""
+    if dtype is None:
+        return "fp32"
+    text = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast with loss scaling"}[dtype]
+    if device.type == "cpu" and any(isinstance(m, DepthwiseConv2d) and m.fp32_under_autocast
+                                    for m in model.modules()):
+        text += " (depthwise convolutions in fp32: faster on this CPU)"
+    return text
 
 
 def cpu_has_native_bf16() -> bool:

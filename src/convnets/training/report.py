@@ -82,7 +82,7 @@ def write_report(out: Path, cfg: Any, result: Any, rows: list[dict[str, Any]]) -
         "",
         f"Recipe: {cfg.optimizer} lr {cfg.lr}, {cfg.schedule} schedule, warm-up {cfg.warmup_epochs} epochs, "
         f"batch {cfg.batch_size}, weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}, "
-        f"augmentation {cfg.augment}, precision {cfg.precision}, seed {cfg.seed}.",
+        f"augmentation {cfg.augment}, seed {cfg.seed}; precision {cfg.precision}: {result.precision}.",
         "",
         "| epoch | train loss | train acc | test loss | test acc | images/s |",
         "|---:|---:|---:|---:|---:|---:|",
