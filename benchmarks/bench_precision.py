@@ -43,7 +43,7 @@ MODELS: dict[str, dict] = {
     "lenet5": dict(input=(1, 32, 32)),
     "resnet20": dict(input=(1, 28, 28)),
     "resnet18": dict(input=(3, 32, 32), small_input=True),
-    "vgg11_bn": dict(input=(3, 32, 32), small_input=True),
+    "vgg11_bn": dict(input=(3, 32, 32)),
     "googlenet_torchvision": dict(input=(3, 32, 32), small_input=True),
     "nin": dict(input=(3, 32, 32)),
     "mobilenet_v1": dict(input=(3, 32, 32), small_input=True, width=0.5),
