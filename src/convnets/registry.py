@@ -82,6 +82,8 @@ BUILDER_ARGUMENTS: dict[str, Rule] = {
     "drop_path": number(ge=0, lt=1),
     "shortcut": choice("A", "B", "C", quoted=True).or_none("no shortcut, the plain net"),
     "downsample_on": choice("1x1", "3x3", quoted=True),
+    "tf_same": FLAG,
+    "relu6": FLAG,
 }
 
 
@@ -162,6 +164,10 @@ def create_model(name: str, weights: str | None = None, **kwargs) -> ConvNet:
 
         spec = get_weights(entry.name, weights)
         kwargs = {"num_classes": spec.num_classes, "in_chans": spec.input_size[0], **spec.model_kwargs, **kwargs}
+    elif weights is not None:  # e.g. a Keras file's tf_same=True: options the weights need, not in their shapes
+        from convnets.weights import weights_model_kwargs
+
+        kwargs = {**weights_model_kwargs(weights, entry.name), **kwargs}
     check_arguments(entry.name, kwargs)
     model = entry.builder(**kwargs)
     model.name = entry.name

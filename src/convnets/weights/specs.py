@@ -142,4 +142,5 @@ def get_weights(model: str, tag: str) -> WeightSpec:
 def is_tag(weights: str | Path) -> bool:
     """A registered tag such as ``fashion-mnist``, as opposed to a file path or a URL."""
     text = str(weights)
-    return not ("/" in text or "\\" in text or text.endswith((".pt", ".pth", ".safetensors")) or Path(text).exists())
+    files = (".pt", ".pth", ".safetensors", ".h5", ".hdf5", ".keras")
+    return not ("/" in text or "\\" in text or text.lower().endswith(files) or Path(text).exists())
