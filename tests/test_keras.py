@@ -142,7 +142,9 @@ def randomize(keras: Any, model: Any, app: App, seed: int = 0) -> None:
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense) and getattr(layer, "use_bias", False):
             kernel, bias = layer.get_weights()
-            layer.set_weights([kernel, rng.normal(0, 0.05, bias.shape)])
+            # 2% of the layer's output scale on unit inputs: present, and not drowning the input's part.
+            scale = 0.02 * kernel.std() * np.sqrt(np.prod(kernel.shape[:-1]))
+            layer.set_weights([kernel, rng.normal(0, scale, bias.shape)])
     norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in norms:
         n = layer.get_weights()[0].shape
@@ -315,9 +317,14 @@ def relative(ours: np.ndarray, reference: np.ndarray) -> float:
     return float(np.abs(ours - reference).max() / np.abs(reference).max())
 
 
+# The second application of a family is built at its larger size or depth: over 5 s, marked slow.
+SLOW = {"resnet101-features", "vgg19-features", "efficientnet-b3-features"}
+
+
 @pytest.mark.keras
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("app", APPS, ids=[a.id for a in APPS])
+@pytest.mark.parametrize("app", [pytest.param(a, id=a.id, marks=pytest.mark.slow if a.id in SLOW else ())
+                                 for a in APPS])
 def test_keras_outputs_are_reproduced(app: App, fmt: str, built: Callable[[App], Built]) -> None:
     case = built(app)
     model = load(case.files[fmt])  # the layout, the model and its options all come from the file
@@ -466,3 +473,21 @@ def test_vgg16_with_its_classifier_at_224(keras: Any, tmp_path: Path) -> None:
     with torch.no_grad():  # the control: fc1's columns back in Keras's (H, W, C) order
         fc1.copy_(fc1.reshape(-1, 512, 7, 7).permute(0, 2, 3, 1).reshape(fc1.shape))
     assert relative(our_outputs(ours, path, 224, True), reference) > 1e-2
+
+
+@pytest.mark.keras
+def test_a_run_fine_tuned_from_keras_weights_is_rebuilt_with_their_options(built: Callable[[App], Built],
+                                                                           tmp_path: Path) -> None:
+    # transfer builds mobilenet_v1_025 with the file's tf_same/relu6; the run's weights must say so, or
+    # evaluate and export would rebuild a network with PyTorch's padding and ReLU (same shapes, other outputs).
+    from convnets.cli import main
+    from convnets.weights import load_weights, read_metadata
+
+    weights = built(app_named("mobilenet-0.25")).files["legacy-h5"]
+    status = main(["transfer", "mobilenet_v1_025", "--weights", str(weights), "--data", "digits", "--out",
+                   str(tmp_path / "run"), "--epochs", "1", "--max-steps", "1", "--train-per-class", "2",
+                   "--test-per-class", "1", "--image-size", "32", "--no-progress", "--threads", "1"])
+    assert not status
+    assert read_metadata(tmp_path / "run" / "best.safetensors")["model_kwargs"] == {"tf_same": True, "relu6": True}
+    model = load_weights(tmp_path / "run" / "best.safetensors")
+    assert model.tf_same and model.relu6

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -39,6 +39,9 @@ from convnets.weights.layouts import (
     strip_wrapper_prefixes,
 )
 from convnets.weights.specs import WeightSpec, get_weights, is_tag
+
+if TYPE_CHECKING:
+    from convnets.registry import ModelEntry
 
 logger = logging.getLogger("convnets.weights")
 
@@ -454,7 +457,7 @@ def weights_model_kwargs(weights: str | Path, model: str) -> dict[str, Any]:
         return _taken(model, keras.read_keras(path, tensors=False).model_kwargs)
 
 
-def _entry(model: str) -> Any:
+def _entry(model: str) -> ModelEntry:
     from convnets.registry import model_entry
 
     return model_entry(model)
