@@ -51,6 +51,11 @@ def writes(name: str, layers: Mapping[str, list[tuple[int, ...]]]) -> Callable[[
     return lambda tmp: legacy(tmp / name, layers)
 
 
+def notes(tmp: Path) -> None:
+    h5py()  # without it, any .h5 is refused for the missing h5py (the h5py-missing case)
+    (tmp / "w.h5").write_text("these are my notes\n" * 50)
+
+
 def truncated(tmp: Path) -> None:
     path = legacy(tmp / "cut.h5", vgg_like(13))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -88,6 +93,17 @@ def keras_app(build: str, name: str, size: int = 32, **kwargs: Any) -> Callable[
     return setup
 
 
+def fine_tuned(tmp: Path) -> Path:
+    """Keras's transfer-learning recipe: Sequential([the application without its top, pooling, a new Dense])."""
+    os.environ["KERAS_BACKEND"] = "torch"
+    keras = pytest.importorskip("keras")
+    base = keras.applications.MobileNet(weights=None, include_top=False, input_shape=(32, 32, 3), alpha=0.25)
+    model = keras.Sequential([keras.Input((32, 32, 3)), base, keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(5)])
+    model.save_weights(tmp / "fine_tuned.weights.h5")
+    return tmp / "fine_tuned.weights.h5"
+
+
 def without_h5py(tmp: Path) -> None:
     with mock.patch.dict(sys.modules, {"h5py": None}):
         load(tmp / "resnet50.h5")
@@ -104,7 +120,7 @@ def no_run(tmp: Path) -> None:
 CASES = [
     # 3: a file that is not Keras Applications weights, or not whole, is named before any work.
     Case("garbage-named-h5", 3, [*TRANSFER, "{tmp}/w.h5"], r"w\.h5: not a readable Keras weights file",
-         setup=lambda tmp: (tmp / "w.h5").write_text("these are my notes\n" * 50), after=no_run),
+         setup=notes, after=no_run),
     Case("empty-h5", 3, [*TRANSFER, "{tmp}/w.h5"], r"w\.h5: the file is empty",
          setup=lambda tmp: (tmp / "w.h5").write_bytes(b""), after=no_run),
     Case("truncated-h5", 3, [*TRANSFER, "{tmp}/cut.h5"], r"cut\.h5: not a readable Keras weights file.*truncated",
@@ -155,6 +171,8 @@ CASES = [
     Case("mobilenet-relu", 3, [], r"needs mobilenet_v1_025 built with tf_same=True, relu6=True; this one has "
          r"relu6=False", setup=keras_app("MobileNet", "m.h5", alpha=0.25),
          call=lambda tmp: convnets.create_model("mobilenet_v1_025", weights=str(tmp / "m.h5"), relu6=False)),
+    Case("fine-tuned-with-own-classifier", 3, [], r"keras:mobilenet_0\.25: 1 Keras layer\(s\) that no rule "
+         r"covers: dense", setup=fine_tuned, call=lambda tmp: load(tmp / "fine_tuned.weights.h5")),
     Case("vgg19-as-vgg16", 3, [], r"does not fit vgg16:.*not in the model.*stages\.2\.conv4",
          setup=keras_app("VGG19", "vgg19_notop.h5", include_top=False),
          call=lambda tmp: load(tmp / "vgg19_notop.h5", layout="keras:vgg16")),

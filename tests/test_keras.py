@@ -411,6 +411,24 @@ def test_whole_model_files_give_their_weights(keras: Any, container: str, tmp_pa
 
 
 @pytest.mark.keras
+@pytest.mark.parametrize("fmt", ["nested.h5", "nested.weights.h5"])
+def test_an_application_nested_in_a_model(keras: Any, fmt: str, tmp_path: Path) -> None:
+    # keras.Sequential([MobileNet(...)]): the legacy file has one group for the inner model, whose weight
+    # names say their layer (mobilenet_0.25_64/conv1/kernel); Keras 3 nests layers/ groups.
+    app = App("mobilenet-0.25-nested", "MobileNet", 64, False, "mobilenet", "keras:mobilenet_0.25",
+              "mobilenet_v1_025", {"alpha": 0.25}, gamma=(1.0, 3.0), beta=3.0)
+    inner = keras.applications.MobileNet(weights=None, include_top=False, input_shape=(64, 64, 3), alpha=0.25)
+    randomize(keras, inner, app)
+    outer = keras.Sequential([keras.Input((64, 64, 3)), inner])
+    if fmt.endswith(".weights.h5"):
+        outer.save_weights(tmp_path / fmt)
+    else:
+        save_legacy(outer, tmp_path / fmt)
+    reference = keras_outputs(keras, outer, app, photos(64))
+    assert relative(our_outputs(load(tmp_path / fmt), tmp_path / fmt, 64, False), reference) <= TOLERANCE
+
+
+@pytest.mark.keras
 def test_published_efficientnet_normalisation(keras: Any, tmp_path: Path) -> None:
     # The published EfficientNet files store ImageNet's std as the Normalization layer's "variance", and
     # EfficientNetB0(weights="imagenet") divides by its square root once more: the model Keras runs normalises

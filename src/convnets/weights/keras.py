@@ -253,13 +253,22 @@ def _attribute_list(group: Any, name: str) -> list[str]:
 
 
 def _legacy_layers(root: Any) -> Layers:
-    """The legacy format: a group per layer, ``weight_names`` giving its weights in Keras's order."""
+    """The legacy format: a group per layer, ``weight_names`` giving its weights in Keras's order.
+
+    A model nested in the saved one (``Sequential([EfficientNetB0(...), ...])``) is one group whose
+    weight names say the inner layer: ``efficientnetb0/stem_conv/kernel``. Weights are grouped by that
+    owner (the group itself for names without one, Keras 1's ``block1_conv1_W_1:0``).
+    """
     layers: Layers = {}
     for name in _attribute_list(root, "layer_names"):
-        group = root[name]
-        weights = [group[w] for w in _attribute_list(group, "weight_names")]
-        if weights:
-            layers[name] = weights
+        group, owners = root[name], {}
+        for weight in _attribute_list(group, "weight_names"):
+            parts = weight.split("/")
+            owners.setdefault(parts[-2] if len(parts) > 1 else name, []).append(group[weight])
+        for owner, weights in owners.items():
+            if owner in layers:
+                raise WeightsError(f"two layers are named {owner!r}")
+            layers[owner] = weights
     return layers
 
 
