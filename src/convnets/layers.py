@@ -10,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -56,6 +57,36 @@ class DepthwiseConv2d(nn.Conv2d):
         return super().forward(x)
 
 
+def pad_same(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
+    """Zero-pad ``x`` as TensorFlow's ``padding="same"`` does before a strided convolution.
+
+    TensorFlow pads each side so that the output has ceil(size / stride) positions and puts the
+    odd pixel on the right/bottom: a 3x3/2 convolution of a 224-pixel side pads (0, 1), where
+    PyTorch's symmetric ``padding=1`` pads (1, 1) and shifts every output by one input pixel.
+    """
+    height, width = x.shape[-2], x.shape[-1]
+    pad_h = max(((height + stride - 1) // stride - 1) * stride + kernel_size - height, 0)
+    pad_w = max(((width + stride - 1) // stride - 1) * stride + kernel_size - width, 0)
+    return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+
+
+torch.fx.wrap("pad_same")  # its padding depends on the input's size: one call in a traced graph, not Python arithmetic
+
+
+class TFSamePad(nn.Module):
+    """TensorFlow's "same" padding (:func:`pad_same`) for the strided convolution that follows it."""
+
+    def __init__(self, kernel_size: int, stride: int) -> None:
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pad_same(x, self.kernel_size, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
 class ConvBNAct(nn.Sequential):
     """conv -> BatchNorm -> activation, with "same" padding for odd kernels.
 
@@ -63,6 +94,9 @@ class ConvBNAct(nn.Sequential):
     ``norm=False`` gives conv (with bias) -> activation, the pre-BatchNorm style of AlexNet, VGG,
     GoogLeNet and NiN. The conv has a bias only without BatchNorm (BN's shift replaces it) unless
     ``bias`` says otherwise. ``act=None`` leaves the output linear (MobileNet v2's projection).
+    ``tf_same=True`` pads a strided convolution as TensorFlow does (a ``pad`` submodule, no
+    parameters), which weights trained in TensorFlow/Keras need to give their outputs; at stride 1
+    both paddings are the same.
     """
 
     def __init__(
@@ -77,9 +111,13 @@ class ConvBNAct(nn.Sequential):
         norm: bool = True,
         bias: bool | None = None,
         act: ActFactory | None = relu,
+        tf_same: bool = False,
     ) -> None:
-        padding = (kernel_size - 1) // 2 if padding is None else padding
         layers: OrderedDict[str, nn.Module] = OrderedDict()
+        if tf_same and stride > 1 and padding is None:
+            layers["pad"] = TFSamePad(kernel_size, stride)
+            padding = 0
+        padding = (kernel_size - 1) // 2 if padding is None else padding
         bias = not norm if bias is None else bias
         conv = DepthwiseConv2d if groups == in_channels == out_channels > 1 else nn.Conv2d
         layers["conv"] = conv(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
@@ -248,6 +286,7 @@ class InvertedResidual(nn.Module):
         act: activation after the expansion and depthwise convs.
         se_ratio: squeeze-excite width as a fraction of ``in_channels`` (0: none).
         drop_path: probability of dropping the residual branch (only where there is a shortcut).
+        tf_same: TensorFlow's padding for a strided depthwise conv (:class:`ConvBNAct`).
     """
 
     def __init__(
@@ -261,11 +300,12 @@ class InvertedResidual(nn.Module):
         act: ActFactory = nn.ReLU6,
         se_ratio: float = 0.0,
         drop_path: float = 0.0,
+        tf_same: bool = False,
     ) -> None:
         super().__init__()
         hidden = in_channels * expand_ratio
         self.expand = ConvBNAct(in_channels, hidden, 1, act=act) if expand_ratio != 1 else nn.Identity()
-        self.dw = ConvBNAct(hidden, hidden, kernel_size, stride, groups=hidden, act=act)
+        self.dw = ConvBNAct(hidden, hidden, kernel_size, stride, groups=hidden, act=act, tf_same=tf_same)
         self.se = SqueezeExcite(hidden, max(1, int(in_channels * se_ratio))) if se_ratio else nn.Identity()
         self.project = ConvBNAct(hidden, out_channels, 1, act=None)
         self.use_residual = stride == 1 and in_channels == out_channels

@@ -84,6 +84,8 @@ BUILDER_ARGUMENTS: dict[str, Rule] = {
     "drop_path": number(ge=0, lt=1),
     "shortcut": choice("A", "B", "C", quoted=True).or_none("no shortcut, the plain net"),
     "downsample_on": choice("1x1", "3x3", quoted=True),
+    "tf_same": FLAG,
+    "relu6": FLAG,
 }
 
 

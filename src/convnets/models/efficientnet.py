@@ -7,7 +7,8 @@ together: depth d = alpha^phi, width w = beta^phi, resolution r = gamma^phi with
 beta = 1.1, gamma = 1.15, chosen so that alpha * beta^2 * gamma^2 ~ 2: each step of phi about
 doubles the MACs. The published B1-B7 round these (Table in the reference code), so the
 registered ``efficientnet_b*`` use the published coefficients and :func:`efficientnet_scaled`
-applies the formula for any phi.
+applies the formula for any phi. ``tf_same=True`` pads the strided convolutions as TensorFlow
+does, which the TensorFlow/Keras weights need (:mod:`convnets.weights.keras`).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class EfficientNet(ConvNet):
         drop_path: stochastic-depth probability of the last block, growing linearly from 0 at
             the first (drop-connect 0.2 in the reference code).
         small_input: for 32-64 px images: a stride-1 first conv (parameters unchanged).
+        tf_same: TensorFlow's padding of the strided convolutions.
     """
 
     def __init__(
@@ -103,14 +105,15 @@ class EfficientNet(ConvNet):
         *,
         drop_path: float = 0.2,
         small_input: bool = False,
+        tf_same: bool = False,
     ) -> None:
         super().__init__()
         if not scaling.width > 0 or not scaling.depth > 0:
             raise ConfigError(f"width and depth multipliers must be > 0, got {scaling}")
-        self.small_input = small_input
+        self.small_input, self.tf_same = small_input, tf_same
         self.scaling = scaling
         channels = make_divisible(32 * scaling.width)
-        self.stem = ConvBNAct(in_chans, channels, 3, 1 if small_input else 2, act=nn.SiLU)
+        self.stem = ConvBNAct(in_chans, channels, 3, 1 if small_input else 2, act=nn.SiLU, tf_same=tf_same)
         reduction = 1 if small_input else 2
         depths = [math.ceil(stage.layers * scaling.depth) for stage in B0_STAGES]
         total, index = sum(depths), 0
@@ -121,7 +124,8 @@ class EfficientNet(ConvNet):
             for j in range(depth):
                 blocks.append(
                     InvertedResidual(channels, out, stage.kernel, stage.stride if j == 0 else 1, stage.expand,
-                                     act=nn.SiLU, se_ratio=0.25, drop_path=drop_path * index / total)
+                                     act=nn.SiLU, se_ratio=0.25, drop_path=drop_path * index / total,
+                                     tf_same=tf_same)
                 )
                 channels, index = out, index + 1
             reduction *= stage.stride
@@ -141,8 +145,10 @@ def efficientnet_scaled(phi: float, num_classes: int = 1000, in_chans: int = 3, 
     return EfficientNet(compound_scaling(phi), num_classes, in_chans, **kwargs)
 
 
-def _b(variant: str, num_classes: int, in_chans: int, drop_path: float, small_input: bool) -> EfficientNet:
-    return EfficientNet(COEFFICIENTS[variant], num_classes, in_chans, drop_path=drop_path, small_input=small_input)
+def _b(variant: str, num_classes: int, in_chans: int, drop_path: float, small_input: bool,
+       tf_same: bool) -> EfficientNet:
+    return EfficientNet(COEFFICIENTS[variant], num_classes, in_chans, drop_path=drop_path, small_input=small_input,
+                        tf_same=tf_same)
 
 
 def _published(params: int, macs: int, paper: str) -> Published:
@@ -156,55 +162,55 @@ def _kw(variant: str) -> dict:
 
 @register_model(**_kw("b0"), published=_published(5_288_548, 385_814_752, "5.3M, 0.39B"))
 def efficientnet_b0(num_classes: int = 1000, in_chans: int = 3, *, drop_path: float = 0.2,
-                    small_input: bool = False) -> EfficientNet:
+                    small_input: bool = False, tf_same: bool = False) -> EfficientNet:
     """EfficientNet-B0 (Tan & Le 2019, Table 1): 224 input, 77.1% ImageNet top-1 in the paper."""
-    return _b("b0", num_classes, in_chans, drop_path, small_input)
+    return _b("b0", num_classes, in_chans, drop_path, small_input, tf_same)
 
 
 @register_model(**_kw("b1"), published=_published(7_794_184, 686_802_832, "7.8M, 0.70B"))
 def efficientnet_b1(num_classes: int = 1000, in_chans: int = 3, *, drop_path: float = 0.2,
-                    small_input: bool = False) -> EfficientNet:
+                    small_input: bool = False, tf_same: bool = False) -> EfficientNet:
     """EfficientNet-B1 (Tan & Le 2019): width 1.0, depth 1.1, 240 input."""
-    return _b("b1", num_classes, in_chans, drop_path, small_input)
+    return _b("b1", num_classes, in_chans, drop_path, small_input, tf_same)
 
 
 @register_model(**_kw("b2"), published=_published(9_109_994, 993_561_872, "9.2M, 1.0B"))
 def efficientnet_b2(num_classes: int = 1000, in_chans: int = 3, *, drop_path: float = 0.2,
-                    small_input: bool = False) -> EfficientNet:
+                    small_input: bool = False, tf_same: bool = False) -> EfficientNet:
     """EfficientNet-B2 (Tan & Le 2019): width 1.1, depth 1.2, 260 input."""
-    return _b("b2", num_classes, in_chans, drop_path, small_input)
+    return _b("b2", num_classes, in_chans, drop_path, small_input, tf_same)
 
 
 @register_model(**_kw("b3"), published=_published(12_233_232, 1_827_141_392, "12M, 1.8B"))
 def efficientnet_b3(num_classes: int = 1000, in_chans: int = 3, *, drop_path: float = 0.2,
-                    small_input: bool = False) -> EfficientNet:
+                    small_input: bool = False, tf_same: bool = False) -> EfficientNet:
     """EfficientNet-B3 (Tan & Le 2019): width 1.2, depth 1.4, 300 input."""
-    return _b("b3", num_classes, in_chans, drop_path, small_input)
+    return _b("b3", num_classes, in_chans, drop_path, small_input, tf_same)
 
 
 @register_model(**_kw("b4"), published=_published(19_341_616, 4_393_771_024, "19M, 4.2B"))
 def efficientnet_b4(num_classes: int = 1000, in_chans: int = 3, *, drop_path: float = 0.2,
-                    small_input: bool = False) -> EfficientNet:
+                    small_input: bool = False, tf_same: bool = False) -> EfficientNet:
     """EfficientNet-B4 (Tan & Le 2019): width 1.4, depth 1.8, 380 input."""
-    return _b("b4", num_classes, in_chans, drop_path, small_input)
+    return _b("b4", num_classes, in_chans, drop_path, small_input, tf_same)
 
 
 @register_model(**_kw("b5"), published=_published(30_389_784, 10_266_384_752, "30M, 9.9B"))
 def efficientnet_b5(num_classes: int = 1000, in_chans: int = 3, *, drop_path: float = 0.2,
-                    small_input: bool = False) -> EfficientNet:
+                    small_input: bool = False, tf_same: bool = False) -> EfficientNet:
     """EfficientNet-B5 (Tan & Le 2019): width 1.6, depth 2.2, 456 input."""
-    return _b("b5", num_classes, in_chans, drop_path, small_input)
+    return _b("b5", num_classes, in_chans, drop_path, small_input, tf_same)
 
 
 @register_model(**_kw("b6"), published=_published(43_040_704, 19_067_593_536, "43M, 19B"))
 def efficientnet_b6(num_classes: int = 1000, in_chans: int = 3, *, drop_path: float = 0.2,
-                    small_input: bool = False) -> EfficientNet:
+                    small_input: bool = False, tf_same: bool = False) -> EfficientNet:
     """EfficientNet-B6 (Tan & Le 2019): width 1.8, depth 2.6, 528 input."""
-    return _b("b6", num_classes, in_chans, drop_path, small_input)
+    return _b("b6", num_classes, in_chans, drop_path, small_input, tf_same)
 
 
 @register_model(**_kw("b7"), published=_published(66_347_960, 37_745_884_192, "66M, 37B"))
 def efficientnet_b7(num_classes: int = 1000, in_chans: int = 3, *, drop_path: float = 0.2,
-                    small_input: bool = False) -> EfficientNet:
+                    small_input: bool = False, tf_same: bool = False) -> EfficientNet:
     """EfficientNet-B7 (Tan & Le 2019): width 2.0, depth 3.1, 600 input, 84.3% ImageNet top-1 in the paper."""
-    return _b("b7", num_classes, in_chans, drop_path, small_input)
+    return _b("b7", num_classes, in_chans, drop_path, small_input, tf_same)

@@ -7,6 +7,10 @@ residual between the narrow ends.
 
 Both take a width multiplier (alpha / ``width``) that thins every layer, and run at any input
 resolution (the paper's rho: 224, 192, 160, 128) via global average pooling.
+
+``tf_same=True`` pads the strided convolutions as TensorFlow does, and v1's ``relu6=True`` clips
+its activations at 6 as the TensorFlow release did: both are what Keras Applications' weights
+need (:mod:`convnets.weights.keras`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from convnets.errors import ConfigError
-from convnets.layers import ClassifierHead, ConvBNAct, InvertedResidual, make_divisible
+from convnets.layers import ActFactory, ClassifierHead, ConvBNAct, InvertedResidual, make_divisible, relu
 from convnets.models.base import ConvNet, StageInfo
 from convnets.registry import Published, register_model
 
@@ -69,11 +73,12 @@ def _input_size(image_size: int | None, in_chans: int) -> tuple[int, int, int]:
 class DepthwiseSeparable(nn.Sequential):
     """Depthwise 3x3 conv + BN + ReLU, then pointwise 1x1 conv + BN + ReLU (Howard et al. Figure 3)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, *, act: ActFactory = relu,
+                 tf_same: bool = False) -> None:
         super().__init__(
             OrderedDict(
-                dw=ConvBNAct(in_channels, in_channels, 3, stride, groups=in_channels),
-                pw=ConvBNAct(in_channels, out_channels, 1),
+                dw=ConvBNAct(in_channels, in_channels, 3, stride, groups=in_channels, act=act, tf_same=tf_same),
+                pw=ConvBNAct(in_channels, out_channels, 1, act=act),
             )
         )
 
@@ -88,6 +93,8 @@ class MobileNetV1(ConvNet):
         image_size: default input resolution rho (224, 192, 160, 128 in the paper).
         dropout: before the FC (the paper uses none).
         small_input: for 32-64 px images: a stride-1 first conv (parameters unchanged).
+        relu6: ReLU6 activations (the TensorFlow release) instead of the paper's ReLU.
+        tf_same: TensorFlow's padding of the strided convolutions.
     """
 
     def __init__(
@@ -99,19 +106,22 @@ class MobileNetV1(ConvNet):
         image_size: int | None = None,
         dropout: float = 0.0,
         small_input: bool = False,
+        relu6: bool = False,
+        tf_same: bool = False,
     ) -> None:
         super().__init__()
         _check_width(width)
-        self.small_input = small_input
+        self.small_input, self.relu6, self.tf_same = small_input, relu6, tf_same
+        act = nn.ReLU6 if relu6 else relu
         channels = make_divisible(32 * width)
-        self.stem = ConvBNAct(in_chans, channels, 3, 1 if small_input else 2)
+        self.stem = ConvBNAct(in_chans, channels, 3, 1 if small_input else 2, act=act, tf_same=tf_same)
         reduction = 1 if small_input else 2
         stages, info = [], []
         for i, rows in enumerate(V1_STAGES):
             blocks = []
             for out, stride in rows:
                 out = make_divisible(out * width)
-                blocks.append(DepthwiseSeparable(channels, out, stride))
+                blocks.append(DepthwiseSeparable(channels, out, stride, act=act, tf_same=tf_same))
                 channels, reduction = out, reduction * stride
             stages.append(nn.Sequential(*blocks))
             info.append(StageInfo(f"stages.{i}", channels, reduction))
@@ -133,6 +143,7 @@ class MobileNetV2(ConvNet):
         image_size: default input resolution.
         dropout: before the FC (0.2, as torchvision's training recipe).
         small_input: for 32-64 px images: a stride-1 first conv (parameters unchanged).
+        tf_same: TensorFlow's padding of the strided convolutions.
     """
 
     def __init__(
@@ -144,19 +155,20 @@ class MobileNetV2(ConvNet):
         image_size: int | None = None,
         dropout: float = 0.2,
         small_input: bool = False,
+        tf_same: bool = False,
     ) -> None:
         super().__init__()
         _check_width(width)
-        self.small_input = small_input
+        self.small_input, self.tf_same = small_input, tf_same
         channels = make_divisible(32 * width)
-        self.stem = ConvBNAct(in_chans, channels, 3, 1 if small_input else 2, act=nn.ReLU6)
+        self.stem = ConvBNAct(in_chans, channels, 3, 1 if small_input else 2, act=nn.ReLU6, tf_same=tf_same)
         reduction = 1 if small_input else 2
         stages, info = [], []
         for i, row in enumerate(V2_ROWS):
             out = make_divisible(row.c * width)
             blocks = []
             for j in range(row.n):
-                blocks.append(InvertedResidual(channels, out, 3, row.s if j == 0 else 1, row.t))
+                blocks.append(InvertedResidual(channels, out, 3, row.s if j == 0 else 1, row.t, tf_same=tf_same))
                 channels = out
             reduction *= row.s
             stages.append(nn.Sequential(*blocks))
@@ -177,37 +189,41 @@ _V1_TABLE = "Howard et al. 2017, Table 6"
 
 @register_model(**_V1_KW, published=Published(4_231_976, 568_740_352, "Howard et al. 2017 (4.2M, 569M); timm count"))
 def mobilenet_v1(num_classes: int = 1000, in_chans: int = 3, *, width: float = 1.0, image_size: int | None = None,
-                 dropout: float = 0.0, small_input: bool = False) -> MobileNetV1:
+                 dropout: float = 0.0, small_input: bool = False, relu6: bool = False,
+                 tf_same: bool = False) -> MobileNetV1:
     """1.0 MobileNet-224 (Howard et al. 2017, Table 1): 70.6% ImageNet top-1 in the paper."""
     return MobileNetV1(num_classes, in_chans, width=width, image_size=image_size, dropout=dropout,
-                       small_input=small_input)
+                       small_input=small_input, relu6=relu6, tf_same=tf_same)
 
 
 @register_model(**_V1_KW, published=Published(2_600_000, 325_000_000, _V1_TABLE, ("params", "macs")))
 def mobilenet_v1_075(num_classes: int = 1000, in_chans: int = 3, *, image_size: int | None = None,
-                     small_input: bool = False) -> MobileNetV1:
+                     small_input: bool = False, relu6: bool = False, tf_same: bool = False) -> MobileNetV1:
     """0.75 MobileNet-224 (Howard et al. 2017, Table 6): width multiplier 0.75."""
-    return MobileNetV1(num_classes, in_chans, width=0.75, image_size=image_size, small_input=small_input)
+    return MobileNetV1(num_classes, in_chans, width=0.75, image_size=image_size, small_input=small_input,
+                       relu6=relu6, tf_same=tf_same)
 
 
 @register_model(**_V1_KW, published=Published(1_300_000, 149_000_000, _V1_TABLE, ("params", "macs")))
 def mobilenet_v1_050(num_classes: int = 1000, in_chans: int = 3, *, image_size: int | None = None,
-                     small_input: bool = False) -> MobileNetV1:
+                     small_input: bool = False, relu6: bool = False, tf_same: bool = False) -> MobileNetV1:
     """0.5 MobileNet-224 (Howard et al. 2017, Table 6): width multiplier 0.5."""
-    return MobileNetV1(num_classes, in_chans, width=0.5, image_size=image_size, small_input=small_input)
+    return MobileNetV1(num_classes, in_chans, width=0.5, image_size=image_size, small_input=small_input,
+                       relu6=relu6, tf_same=tf_same)
 
 
 @register_model(**_V1_KW, published=Published(500_000, 41_000_000, _V1_TABLE, ("params", "macs")))
 def mobilenet_v1_025(num_classes: int = 1000, in_chans: int = 3, *, image_size: int | None = None,
-                     small_input: bool = False) -> MobileNetV1:
+                     small_input: bool = False, relu6: bool = False, tf_same: bool = False) -> MobileNetV1:
     """0.25 MobileNet-224 (Howard et al. 2017, Table 6): width multiplier 0.25."""
-    return MobileNetV1(num_classes, in_chans, width=0.25, image_size=image_size, small_input=small_input)
+    return MobileNetV1(num_classes, in_chans, width=0.25, image_size=image_size, small_input=small_input,
+                       relu6=relu6, tf_same=tf_same)
 
 
 @register_model(family="mobilenet_v2", input_size=(3, 224, 224),
                 published=Published(3_504_872, 300_774_272, "Sandler et al. 2018 (3.4M, 300M); torchvision count"))
 def mobilenet_v2(num_classes: int = 1000, in_chans: int = 3, *, width: float = 1.0, image_size: int | None = None,
-                 dropout: float = 0.2, small_input: bool = False) -> MobileNetV2:
+                 dropout: float = 0.2, small_input: bool = False, tf_same: bool = False) -> MobileNetV2:
     """MobileNet v2 1.0-224 (Sandler et al. 2018, Table 2): 72.0% ImageNet top-1 in the paper."""
     return MobileNetV2(num_classes, in_chans, width=width, image_size=image_size, dropout=dropout,
-                       small_input=small_input)
+                       small_input=small_input, tf_same=tf_same)

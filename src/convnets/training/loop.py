@@ -193,7 +193,8 @@ class _Run:
 
         # Pretrained weights fix the preprocessing: input size, channels and normalisation.
         self.preprocessing = weights_preprocessing(cfg.weights, cfg.model) if cfg.weights else None
-        model_kwargs = {**(self.preprocessing or {}).get("model_kwargs", {}), **cfg.model_kwargs}
+        # Saved with the weights: the options pretrained weights need (a Keras file's tf_same) rebuild the same network.
+        self.model_kwargs = model_kwargs = {**(self.preprocessing or {}).get("model_kwargs", {}), **cfg.model_kwargs}
         probe = probe_model(cfg.model, model_kwargs)
         image_size, channels = cfg.image_size, None
         if self.preprocessing:
@@ -619,7 +620,7 @@ class _Run:
         ds = self.dataset
         return {
             "model": self.cfg.model,
-            "model_kwargs": self.cfg.model_kwargs,
+            "model_kwargs": self.model_kwargs,
             "num_classes": ds.num_classes,
             "in_chans": ds.channels,
             "input_size": [ds.channels, *ds.image_size],

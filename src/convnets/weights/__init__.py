@@ -6,6 +6,7 @@
   :func:`read_state_dict`) and the key-by-key fit check.
 - :mod:`~convnets.weights.specs`: :class:`WeightSpec` and the registry (``convnets weights`` lists it).
 - :mod:`~convnets.weights.layouts`: torchvision's and timm's key layouts and their rename rules.
+- :mod:`~convnets.weights.keras`: Keras Applications' HDF5 files (both formats), read with h5py.
 - :mod:`~convnets.weights.load`: :func:`load`, which every path uses (``create_model(weights=...)``,
   ``--weights``, :func:`load_weights`, :func:`load_peer_weights`).
 """
@@ -39,6 +40,7 @@ from convnets.weights.load import (
     load_pretrained,
     load_weights,
     local_path,
+    weights_model_kwargs,
     weights_path,
     weights_preprocessing,
 )
@@ -91,6 +93,7 @@ __all__ = [
     "sha256_of",
     "strip_wrapper_prefixes",
     "try_lock",
+    "weights_model_kwargs",
     "weights_path",
     "weights_preprocessing",
 ]

@@ -5,11 +5,12 @@ Every path uses it: ``create_model(name, weights=...)`` and ``train``/``transfer
 and :func:`load_peer_weights`. So a checkpoint gives the same model whichever way it comes in:
 the same layout conversion, BatchNorm eps, classifier and auxiliary-head handling.
 
-A source is a registered tag (``"fashion-mnist"``), a local file (``.safetensors``, or a
-``.pt``/``.pth`` read without unpickling code), a run directory (its ``best.safetensors``), an
-http(s) URL (downloaded once into the cache) or a state dict. Its keys may be ours or a peer
-library's (:mod:`convnets.weights.layouts`), with or without the ``module.``/``_orig_mod.``
-prefixes of DataParallel and ``torch.compile``.
+A source is a registered tag (``"fashion-mnist"``), a local file (``.safetensors``, a
+``.pt``/``.pth`` read without unpickling code, or Keras Applications' ``.h5``/``.weights.h5``:
+:mod:`convnets.weights.keras`), a run directory (its ``best.safetensors``), an http(s) URL
+(downloaded once into the cache) or a state dict. Its keys may be ours or a peer library's
+(:mod:`convnets.weights.layouts`), with or without the ``module.``/``_orig_mod.`` prefixes of
+DataParallel and ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from convnets.errors import ConfigError, ConvnetsError, WeightsError
-from convnets.weights import specs
+from convnets.errors import ConfigError, ConvnetsError, WeightsError, WeightsMismatchError
+from convnets.weights import keras, specs
 from convnets.weights.files import (
     check_state_dict,
     check_values,
@@ -45,6 +46,9 @@ from convnets.weights.layouts import (
     strip_wrapper_prefixes,
 )
 from convnets.weights.specs import WeightSpec, get_weights, is_tag
+
+if TYPE_CHECKING:
+    from convnets.registry import ModelEntry
 
 logger = logging.getLogger("convnets.weights")
 
@@ -64,7 +68,8 @@ class Checkpoint:
         label: how messages name it (``torchvision:resnet50 checkpoint resnet50-0676ba61.pth``).
         layout: the peer layout it was converted from; None for our own.
         spec: the registry entry, for a tag.
-        meta: the checked metadata of one of our safetensors files, else empty.
+        meta: the checked metadata of one of our safetensors files, else empty; for a Keras file, the
+            builder arguments its weights need (``model_kwargs``).
     """
 
     state: dict[str, torch.Tensor]
@@ -203,6 +208,10 @@ def open_checkpoint(source: Source, *, model_name: str | None = None, layout: st
     else:
         path, spec, url = _resolve(source, model_name, sha256, cache_dir)
         with _reading(path, url):
+            if keras.is_keras_file(path):
+                found = keras.read_keras(path, spec.peer if spec is not None else layout)
+                return Checkpoint(found.state, f"{found.layout.name} checkpoint {path.name}", found.layout, spec,
+                                  {"model_kwargs": found.model_kwargs})
             if path.is_file() and file_format(path) == "safetensors":
                 meta = read_metadata(path)
             state, label = read_state_dict(path), path.name
@@ -274,10 +283,13 @@ def load(source: Source, model: nn.Module | None = None, *, model_name: str | No
                            sha256=sha256, cache_dir=cache_dir)
     if model is None:
         model = _build(ckpt, model_name, num_classes, model_kwargs, new_head)
-    if ckpt.model_name and getattr(model, "name", ckpt.model_name) != ckpt.model_name:
-        # Same keys and shapes can still mean another network (torchvision's ResNet-50 puts the
-        # stride on the 3x3, our resnet50 on the 1x1): load, but say so.
-        logger.warning("%s: the weights are for %s; loading them into %s", ckpt.label, ckpt.model_name, model.name)
+    else:
+        if ckpt.model_name and getattr(model, "name", ckpt.model_name) != ckpt.model_name:
+            # Same keys and shapes can still mean another network (torchvision's ResNet-50 puts the
+            # stride on the 3x3, our resnet50 on the 1x1): load, but say so.
+            logger.warning("%s: the weights are for %s; loading them into %s", ckpt.label, ckpt.model_name,
+                           model.name)
+        _check_options(model, ckpt)
     state, notes = _fit(model, ckpt, new_head)
     into_meta = any(t.is_meta for t in model.state_dict().values())
     if into_meta and not all(v.is_meta for v in ckpt.state.values()):
@@ -308,8 +320,24 @@ def _build(ckpt: Checkpoint, model_name: str | None, num_classes: int | None, mo
             probe = create_model(name, **kwargs)
     except (TypeError, ConfigError) as err:  # e.g. a builder argument in the metadata that the builder does not take
         raise WeightsError(f"{ckpt.label}: cannot build {name} with {kwargs}: {err}") from err
+    _check_options(probe, ckpt)  # options the weights need, named before the shapes that follow from them
     _fit(probe, ckpt, new_head)  # a misfit is refused before anything is allocated
     return create_model(name, **kwargs)
+
+
+def _check_options(model: nn.Module, ckpt: Checkpoint) -> None:
+    """A peer's weights that need builder options (Keras's ``tf_same``, ``relu6``) refuse a model built without.
+
+    The shapes cannot tell: TensorFlow's padding or ReLU6 change the outputs, not the parameters.
+    """
+    needs = ckpt.meta.get("model_kwargs", {}) if ckpt.layout is not None else {}
+    wrong = {k: v for k, v in needs.items() if hasattr(model, k) and getattr(model, k) != v}
+    if wrong:
+        name = getattr(model, "name", "") or type(model).__name__
+        given = ", ".join(f"{k}={getattr(model, k)!r}" for k in wrong)
+        args = ", ".join(f"{k}={v!r}" for k, v in needs.items())
+        raise WeightsMismatchError(f"{ckpt.label} needs {name} built with {args}; this one has {given}: build it "
+                                   f"with create_model({name!r}, {args}), or let load() build it")
 
 
 def _fit(model: nn.Module, ckpt: Checkpoint, new_head: bool) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -334,12 +362,17 @@ def _fit(model: nn.Module, ckpt: Checkpoint, new_head: bool) -> tuple[dict[str, 
     if new_head:
         layers = {k.rpartition(".")[0] for k in own
                   if _CLASSIFIER_KEY.fullmatch(k) and (k not in state or state[k].shape != own[k].shape)}
+        if not any(k.startswith("head.") for k in state):
+            # Features only (Keras's include_top=False): VGG's hidden layers are new as well as its classifier.
+            layers |= {k.rpartition(".")[0] for k in own if k.startswith("head.")}
         if layers:
             dropped = sorted(k for k in state if k.rpartition(".")[0] in layers)
             state = {k: v for k, v in state.items() if k.rpartition(".")[0] not in layers}
             state |= {k: v for k, v in own.items() if k.rpartition(".")[0] in layers}
             held = f"{ckpt.num_classes} classes" if ckpt.num_classes else "no classifier"
-            notes.append(f"{ckpt.label} has {held}, the model {getattr(model, 'num_classes', 0)}: new classifier "
+            hidden = sorted(layer for layer in layers if not _CLASSIFIER_KEY.fullmatch(f"{layer}.weight"))
+            new = "new classifier" if not hidden else "new " + ", ".join(sorted(layers))
+            notes.append(f"{ckpt.label} has {held}, the model {getattr(model, 'num_classes', 0)}: {new} "
                          f"(freshly initialised); not loaded: {', '.join(dropped) or 'nothing'}")
     check_state_dict(model, state, source=ckpt.label)
     return state, notes
@@ -424,6 +457,10 @@ def weights_preprocessing(weights: str | Path, model: str) -> dict[str, Any]:
                     classes=list(spec.categories) or None)
     path, _, url = _resolve(weights, model, None, None)
     with _reading(path, url):
+        if keras.is_keras_file(path):  # names and shapes only: the tensors are read when loading
+            found = keras.read_keras(path, tensors=False)
+            return dict(input_size=_entry(found.layout.model).input_size, mean=found.layout.mean,
+                        std=found.layout.std, model_kwargs=_taken(model, found.model_kwargs), classes=None)
         meta = read_metadata(path) if path.is_file() and file_format(path) == "safetensors" else {}
         if "input_size" in meta and "mean" in meta and "std" in meta:  # one of ours: the header says it all
             return dict(input_size=tuple(meta["input_size"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]),
@@ -437,3 +474,29 @@ def weights_preprocessing(weights: str | Path, model: str) -> dict[str, Any]:
                     std=ckpt.layout.std if rgb else None, model_kwargs=kwargs, classes=None)
     return dict(input_size=(channels, None, None), mean=None, std=None, model_kwargs=kwargs,
                 classes=meta.get("classes"))
+
+
+def weights_model_kwargs(weights: str | Path, model: str) -> dict[str, Any]:
+    """Builder arguments that a weights file needs and ``model`` takes: a Keras file's ``tf_same``/``relu6``/``width``.
+
+    Read from the file's names and shapes; other files give none (their fit is checked when loading).
+    """
+    if is_tag(weights):
+        return {}
+    path, _, url = _resolve(weights, model, None, None)
+    if not keras.is_keras_file(path):
+        return {}
+    with _reading(path, url):
+        return _taken(model, keras.read_keras(path, tensors=False).model_kwargs)
+
+
+def _entry(model: str) -> ModelEntry:
+    from convnets.registry import model_entry
+
+    return model_entry(model)
+
+
+def _taken(model: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments ``model``'s builder takes (weights for another model are refused when loaded, by shape)."""
+    entry = _entry(model)
+    return {k: v for k, v in kwargs.items() if entry.takes(k)}
