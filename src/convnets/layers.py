@@ -125,6 +125,10 @@ class ConvBNAct(nn.Sequential):
             layers["bn"] = nn.BatchNorm2d(out_channels)
         if act is not None:
             layers["act"] = act()
+            if hasattr(layers["act"], "inplace"):
+                # In place (ReLU6, SiLU...): it reads only the conv or BN output just made, which nothing
+                # else reads, so a new tensor per activation would be memory traffic for nothing.
+                layers["act"].inplace = True
         super().__init__(layers)
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
 
