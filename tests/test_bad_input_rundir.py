@@ -546,7 +546,7 @@ def test_torchrun_resumes_mid_epoch_with_whole_epoch_metrics_and_refuses_a_held_
         if proc.returncode != 0 and "terminate called without an active exception" in proc.stderr:
             # Once in a full suite on a loaded machine, gloo's threads aborted a rank as it exited, after the
             # run was written (seen 1 in 10; never in isolation). Once more: a finished run resumes as done.
-            proc = run(port + 10, **{**config, "resume": (tmp_path / "resumed" / "state.pt").exists()})
+            proc = run(port + 10, **{**config, "resume": (Path(config["out"]) / "state.pt").exists()})
         assert proc.returncode == 0, proc.stderr[-3000:]
     straight, resumed = ([{k: v for k, v in json.loads(line).items() if k not in ("seconds", "images_per_s", "elapsed")}
                           for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
