@@ -3,8 +3,9 @@
 For each model, torchvision's network with random weights is built, its state dict converted to our
 layout (``convnets.weights.convert_state_dict``) and loaded into ours, the logits compared (they must
 agree), then batch-1 and batch-8 inference timed in eval mode under ``torch.inference_mode``,
-contiguous and channels-last, the two sides interleaved round by round. Reported: the median over
-rounds of convnets' time / torchvision's time (below 1: convnets is faster).
+contiguous and channels-last, the sides interleaved round by round. Reported: the median over
+rounds of convnets' time / torchvision's time (below 1: convnets is faster), and the same for a copy
+of ours whose activations are not in place (what convnets did before 0.1.1's ``ConvBNAct``).
 
 torchvision does not import beside the CPU build of torch the project pins; run this in an
 environment that has both, e.g. (this workplace, x86_64):
@@ -17,6 +18,7 @@ environment that has both, e.g. (this workplace, x86_64):
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import time
@@ -76,25 +78,32 @@ def main() -> None:
 
     print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"torchvision {torchvision.__version__}\n")
-    print(f"{'model':<22} {'batch':>5} {'layout':<14} {'ours ms':>8} {'tv ms':>8} {'ours/tv':>8} {'max |diff|':>10}")
+    print(f"{'model':<22} {'batch':>5} {'layout':<14} {'ours ms':>8} {'tv ms':>8} {'ours/tv':>8} "
+          f"{'not in place/tv':>15} {'max |diff|':>10}")
     for name in args.models:
         ours, theirs = pair(name, PAIRS[name])
+        copying = copy.deepcopy(ours)
+        for m in copying.modules():
+            if hasattr(m, "inplace"):
+                m.inplace = False
         for batch in (1, 8):
             for layout in ("contiguous", "channels_last"):
                 fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-                ours, theirs = ours.to(memory_format=fmt), theirs.to(memory_format=fmt)
+                ours, theirs, copying = (m.to(memory_format=fmt) for m in (ours, theirs, copying))
                 x = torch.randn(batch, 3, 224, 224).to(memory_format=fmt)
                 with torch.inference_mode():
                     diff = (ours(x) - theirs(x)).abs().max().item()
                 runs = max(2, round(0.4 / max(timed(theirs, x, 1), 1e-4)))
-                times: dict[str, list[float]] = {"ours": [], "tv": []}
+                times: dict[str, list[float]] = {"ours": [], "tv": [], "copying": []}
                 for r in range(args.rounds):
-                    sides = [("ours", ours), ("tv", theirs)]
+                    sides = [("ours", ours), ("tv", theirs), ("copying", copying)]
                     for side, model in sides if r % 2 == 0 else sides[::-1]:
                         times[side].append(timed(model, x, runs))
-                ratio = statistics.median(o / t for o, t in zip(times["ours"], times["tv"], strict=True))
+                ratio, before = (statistics.median(o / t for o, t in zip(times[side], times["tv"], strict=True))
+                                 for side in ("ours", "copying"))
                 print(f"{name:<22} {batch:>5} {layout:<14} {1000 * statistics.median(times['ours']):>8.2f} "
-                      f"{1000 * statistics.median(times['tv']):>8.2f} {ratio:>7.2f}x {diff:>10.2e}", flush=True)
+                      f"{1000 * statistics.median(times['tv']):>8.2f} {ratio:>7.2f}x {before:>14.2f}x {diff:>10.2e}",
+                      flush=True)
 
 
 if __name__ == "__main__":
