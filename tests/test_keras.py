@@ -30,7 +30,7 @@ import torch
 
 import convnets
 from convnets.layers import pad_same
-from convnets.weights import IMAGENET_MEAN, IMAGENET_STD, load, weights_model_kwargs, weights_preprocessing
+from convnets.weights import IMAGENET_MEAN, IMAGENET_STD, load, weights_preprocessing
 from convnets.weights.keras import KERAS_LAYOUTS, detect_keras_layout
 
 TOLERANCE = 1e-4
@@ -350,7 +350,7 @@ def test_without_tensorflows_padding_or_relu6_the_outputs_differ(app_id: str, op
     app = app_named(app_id)
     case = built(app)
     exact = load(case.files["legacy-h5"])
-    kwargs = {**weights_model_kwargs(case.files["legacy-h5"], app.model), **options}
+    kwargs = {**weights_preprocessing(case.files["legacy-h5"], app.model)["model_kwargs"], **options}
     wrong = convnets.create_model(app.model, **kwargs)
     wrong.load_state_dict(exact.state_dict())
     for module in wrong.modules():
@@ -452,9 +452,10 @@ def test_published_efficientnet_normalisation(keras: Any, tmp_path: Path) -> Non
 def test_create_model_and_weights_preprocessing_take_the_options_from_the_file(built: Callable[[App], Built]) -> None:
     app = app_named("mobilenet_v2-0.35-features")
     path = built(app).files["keras3-weights-h5"]
-    assert weights_model_kwargs(path, "mobilenet_v2") == {"tf_same": True, "width": 0.35}
-    assert weights_model_kwargs(path, "resnet50") == {}  # options another model does not take are not passed
     pre = weights_preprocessing(path, "mobilenet_v2")
+    assert pre["model_kwargs"] == {"tf_same": True, "width": 0.35}
+    # options another model does not take are not passed
+    assert weights_preprocessing(path, "resnet50")["model_kwargs"] == {}
     assert (pre["mean"], pre["std"], pre["input_size"]) == ((0.5,) * 3, (0.5,) * 3, (3, 224, 224))
     model = convnets.create_model("mobilenet_v2", weights=str(path), num_classes=0)
     assert model.tf_same and model.width == 0.35

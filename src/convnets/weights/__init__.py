@@ -40,7 +40,6 @@ from convnets.weights.load import (
     load_pretrained,
     load_weights,
     local_path,
-    weights_model_kwargs,
     weights_path,
     weights_preprocessing,
 )
@@ -93,7 +92,6 @@ __all__ = [
     "sha256_of",
     "strip_wrapper_prefixes",
     "try_lock",
-    "weights_model_kwargs",
     "weights_path",
     "weights_preprocessing",
 ]

@@ -476,20 +476,6 @@ def weights_preprocessing(weights: str | Path, model: str) -> dict[str, Any]:
                 classes=meta.get("classes"))
 
 
-def weights_model_kwargs(weights: str | Path, model: str) -> dict[str, Any]:
-    """Builder arguments that a weights file needs and ``model`` takes: a Keras file's ``tf_same``/``relu6``/``width``.
-
-    Read from the file's names and shapes; other files give none (their fit is checked when loading).
-    """
-    if is_tag(weights):
-        return {}
-    path, _, url = _resolve(weights, model, None, None)
-    if not keras.is_keras_file(path):
-        return {}
-    with _reading(path, url):
-        return _taken(model, keras.read_keras(path, tensors=False).model_kwargs)
-
-
 def _entry(model: str) -> ModelEntry:
     from convnets.registry import model_entry
 
