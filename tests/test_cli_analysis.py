@@ -231,3 +231,15 @@ def test_golden_output(capsys, request, filename):
         f"`convnets {' '.join(argv)}` differs from {path}; if the change is intended, regenerate with "
         "CONVNETS_REGEN_GOLDEN=1 pytest tests/test_cli_analysis.py -k golden"
     )
+
+
+def test_a_damaged_counts_file_means_counting_not_a_traceback(capsys, monkeypatch, tmp_path):
+    damaged = tmp_path / "counts.json"
+    damaged.write_text('{"lenet5": {"input_size": [1, 32')  # cut short
+    monkeypatch.setattr(catalog_module, "SHIPPED_COUNTS", damaged)
+    shipped_counts.cache_clear()
+    try:
+        code, out, _ = run(capsys, "list", "lenet5")
+    finally:
+        shipped_counts.cache_clear()
+    assert code == 0 and "61.71K" in out

@@ -108,11 +108,15 @@ def catalog(pattern: str = "*", recount: bool = False) -> list[CatalogRow]:
 
 @functools.cache
 def shipped_counts() -> dict[str, dict]:
-    """The figures shipped with the package: model name -> input_size, params, MACs ({} if the file is absent)."""
+    """The figures shipped with the package: model name -> input_size, params, MACs.
+
+    {} when the file is absent or damaged (a broken install): every model is then counted, as with ``--recount``.
+    """
     try:
-        return json.loads(SHIPPED_COUNTS.read_text())
-    except FileNotFoundError:
+        counts = json.loads(SHIPPED_COUNTS.read_text())
+    except (OSError, ValueError):
         return {}
+    return counts if isinstance(counts, dict) else {}
 
 
 def write_shipped_counts(path: Path = SHIPPED_COUNTS) -> dict[str, dict]:
