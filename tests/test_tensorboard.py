@@ -222,3 +222,34 @@ def test_grid_of_rgb_images_feeds_tensorboard(tmp_path):
         log.image("mistakes", mistakes.grid(), 1)
     (picture,) = read_events(tmp_path).Images("mistakes")
     assert picture.width == 4 * (96 + 2) + 2  # 12 x 8 = 96
+
+
+def test_shipped_lenet5_on_fashion_mnist():
+    # Real images and a real model (Fashion-MNIST: CI installs it): the same k as a sort of every wrong
+    # prediction, and the grid's tiles are the dataset's own pixels, the normalisation undone exactly.
+    import convnets
+    from convnets.data.datasets import load_dataset
+
+    model = convnets.create_model("lenet5", weights="fashion-mnist").eval()
+    data = load_dataset("fashion-mnist", image_size=32)
+    images, labels = data.test.images[:3000], data.test.labels[:3000]
+    mean, std = torch.tensor(data.mean).reshape(1, -1, 1, 1), torch.tensor(data.std).reshape(1, -1, 1, 1)
+    mistakes = Mistakes(8, data.classes, data.mean, data.std)
+    batches = []
+    with torch.inference_mode():
+        for start in range(0, len(labels), 500):
+            x = (images[start:start + 500].float() / 255 - mean) / std
+            batches.append((x, model(x), labels[start:start + 500]))
+            mistakes.update(*batches[-1])
+    probs = torch.cat([logits for _, logits, _ in batches]).softmax(1)
+    confidence, predicted = probs.max(1)
+    wrong = (predicted != labels).nonzero().flatten()
+    expected = wrong[confidence[wrong].argsort(descending=True)][:8]
+    kept_images, kept_confidence, kept_predicted, kept_true = mistakes.kept()
+    assert torch.equal(kept_true, labels[expected]) and torch.equal(kept_predicted, predicted[expected])
+    assert torch.allclose(kept_confidence, confidence[expected])
+    assert torch.equal((kept_images * 255).round().to(torch.uint8), images[expected])
+    picture = mistakes.grid()
+    tile = 96  # 32 x 3: render_grid's nearest-neighbour enlargement to at least 96
+    first = picture[2:2 + tile:3, 2:2 + tile:3, 0]
+    assert np.array_equal(first, images[expected[0], 0].numpy())
