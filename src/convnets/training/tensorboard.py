@@ -66,6 +66,9 @@ class TensorBoardLog:
 
         Values are read as Python floats: a tensor on an accelerator is synchronised here, so a caller that
         avoids per-step synchronisation passes values it has already brought to the host.
+
+        Raises:
+            ConfigError: ``step`` is not a whole number >= 0.
         """
         whole(0).check("step", step)
         self._scalars("train_step", step, scalars)
@@ -244,13 +247,8 @@ def _channel_values(name: str, values: Sequence[float], rule: Rule) -> list[floa
 _GAP = 2  # white pixels between tiles, as render_grid leaves them
 
 
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default()
-
-
 def _line_height(font: Any) -> int:
-    left, top, right, bottom = font.getbbox("Ag")
-    return bottom + 2
+    return font.getbbox("Ag")[3] + 2  # the bottom of a letter that descends, and room to the next line
 
 
 def _fit(text: str, width: int, draw: ImageDraw.ImageDraw, font: Any) -> str:
@@ -268,7 +266,7 @@ def _with_captions(rows: list[torch.Tensor], captions: list[tuple[str, ...]]) ->
     columns = max(len(r) for r in rows)
     tile_w = (tiles.width - _GAP) // columns - _GAP
     tile_h = (tiles.height - _GAP) // len(rows) - _GAP
-    font = _font()
+    font = ImageFont.load_default()  # Pillow's own: no font file to find
     lines = max(len(c) for c in captions)
     strip = lines * _line_height(font) + _GAP
     canvas = Image.new("RGB", (tiles.width, len(rows) * (tile_h + _GAP + strip) + _GAP), "white")
@@ -288,7 +286,7 @@ def _with_captions(rows: list[torch.Tensor], captions: list[tuple[str, ...]]) ->
 
 def _caption_only(text: str) -> np.ndarray:
     """A small white picture holding one line of text."""
-    font = _font()
+    font = ImageFont.load_default()  # Pillow's own: no font file to find
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     width = math.ceil(probe.textlength(text, font=font)) + 4 * _GAP
     canvas = Image.new("RGB", (width, _line_height(font) + 4 * _GAP), "white")
