@@ -23,7 +23,6 @@ import pytest
 import sklearn.datasets
 import torch
 from PIL import Image
-from test_importers import peer_state
 
 import convnets
 from convnets.data.datasets import load_dataset
@@ -33,6 +32,7 @@ from convnets.data.preprocess import Preprocessing
 from convnets.weights import get_weights, read_metadata, save_weights, weights_preprocessing
 from convnets.weights.keras import KERAS_LAYOUTS
 from convnets.weights.load import layout_preprocessing
+from test_importers import peer_state
 
 PHOTOS = Path(sklearn.datasets.__file__).parent / "images"
 FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
@@ -43,10 +43,7 @@ def reference_crop(path: Path, resize: int, crop: int, interpolation: str) -> np
     """torchvision's PIL recipe, step by step: uint8 (crop, crop, 3)."""
     image = Image.open(path).convert("RGB")
     w, h = image.size
-    if w <= h:
-        size = (resize, int(resize * h / w))
-    else:
-        size = (int(resize * w / h), resize)
+    size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
     image = image.resize(size, FILTERS[interpolation])
     top, left = int(round((size[1] - crop) / 2.0)), int(round((size[0] - crop) / 2.0))
     return np.asarray(image)[top:top + crop, left:left + crop]
@@ -227,3 +224,42 @@ def test_every_torchvision_spec_has_torchvisions_recipe() -> None:
         prep = Preprocessing.from_spec(spec)
         crop, resize, interpolation = published.get(spec.model, (224, 256, "bilinear"))  # IMAGENET1K_V1's default
         assert (prep.size, prep.resize, prep.interpolation) == ((crop, crop), resize, interpolation), spec.model
+
+
+def photo_folder(root: Path) -> Path:
+    """Two classes, a photo each in train/ and val/ (the photos, flipped for val)."""
+    for name in ("china", "flower"):
+        image = Image.open(PHOTOS / f"{name}.jpg")
+        for split, picture in (("train", image), ("val", image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))):
+            (root / split / name).mkdir(parents=True)
+            picture.save(root / split / name / f"{name}.jpg", quality=90)
+    return root
+
+
+@pytest.mark.slow
+def test_transfer_trains_and_evaluates_with_the_weights_recipe(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``convnets transfer --weights`` with a torchvision file feeds the published recipe, saves it, and
+    ``evaluate`` feeds the fine-tuned model the same way."""
+    from badinput import run_cli
+    from test_bad_input_weights import as_peer
+
+    torch.manual_seed(0)
+    torch.save(as_peer(convnets.create_model("resnet18"), "torchvision:resnet18"), tmp_path / "resnet18.pth")
+    data = photo_folder(tmp_path / "photos")
+    status, _, err = run_cli(["transfer", "resnet18", "--weights", str(tmp_path / "resnet18.pth"), "--data", str(data),
+                              "--freeze", "all-but-head", "--cache-features", "--cache-dir", str(tmp_path / "cache"),
+                              "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"], capsys)
+    assert status == 0, err
+    meta = read_metadata(tmp_path / "run" / "last.safetensors")
+    recipe = Preprocessing.from_metadata(meta)
+    assert recipe == Preprocessing((224, 224), 256, "bilinear")  # torchvision's, and ImageNet's mean/std
+    from convnets.evaluate import load_member, member_probabilities
+
+    member = load_member(tmp_path / "run")
+    assert member.preprocessing == recipe
+    test = load_dataset(data, preprocessing=recipe, num_workers=0)
+    probs, labels, *_ = member_probabilities(member, test, views="none", batch_size=2, device=torch.device("cpu"))
+    x = torch.stack([recipe(data / "val" / n / f"{n}.jpg") for n in ("china", "flower")])
+    with torch.no_grad():
+        expected = torch.softmax(member.model(x), dim=1)
+    assert torch.allclose(probs, expected, atol=1e-6) and labels.tolist() == [0, 1]
