@@ -263,3 +263,13 @@ def test_transfer_trains_and_evaluates_with_the_weights_recipe(tmp_path: Path, c
     with torch.no_grad():
         expected = torch.softmax(member.model(x), dim=1)
     assert torch.allclose(probs, expected, atol=1e-6) and labels.tolist() == [0, 1]
+
+
+def test_a_thin_strip_is_refused_before_its_resize_takes_gigabytes(tmp_path: Path) -> None:
+    """A 1 x 50000 image resized to 256 on its short side would be 256 x 12.8M: refused as a decoding error."""
+    from convnets.data.images import DECODE_ERRORS
+
+    Image.new("RGB", (50000, 1), (200, 10, 10)).save(tmp_path / "strip.png")
+    with pytest.raises(DECODE_ERRORS, match="over Pillow's limit"):
+        Preprocessing((224, 224), 256).load(tmp_path / "strip.png")
+    assert Preprocessing((224, 224)).load(tmp_path / "strip.png").shape == (3, 224, 224)  # fit and crop takes it

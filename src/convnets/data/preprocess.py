@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from convnets.data.core import MAX_IMAGE_SIZE
 from convnets.data.images import upright_image
 from convnets.errors import ConfigError
 
@@ -39,15 +40,15 @@ INTERPOLATIONS = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
-MAX_SIDE = 4096  # the largest side any loader produces (convnets.data.core.MAX_IMAGE_SIZE)
-KERAS_MODES = ("caffe", "tf", "torch")
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# Keras's preprocess_input modes as mean/std on RGB pixels in 0..1 (see the module docstring).
-_KERAS_NORMALISATION = {
-    "caffe": ((123.68 / 255, 116.779 / 255, 103.939 / 255), (1 / 255,) * 3),
-    "tf": ((0.5,) * 3, (0.5,) * 3),
-    "torch": (_IMAGENET_MEAN, _IMAGENET_STD),
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # as convnets.weights.specs
+# Keras's preprocess_input modes as (mean, std) on RGB pixels in 0..1 (see the module docstring).
+KERAS_NORMALISATION = {
+    "caffe": ((123.68 / 255, 116.779 / 255, 103.939 / 255), (1 / 255,) * 3),  # x * 255 - mean * 255
+    "tf": ((0.5,) * 3, (0.5,) * 3),  # x * 255 / 127.5 - 1
+    "torch": (IMAGENET_MEAN, IMAGENET_STD),
 }
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -57,8 +58,8 @@ def _is_number(value: Any) -> bool:
 
 
 def _side(name: str, value: Any) -> int:
-    if not _is_int(value) or not 1 <= value <= MAX_SIDE:
-        raise ConfigError(f"preprocessing {name} must be a whole number from 1 to {MAX_SIDE}; got {value!r}")
+    if not _is_int(value) or not 1 <= value <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"preprocessing {name} must be a whole number from 1 to {MAX_IMAGE_SIZE}; got {value!r}")
     return int(value)
 
 
@@ -90,8 +91,8 @@ class Preprocessing:
     interpolation: str = "bilinear"
     antialias: bool = True
     channels: int = 3
-    mean: tuple[float, ...] = _IMAGENET_MEAN
-    std: tuple[float, ...] = _IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     draft: bool = False
 
     def __post_init__(self) -> None:
@@ -99,7 +100,8 @@ class Preprocessing:
         if _is_int(size):
             size = (size, size)
         if not (isinstance(size, Sequence) and not isinstance(size, str) and len(size) == 2):
-            raise ConfigError(f"preprocessing size must be (height, width), each from 1 to {MAX_SIDE}; got {size!r}")
+            raise ConfigError(f"preprocessing size must be (height, width), each from 1 to {MAX_IMAGE_SIZE}; "
+                              f"got {size!r}")
         size = (_side("height", size[0]), _side("width", size[1]))
         object.__setattr__(self, "size", size)
         if self.resize is not None:
@@ -183,9 +185,10 @@ class Preprocessing:
     def keras(cls, mode: str, size: int | tuple[int, int], resize: int | None = None,
               interpolation: str = "bilinear") -> Preprocessing:
         """One of Keras's ``preprocess_input`` modes (``caffe``, ``tf``, ``torch``) at ``size``."""
-        if mode not in _KERAS_NORMALISATION:
-            raise ConfigError(f"Keras preprocessing mode must be one of {', '.join(KERAS_MODES)}; got {mode!r}")
-        mean, std = _KERAS_NORMALISATION[mode]
+        if mode not in KERAS_NORMALISATION:
+            raise ConfigError(f"Keras preprocessing mode must be one of {', '.join(KERAS_NORMALISATION)}; "
+                              f"got {mode!r}")
+        mean, std = KERAS_NORMALISATION[mode]
         return cls(size, resize, interpolation, mean=mean, std=std)
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,6 +227,10 @@ class Preprocessing:
         short, long = min(width, height), max(width, height)
         new_long = int(self.resize * long / short)  # torchvision's _compute_resized_output_size
         new_size = (self.resize, new_long) if width <= height else (new_long, self.resize)
+        if new_long * self.resize > (Image.MAX_IMAGE_PIXELS or math.inf):  # a 1x100000 strip would take gigabytes
+            raise Image.DecompressionBombError(
+                f"a {width}x{height} image resized to {new_size[0]}x{new_size[1]} would have "
+                f"{new_long * self.resize:,} pixels, over Pillow's limit of {Image.MAX_IMAGE_PIXELS:,}")
         if self.antialias or self.interpolation == "nearest":
             image = image.resize(new_size, method)
         else:
@@ -249,8 +256,7 @@ class Preprocessing:
         out = torch.empty(len(images), images.shape[1], *self.size, dtype=torch.uint8)
         for i, image in enumerate(images):
             array = image.permute(1, 2, 0).numpy()
-            pil = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array, "L" if array.shape[2] == 1
-                                  else "RGB")
+            pil = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)  # uint8: mode L or RGB
             result = np.asarray(self.resize_and_crop(pil), dtype=np.uint8)
             out[i] = torch.from_numpy(result.reshape(*self.size, -1).copy()).permute(2, 0, 1)
         return out
@@ -279,4 +285,4 @@ def _resize_without_antialias(image: Image.Image, size: tuple[int, int], interpo
     x = array[None, None] if array.dim() == 2 else array.permute(2, 0, 1)[None]
     y = F.interpolate(x, size=(size[1], size[0]), mode=interpolation, align_corners=False, antialias=False)
     y = y.round_().clamp_(0, 255).to(torch.uint8)[0]
-    return Image.fromarray(y[0].numpy() if y.shape[0] == 1 else y.permute(1, 2, 0).numpy(), image.mode)
+    return Image.fromarray(y[0].numpy() if y.shape[0] == 1 else y.permute(1, 2, 0).contiguous().numpy())

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from convnets.data.preprocess import KERAS_NORMALISATION
 from convnets.errors import LayoutError, MissingDependencyError, WeightsError
 from convnets.models.efficientnet import B0_STAGES, COEFFICIENTS
 from convnets.models.mobilenet import V1_STAGES, V2_ROWS
@@ -61,10 +62,10 @@ from convnets.weights.specs import IMAGENET_MEAN, IMAGENET_STD
 SUFFIXES = (".h5", ".hdf5", ".keras")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
-# Keras's preprocess_input modes as our mean/std on RGB pixels in 0..1.
-CAFFE_MEAN = (123.68 / 255, 116.779 / 255, 103.939 / 255)  # subtracted on 0..255, in BGR order there
-CAFFE_STD = (1 / 255,) * 3  # caffe does not scale: x * 255 - mean * 255 = (x - mean) / (1 / 255)
-TF_MEAN, TF_STD = (0.5,) * 3, (0.5,) * 3  # x / 127.5 - 1 on 0..255
+# Keras's preprocess_input modes as our mean/std on RGB pixels in 0..1 (convnets.data.preprocess):
+# caffe subtracts the mean on 0..255 in BGR order and does not scale: x * 255 - mean * 255 = (x - mean) / (1 / 255);
+# tf is x / 127.5 - 1 on 0..255.
+(CAFFE_MEAN, CAFFE_STD), (TF_MEAN, TF_STD) = KERAS_NORMALISATION["caffe"], KERAS_NORMALISATION["tf"]
 
 
 def h5py_module() -> Any:
