@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from convnets.data.core import MAX_IMAGE_SIZE
+from convnets.data.core import MAX_IMAGE_SIZE, _check_fits_in_memory
 from convnets.data.images import upright_image
 from convnets.errors import ConfigError
 
@@ -252,7 +252,12 @@ class Preprocessing:
         return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
     def transform_images(self, images: torch.Tensor) -> torch.Tensor:
-        """The geometry on in-memory uint8 images (N, C, H, W), each through Pillow as a decoded file would be."""
+        """The geometry on in-memory uint8 images (N, C, H, W), each through Pillow as a decoded file would be.
+
+        Raises:
+            DataError: the result would not fit in this machine's memory (checked before allocating).
+        """
+        _check_fits_in_memory(len(images), images.shape[1], self.size)
         out = torch.empty(len(images), images.shape[1], *self.size, dtype=torch.uint8)
         for i, image in enumerate(images):
             array = image.permute(1, 2, 0).numpy()
