@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from badinput import Case, check_case, params
 from convnets import create_model
+from convnets.data.datasets import load_dataset
 from convnets.data.preprocess import Preprocessing
 from convnets.weights import save_weights
 
@@ -78,6 +79,8 @@ CASES = [
          expect=r"input_size must be \[channels, height, width\]; got '1x32x32'"),
     Case("metadata-without-mean", 3, call=lambda tmp: Preprocessing.from_metadata({"input_size": [1, 32, 32]}),
          expect=r"lacks mean, std"),
+    Case("load-dataset-with-a-dict-recipe", 3, call=lambda tmp: load_dataset("digits", preprocessing=GOOD),
+         expect=r"preprocessing must be a convnets.data.preprocess.Preprocessing .*got dict"),
     Case("save-refuses-a-bad-recipe", 9,
          call=lambda tmp: save_weights(create_model("lenet5"), tmp / "w.safetensors",
                                        {**LENET_META, "preprocessing": recipe(interpolation="lanczos")}),

@@ -12,7 +12,6 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from convnets.data.core import (
     Dataset,
@@ -35,10 +34,8 @@ from convnets.data.formats.fashion_mnist import (
 from convnets.data.formats.folder import load_image_folder
 from convnets.data.formats.idx import find_idx_files, load_idx_dataset, load_idx_pair
 from convnets.data.images import IMAGE_EXTENSIONS, ImageFolderSplit, collate_images, decode_image
+from convnets.data.preprocess import Preprocessing
 from convnets.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from convnets.data.preprocess import Preprocessing
 
 __all__ = [
     "DATASET_NAMES",
@@ -125,6 +122,9 @@ def load_dataset(
     if not isinstance(download, bool):
         raise ConfigError(f"download must be True or False, got {download!r}")
     if preprocessing is not None:
+        if not isinstance(preprocessing, Preprocessing):
+            raise ConfigError(f"preprocessing must be a convnets.data.preprocess.Preprocessing (from_spec, "
+                              f"from_metadata), got {type(preprocessing).__name__}")
         image_size, channels = preprocessing.size, preprocessing.channels
     options = LoadOptions(image_size=image_size, channels=channels, resize=resize, seed=seed,
                           val_fraction=val_fraction, num_workers=num_workers, preprocessing=preprocessing)
