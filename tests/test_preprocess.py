@@ -100,12 +100,13 @@ def test_keras_tf_mode_is_minus_one_to_one(photo: Path) -> None:
     assert np.abs(ours - expected).max() < 1e-6 and -1 - 1e-6 <= ours.min() < ours.max() <= 1 + 1e-6
 
 
+@pytest.mark.keras
 def test_keras_modes_against_keras_itself() -> None:
     """Keras's own preprocess_input on the same crop (Keras 3 on the torch backend, from the test extra)."""
     import os
 
     os.environ.setdefault("KERAS_BACKEND", "torch")
-    from keras.applications import imagenet_utils
+    imagenet_utils = pytest.importorskip("keras.applications.imagenet_utils")
 
     path = PHOTOS / "china.jpg"
     pixels = reference_crop(path, 256, 224, "bilinear").astype(np.float32)
