@@ -25,6 +25,7 @@ from torch import nn
 from convnets.analysis.formatting import check_whole
 from convnets.data.datasets import Dataset, load_dataset
 from convnets.data.loader import make_loader
+from convnets.data.preprocess import Preprocessing
 from convnets.data.views import TTA_VIEWS, tta_views
 from convnets.device import resolve_device
 from convnets.errors import ConfigError, ConfigMismatchError, DataError, RunDirectoryError, WeightsError
@@ -118,6 +119,8 @@ class Member:
     Attributes:
         data, data_dir: the dataset it was trained on, as training was given it (a run's
             ``config.json``), else the dataset name in the weights' metadata.
+        preprocessing: how its images are prepared (the weights' recipe; ``input_size``, ``mean``
+            and ``std`` are its fields).
     """
 
     name: str
@@ -130,6 +133,7 @@ class Member:
     dataset: str = ""
     data: str = ""
     data_dir: str | None = None
+    preprocessing: Preprocessing | None = None
 
 
 def weights_path(source: str | Path) -> Path:
@@ -158,7 +162,8 @@ def weights_path(source: str | Path) -> Path:
 
 def _check_metadata(meta: dict, path: Path) -> None:
     """Evaluation needs the preprocessing fields; their values were checked by ``read_metadata``."""
-    missing = [k for k in ("model", "classes", "input_size", "mean", "std") if k not in meta]
+    needed = ("model", "classes") if "preprocessing" in meta else ("model", "classes", "input_size", "mean", "std")
+    missing = [k for k in needed if k not in meta]
     if missing:
         raise WeightsError(f"{path}: its metadata lacks {', '.join(missing)}; evaluate needs weights saved by convnets "
                            "(a run's best.safetensors)")
@@ -193,8 +198,9 @@ def load_member(source: str | Path, device: torch.device | str = "cpu") -> Membe
     _check_metadata(meta, path)
     model = load_weights(path).to(device).eval()
     data, data_dir = trained_data(source, meta)
-    return Member(f"{meta['model']} ({Path(source).name})", model, list(meta["classes"]), tuple(meta["input_size"]),
-                  tuple(meta["mean"]), tuple(meta["std"]), str(path), str(meta.get("dataset", "")), data, data_dir)
+    prep = Preprocessing.from_metadata(meta)
+    return Member(f"{meta['model']} ({Path(source).name})", model, list(meta["classes"]), (prep.channels, *prep.size),
+                  prep.mean, prep.std, str(path), str(meta.get("dataset", "")), data, data_dir, prep)
 
 
 def check_same_classes(members: Sequence[Member]) -> list[str]:
@@ -380,7 +386,10 @@ def _test_data(member: Member, data: str, data_dir: str | None, given: bool) -> 
     """The dataset at the member's input size, its classes checked against the member's."""
     c, h, w = member.input_size
     try:
-        dataset = load_dataset(data, data_dir=data_dir, image_size=(h, w), channels=c)
+        if member.preprocessing is not None:
+            dataset = load_dataset(data, data_dir=data_dir, preprocessing=member.preprocessing)
+        else:
+            dataset = load_dataset(data, data_dir=data_dir, image_size=(h, w), channels=c)
     except FileNotFoundError as err:
         if given:
             raise
@@ -442,10 +451,10 @@ def evaluate(sources: str | Path | Sequence[str | Path], data: str | None = None
         data, data_dir = members[0].data, data_dir or members[0].data_dir
     if not data:
         raise ConfigError("no --data given and the weights do not say which dataset they were trained on")
-    datasets: dict[tuple, Dataset] = {}  # members of one input size share one loaded dataset
+    datasets: dict[object, Dataset] = {}
     results, all_probs, labels, skipped = [], [], None, []
     for member in members:
-        key = member.input_size
+        key = member.preprocessing or member.input_size  # members prepared alike share one loaded dataset
         if key not in datasets:
             datasets[key] = _test_data(member, data, data_dir, given)
         probs, member_labels, model_s, total_s, bad = member_probabilities(

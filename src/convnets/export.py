@@ -390,19 +390,20 @@ def dataset_images(meta: dict, split: str, limit: int | None = None, *, data: st
     if limit is not None:
         limit = check_whole(limit, "limit")
     data = data or meta.get("dataset")
-    if not data or "input_size" not in meta:
+    if not data or not ("input_size" in meta or "preprocessing" in meta):
         return None
     import dataclasses
 
     from convnets.data.datasets import load_dataset
     from convnets.data.loader import make_loader
+    from convnets.data.preprocess import Preprocessing
 
-    c, h, w = meta["input_size"]
-    ds = load_dataset(data, data_dir=data_dir, image_size=(h, w), channels=c)
+    prep = Preprocessing.from_metadata(meta)  # the weights' recipe: what the model was trained and evaluated on
+    ds = load_dataset(data, data_dir=data_dir, preprocessing=prep)
     if "classes" in meta and len(meta["classes"]) != len(ds.classes):
         raise ConfigMismatchError(f"the model predicts {len(meta['classes'])} classes but {data} has "
                                   f"{len(ds.classes)}; pass the --data it was trained on")
-    ds = dataclasses.replace(ds, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+    ds = dataclasses.replace(ds, mean=prep.mean, std=prep.std)
     xs, ys, seen = [], [], 0
     for x, y in make_loader(ds, split, batch_size=512, shuffle=split == "train", seed=0):
         xs.append(x)

@@ -23,11 +23,13 @@ def run(args: argparse.Namespace) -> int:
     if not specs:
         having = ", ".join(sorted({w.model for w in list_weights()}))
         raise WeightsError(f"no registered weights for {name}; models with weights: {having}")
-    print(f"{'model':<24} {'tag':<14} {'dataset':<14} {'top-1':>7} {'input':>10}  source")
+    print(f"{'model':<24} {'tag':<14} {'dataset':<14} {'top-1':>7} {'input':>10}  {'preprocessing':<20}  source")
     for w in specs:
         where = w.source if w.is_url else f"shipped ({w.source})"
+        # The recipe evaluation and fine-tuning apply (convnets.data.preprocess.Preprocessing.from_spec).
+        recipe = f"{w.resize}->{w.crop or w.input_size[1]} {w.interpolation}" if w.resize else "fit and crop"
         print(f"{w.model:<24} {w.tag:<14} {w.dataset:<14} {w.accuracy:>7.4f} {'x'.join(map(str, w.input_size)):>10}"
-              f"  {where}")
+              f"  {recipe:<20}  {where}")
     print(f"\nUse: convnets.create_model(MODEL, weights=TAG) or --weights TAG; ImageNet files download once "
           f"into {cache_root()} (${CACHE_ENV} moves it).")
     return 0

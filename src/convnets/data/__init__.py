@@ -30,6 +30,7 @@ from convnets.data.formats.idx import load_idx_dataset, load_idx_pair
 from convnets.data.idx import IDXFormatError, read_idx, write_idx
 from convnets.data.images import ImageFolderSplit, decode_image
 from convnets.data.loader import BatchLoader, derive_seed, make_loader
+from convnets.data.preprocess import Preprocessing
 from convnets.data.views import TTA_VIEWS, center_crop, identity_views, mirror_views, ten_crop_views, tta_views
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "IDXFormatError",
     "ImageFolderSplit",
     "LoadOptions",
+    "Preprocessing",
     "TensorSplit",
     "center_crop",
     "channel_stats",

@@ -28,6 +28,7 @@ from convnets.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from convnets.data.images import ImageFolderSplit
+    from convnets.data.preprocess import Preprocessing
 
 logger = logging.getLogger("convnets.data")
 
@@ -174,6 +175,8 @@ class LoadOptions:
         seed: Seed of an image folder's held-out split and statistics subset.
         val_fraction: Held-out fraction of an image folder without split folders, in [0, 1).
         num_workers: Decoding processes for an image folder's statistics; None for the default.
+        preprocessing: pretrained weights' recipe: an image folder decodes its files with it; in-memory
+            data with a published resize is loaded at its own size and brought to the recipe's after.
     """
 
     image_size: tuple[int, int] | None = None
@@ -182,6 +185,7 @@ class LoadOptions:
     seed: int = 0
     val_fraction: float = 0.2
     num_workers: int | None = None
+    preprocessing: Preprocessing | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", check_image_size(self.image_size))
@@ -195,6 +199,8 @@ class LoadOptions:
     @property
     def shape(self) -> dict[str, Any]:
         """The keyword arguments of the in-memory loaders: image_size, channels, resize."""
+        if self.preprocessing is not None and self.preprocessing.resize is not None:
+            return {"image_size": None, "channels": self.channels, "resize": self.resize}  # the recipe resizes
         return {"image_size": self.image_size, "channels": self.channels, "resize": self.resize}
 
 

@@ -8,6 +8,7 @@ this module re-exports keep ``from convnets.data.datasets import ...`` working.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from convnets.data.formats.fashion_mnist import (
 from convnets.data.formats.folder import load_image_folder
 from convnets.data.formats.idx import find_idx_files, load_idx_dataset, load_idx_pair
 from convnets.data.images import IMAGE_EXTENSIONS, ImageFolderSplit, collate_images, decode_image
+from convnets.data.preprocess import Preprocessing
 from convnets.errors import ConfigError, DataError
 
 __all__ = [
@@ -87,6 +89,7 @@ def load_dataset(
     val_fraction: float = 0.2,
     download: bool = True,
     num_workers: int | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> Dataset:
     """Load a dataset by name or path: what ``--data`` accepts everywhere.
 
@@ -102,6 +105,11 @@ def load_dataset(
         val_fraction: Held-out fraction, in [0, 1), of an image folder without ``train/`` and ``val/``.
         download: Allow downloading Fashion-MNIST when no local copy exists.
         num_workers: Decoding processes used for an image folder's statistics.
+        preprocessing: the recipe of pretrained weights (:class:`~convnets.data.preprocess.Preprocessing`);
+            it sets ``image_size`` and ``channels``. Image folders are decoded by it; in-memory data is
+            brought to its size by it when it has a published ``resize`` (each image resized and
+            centre-cropped through Pillow, as a file would be), otherwise as ``resize`` says. The
+            dataset's mean/std stay the data's own: the caller normalises with the recipe's.
 
     Raises:
         ConfigError: An argument outside its range (checked before anything is read).
@@ -113,8 +121,29 @@ def load_dataset(
         raise ConfigError(f"expected a dataset name ({', '.join(DATASET_NAMES)}) or a path, got {name_or_path!r}")
     if not isinstance(download, bool):
         raise ConfigError(f"download must be True or False, got {download!r}")
+    if preprocessing is not None:
+        if not isinstance(preprocessing, Preprocessing):
+            raise ConfigError(f"preprocessing must be a convnets.data.preprocess.Preprocessing (from_spec, "
+                              f"from_metadata), got {type(preprocessing).__name__}")
+        image_size, channels = preprocessing.size, preprocessing.channels
     options = LoadOptions(image_size=image_size, channels=channels, resize=resize, seed=seed,
-                          val_fraction=val_fraction, num_workers=num_workers)
+                          val_fraction=val_fraction, num_workers=num_workers, preprocessing=preprocessing)
+    dataset = _load(name_or_path, data_dir, options, download)
+    if preprocessing is not None and preprocessing.resize is not None and dataset.in_memory:
+        dataset = _published_geometry(dataset, preprocessing)
+    return dataset
+
+
+def _published_geometry(dataset: Dataset, preprocessing: Preprocessing) -> Dataset:
+    """In-memory data brought to a published recipe's size (loaded at its own size for it), statistics recomputed."""
+    train, test = (TensorSplit(preprocessing.transform_images(split.images), split.labels)
+                   for split in (dataset.train, dataset.test))
+    mean, std, cov = channel_stats(train.images)
+    return dataclasses.replace(dataset, image_size=preprocessing.size, mean=mean, std=std, pixel_cov=cov,
+                               train=train, test=test)
+
+
+def _load(name_or_path: str | Path, data_dir: str | Path | None, options: LoadOptions, download: bool) -> Dataset:
     spec = str(name_or_path)
     key = spec.lower().replace("_", "-")
     if isinstance(name_or_path, str) and key in _NAMES and Path(spec).is_dir():

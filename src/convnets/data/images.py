@@ -15,10 +15,14 @@ import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
+
+if TYPE_CHECKING:
+    from convnets.data.preprocess import Preprocessing
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
@@ -87,7 +91,7 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
 
 
-def _to_mode(image: Image.Image, channels: int) -> Image.Image:
+def to_mode(image: Image.Image, channels: int) -> Image.Image:
     """Convert any Pillow mode to L (1 channel) or RGB (3); transparency is composited on black."""
     image = _to_8bit(image)
     if image.mode == "P":
@@ -99,6 +103,33 @@ def _to_mode(image: Image.Image, channels: int) -> Image.Image:
     return image.convert("L" if channels == 1 else "RGB")
 
 
+@contextlib.contextmanager
+def upright_image(path: str | Path, channels: int, draft: int | None = None) -> Iterator[Image.Image]:
+    """Open an image file as a viewer shows it (EXIF orientation applied), in mode ``L`` (1 channel) or ``RGB`` (3).
+
+    16-bit and float images are scaled to 8 bits and transparency is composited on black
+    (:func:`to_mode`). Images over Pillow's ``MAX_IMAGE_PIXELS`` are refused as decompression bombs.
+
+    Args:
+        path: the file.
+        channels: 1 or 3.
+        draft: let a JPEG be decoded at a reduced scale (1/2, 1/4, 1/8: Pillow's ``draft``) that still
+            covers ``draft`` pixels on each side; None decodes every pixel.
+
+    Raises:
+        One of DECODE_ERRORS: The file is not a readable image.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            if draft is not None:
+                image.draft("RGB" if channels == 3 else "L", (draft, draft))
+            turn = _ORIENTATION_TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+            if turn is not None:
+                image = image.transpose(turn)
+            yield to_mode(image, channels)
+
+
 def decode_image(path: str | Path, size: tuple[int, int], channels: int = 3) -> torch.Tensor:
     """Decode one image file to a uint8 tensor (C, H, W) of the given (height, width).
 
@@ -106,22 +137,15 @@ def decode_image(path: str | Path, size: tuple[int, int], channels: int = 3) -> 
     shorter side fits and centre-cropped to the target's aspect. JPEGs are decoded directly at a
     reduced scale when the target is much smaller (Pillow's ``draft``), which is most of the speed of
     loading large photos. Images over Pillow's ``MAX_IMAGE_PIXELS`` are refused as decompression bombs.
+    Weights with a published recipe are fed by :class:`convnets.data.preprocess.Preprocessing` instead.
 
     Raises:
         One of DECODE_ERRORS: The file is not a readable image (the loader catches these).
     """
     h, w = size
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
-            # The draft must cover the target in either orientation: EXIF may turn the image by 90 degrees.
-            side = max(h, w)
-            image.draft("RGB" if channels == 3 else "L", (side, side))
-            turn = _ORIENTATION_TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
-            if turn is not None:
-                image = image.transpose(turn)
-            image = ImageOps.fit(_to_mode(image, channels), (w, h), method=Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
+    # The draft must cover the target in either orientation: EXIF may turn the image by 90 degrees.
+    with upright_image(path, channels, draft=max(h, w)) as image:
+        array = np.asarray(ImageOps.fit(image, (w, h), method=Image.Resampling.BILINEAR), dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
@@ -137,13 +161,16 @@ class ImageFolderSplit(torch.utils.data.Dataset):
 
     ``dataset[i]`` returns ``(image, label, None)`` with a uint8 (C, H, W) image, or
     ``(None, label, (path, reason))`` when the file cannot be decoded, so one bad file never
-    ends an epoch; :func:`collate_images` drops such samples and passes the reasons on.
+    ends an epoch; :func:`collate_images` drops such samples and passes the reasons on. With a
+    ``preprocessing`` (published weights' recipe), files are decoded by it; otherwise by :func:`decode_image`.
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], image_size: tuple[int, int], channels: int) -> None:
+    def __init__(self, samples: Sequence[tuple[str, int]], image_size: tuple[int, int], channels: int,
+                 preprocessing: Preprocessing | None = None) -> None:
         self.samples = [(str(p), int(y)) for p, y in samples]
-        self.image_size = image_size
-        self.channels = channels
+        self.image_size = preprocessing.size if preprocessing else image_size
+        self.channels = preprocessing.channels if preprocessing else channels
+        self.preprocessing = preprocessing
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -155,11 +182,14 @@ class ImageFolderSplit(torch.utils.data.Dataset):
 
     def subset(self, index: torch.Tensor) -> ImageFolderSplit:
         """The samples at ``index`` (int64 positions), in that order."""
-        return ImageFolderSplit([self.samples[i] for i in index.tolist()], self.image_size, self.channels)
+        return ImageFolderSplit([self.samples[i] for i in index.tolist()], self.image_size, self.channels,
+                                self.preprocessing)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, tuple[str, str] | None]:
         path, label = self.samples[index]
         try:
+            if self.preprocessing is not None:
+                return self.preprocessing.load(path), label, None
             return decode_image(path, self.image_size, self.channels), label, None
         except DECODE_ERRORS as err:
             return None, label, (path, describe_error(err))

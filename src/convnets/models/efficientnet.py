@@ -174,7 +174,10 @@ def efficientnet_b1(num_classes: int = 1000, in_chans: int = 3, *, drop_path: fl
     return _b("b1", num_classes, in_chans, drop_path, small_input, tf_same)
 
 
-@register_model(**_kw("b2"), published=_published(9_109_994, 993_561_872, "9.2M, 1.0B"))
+# torchvision's B2 figure (1.088 GMACs) is at its 288 evaluation size, not this default 260: the MACs at 260
+# are the paper's rounded 1.0B; the parameters are torchvision's count.
+@register_model(**_kw("b2"), published=Published(9_109_994, 1_000_000_000, "Tan & Le 2019 (9.2M, 1.0B at 260); "
+                                                 "params: torchvision count", approx=("macs",)))
 def efficientnet_b2(num_classes: int = 1000, in_chans: int = 3, *, drop_path: float = 0.2,
                     small_input: bool = False, tf_same: bool = False) -> EfficientNet:
     """EfficientNet-B2 (Tan & Le 2019): width 1.1, depth 1.2, 260 input."""

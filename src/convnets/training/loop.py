@@ -39,6 +39,7 @@ from torch import nn
 import convnets
 from convnets.data.datasets import load_dataset, subsample_per_class
 from convnets.data.loader import make_loader
+from convnets.data.preprocess import Preprocessing
 from convnets.device import set_threads
 from convnets.errors import ConfigError, ConfigMismatchError, ConvnetsError, RunDirectoryError, TrainingDiverged
 from convnets.layers import DepthwiseConv2d
@@ -205,8 +206,10 @@ class _Run:
             check_input_size(cfg.model, probe, (image_size, image_size), source)
         elif probe.fixed_input_size:
             image_size = probe.fixed_input_size[0]
+        recipe = (self.preprocessing or {}).get("preprocessing")  # the weights' resize, crop and filter
+        self.recipe = recipe.at_size(cfg.image_size) if recipe and cfg.image_size else recipe
         dataset = load_dataset(cfg.data, data_dir=cfg.data_dir, image_size=image_size, channels=channels,
-                               num_workers=cfg.num_workers)
+                               num_workers=cfg.num_workers, preprocessing=self.recipe)
         if self.preprocessing and self.preprocessing["mean"] is not None:  # None: the data's own statistics
             dataset = dataclasses.replace(dataset, mean=tuple(self.preprocessing["mean"]),
                                           std=tuple(self.preprocessing["std"]))
@@ -330,6 +333,8 @@ class _Run:
                    train=split_fingerprint(ds.train), test=split_fingerprint(ds.test),
                    image=[ds.channels, *ds.image_size], mean=ds.mean, std=ds.std, transform="none",
                    convnets=convnets.__version__)
+        if self.recipe:  # only then: the keys of runs without a published recipe stay what they were
+            key["preprocessing"] = self.recipe.to_dict()
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "convnets" / "features"
         t0 = time.perf_counter()
         features, path, hit = cached_features(self.model, loaders, self.ctx.device, cache_dir, key, say=self._say)
@@ -626,6 +631,9 @@ class _Run:
             "input_size": [ds.channels, *ds.image_size],
             "mean": list(ds.mean),
             "std": list(ds.std),
+            # How its images were prepared, so that it is evaluated (and predicts) on inputs prepared alike.
+            "preprocessing": (dataclasses.replace(self.recipe, mean=ds.mean, std=ds.std) if self.recipe else
+                              Preprocessing(ds.image_size, channels=ds.channels, mean=ds.mean, std=ds.std)).to_dict(),
             "classes": ds.classes,
             "dataset": ds.name,
             "test_accuracy": round(accuracy, 5),

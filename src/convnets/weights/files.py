@@ -25,7 +25,8 @@ from convnets.weights.io import atomic_write
 
 # The metadata fields convnets writes and reads, by the type each must have. Others are kept as they are.
 _STR_FIELDS = ("model", "dataset", "command")
-_JSON_FIELDS = ("num_classes", "in_chans", "input_size", "mean", "std", "classes", "model_kwargs", "bn_eps")
+_JSON_FIELDS = ("num_classes", "in_chans", "input_size", "mean", "std", "classes", "model_kwargs", "bn_eps",
+                "preprocessing")
 MAX_SIDE = 16384  # largest input height/width a weights file may ask for
 MAX_CHANNELS = 1024  # most input channels (hyperspectral images have a few hundred)
 
@@ -210,6 +211,16 @@ def check_metadata(meta: Mapping[str, Any], label: str, shapes: Mapping[str, tup
             raise bad("classes", f"names {len(classes)} classes but num_classes is {meta['num_classes']}")
     if "bn_eps" in meta and not (_is_number(meta["bn_eps"]) and 0 < meta["bn_eps"] < 1):
         raise bad("bn_eps", "must be a number between 0 and 1")
+    if "preprocessing" in meta:
+        from convnets.data.preprocess import Preprocessing
+
+        try:
+            prep = Preprocessing.from_dict(meta["preprocessing"])
+        except ConfigError as err:
+            raise bad("preprocessing", f"is not a preprocessing recipe: {err}") from None
+        if "input_size" in meta and [prep.channels, *prep.size] != meta["input_size"]:
+            raise bad("preprocessing", f"gives inputs {[prep.channels, *prep.size]}, input_size says "
+                      f"{meta['input_size']}")
     if "model_kwargs" in meta and not (isinstance(meta["model_kwargs"], dict)
                                        and all(isinstance(k, str) for k in meta["model_kwargs"])):
         raise bad("model_kwargs", "must be a JSON object of builder arguments")

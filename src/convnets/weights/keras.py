@@ -52,8 +52,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from convnets.data.preprocess import KERAS_NORMALISATION
 from convnets.errors import LayoutError, MissingDependencyError, WeightsError
-from convnets.models.efficientnet import B0_STAGES
+from convnets.models.efficientnet import B0_STAGES, COEFFICIENTS
 from convnets.models.mobilenet import V1_STAGES, V2_ROWS
 from convnets.weights.layouts import EFFICIENTNET_SIGNATURES, RESNET_DEPTHS, VGG_DEPTHS, PeerLayout, _rule
 from convnets.weights.specs import IMAGENET_MEAN, IMAGENET_STD
@@ -61,10 +62,10 @@ from convnets.weights.specs import IMAGENET_MEAN, IMAGENET_STD
 SUFFIXES = (".h5", ".hdf5", ".keras")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
-# Keras's preprocess_input modes as our mean/std on RGB pixels in 0..1.
-CAFFE_MEAN = (123.68 / 255, 116.779 / 255, 103.939 / 255)  # subtracted on 0..255, in BGR order there
-CAFFE_STD = (1 / 255,) * 3  # caffe does not scale: x * 255 - mean * 255 = (x - mean) / (1 / 255)
-TF_MEAN, TF_STD = (0.5,) * 3, (0.5,) * 3  # x / 127.5 - 1 on 0..255
+# Keras's preprocess_input modes as our mean/std on RGB pixels in 0..1 (convnets.data.preprocess):
+# caffe subtracts the mean on 0..255 in BGR order and does not scale: x * 255 - mean * 255 = (x - mean) / (1 / 255);
+# tf is x / 127.5 - 1 on 0..255.
+(CAFFE_MEAN, CAFFE_STD), (TF_MEAN, TF_STD) = KERAS_NORMALISATION["caffe"], KERAS_NORMALISATION["tf"]
 
 
 def h5py_module() -> Any:
@@ -206,23 +207,31 @@ MOBILENET_V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 
 def _variants() -> dict[str, KerasVariant]:
+    # Sizes and resize: Keras's examples resize straight to the input size (load_img, nearest neighbour,
+    # aspect lost), which is no evaluation recipe; these are the recipes the weights' accuracy was measured
+    # with by their first publishers: Caffe's ResNet/VGG and TF-slim's MobileNets (central 87.5%) take the
+    # 224 centre of a 256 shorter side; TensorFlow's EfficientNet crops size/(size + 32) of the shorter side,
+    # bicubic. Resize before crop, antialiased, as the torchvision weights: within a pixel of those recipes.
     out = []
     for depth in (16, 19):
         out.append(KerasVariant(PeerLayout(f"keras:vgg{depth}", f"vgg{depth}", VGG_RULES, note=_RESNET_NOTE,
-                                           mean=CAFFE_MEAN, std=CAFFE_STD), "vgg", {}))
+                                           mean=CAFFE_MEAN, std=CAFFE_STD, resize=256), "vgg", {}))
     for depth in (50, 101, 152):
         out.append(KerasVariant(PeerLayout(f"keras:resnet{depth}", f"resnet{depth}", RESNET_RULES, 1.001e-5,
-                                           _RESNET_NOTE, CAFFE_MEAN, CAFFE_STD), "resnet", {}))
+                                           _RESNET_NOTE, CAFFE_MEAN, CAFFE_STD, resize=256), "resnet", {}))
     for alpha, model in MOBILENET_ALPHAS.items():
         out.append(KerasVariant(PeerLayout(f"keras:mobilenet_{alpha}", model, MOBILENET_RULES, 1e-3, _TF_NOTE,
-                                           TF_MEAN, TF_STD), "mobilenet", {"tf_same": True, "relu6": True}))
+                                           TF_MEAN, TF_STD, resize=256), "mobilenet", {"tf_same": True, "relu6": True}))
     for alpha in MOBILENET_V2_ALPHAS:
         width = {} if alpha == 1.0 else {"width": alpha}
         out.append(KerasVariant(PeerLayout(f"keras:mobilenet_v2_{alpha}", "mobilenet_v2", MOBILENET_V2_RULES, 1e-3,
-                                           _TF_NOTE, TF_MEAN, TF_STD), "mobilenet_v2", {"tf_same": True, **width}))
+                                           _TF_NOTE, TF_MEAN, TF_STD, resize=256), "mobilenet_v2",
+                                {"tf_same": True, **width}))
     for b in range(8):
         # mean/std: replaced by each file's own Normalization layer (see read_keras).
-        out.append(KerasVariant(PeerLayout(f"keras:efficientnet_b{b}", f"efficientnet_b{b}", EFFICIENTNET_RULES, 1e-3),
+        size = COEFFICIENTS[f"b{b}"].resolution  # Keras's EfficientNetB0-B7: 224, 240, 260, 300, 380, 456, 528, 600
+        out.append(KerasVariant(PeerLayout(f"keras:efficientnet_b{b}", f"efficientnet_b{b}", EFFICIENTNET_RULES, 1e-3,
+                                           resize=size + 32, crop=size, interpolation="bicubic"),
                                 "efficientnet", {"tf_same": True}))
     return {v.layout.name: v for v in out}
 

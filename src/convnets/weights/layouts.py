@@ -24,7 +24,7 @@ from convnets.models.efficientnet import B0_STAGES
 from convnets.models.mobilenet import V2_ROWS
 from convnets.models.vgg import VGG_STAGES
 from convnets.weights.files import tensors_of
-from convnets.weights.specs import IMAGENET_MEAN, IMAGENET_STD
+from convnets.weights.specs import IMAGENET_MEAN, IMAGENET_STD, TORCHVISION_EFFICIENTNET
 
 # Prefixes added by wrappers, not by the architecture: DataParallel / DistributedDataParallel
 # ("module.") and torch.compile ("_orig_mod."). They can nest, e.g. "module._orig_mod.".
@@ -82,6 +82,9 @@ class PeerLayout:
         note: something outside the state dict the user must know (input normalisation).
         mean: per-channel normalisation mean the weights expect (pixels scaled to 0..1).
         std: per-channel normalisation standard deviation the weights expect.
+        resize: the shorter side is resized to this before the centre crop (None: fit and crop).
+        crop: side of the centre crop; None: our model's input size.
+        interpolation: the resize filter (see :class:`convnets.data.preprocess.Preprocessing`).
     """
 
     name: str
@@ -91,6 +94,9 @@ class PeerLayout:
     note: str = field(default="", compare=False)
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    resize: int | None = 256  # torchvision's ImageClassification default
+    crop: int | None = None
+    interpolation: str = "bilinear"
 
     def rename(self, path: str) -> str | None:
         """Our module path for a peer module path, or None when no rule covers it."""
@@ -277,10 +283,13 @@ def _layouts() -> dict[str, PeerLayout]:
     out.append(PeerLayout("torchvision:googlenet", "googlenet_torchvision", GOOGLENET_RULES, note=_GOOGLENET_NOTE,
                           mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
     out.append(PeerLayout("torchvision:mobilenet_v2", "mobilenet_v2", MOBILENET_V2_RULES))
-    for i in range(8):
+    for i, (_, _, resize, crop) in TORCHVISION_EFFICIENTNET.items():
         # B5-B7 are ports of the TensorFlow weights, built by torchvision with BatchNorm eps 1e-3.
         eps = 1e-3 if i >= 5 else None
-        out.append(PeerLayout(f"torchvision:efficientnet_b{i}", f"efficientnet_b{i}", EFFICIENTNET_RULES, eps))
+        out.append(PeerLayout(f"torchvision:efficientnet_b{i}", f"efficientnet_b{i}", EFFICIENTNET_RULES, eps,
+                              resize=resize, crop=crop, interpolation="bicubic"))
+    # timm's evaluation recipe belongs to a weight tag (its pretrained_cfg), which a state dict does not carry:
+    # torchvision's default (256 -> 224 bilinear) is assumed, not verified.
     out.append(PeerLayout("timm:mobilenetv1_100", "mobilenet_v1", TIMM_MOBILENET_V1_RULES))
     return {layout.name: layout for layout in out}
 

@@ -48,6 +48,7 @@ from convnets.weights.layouts import (
 from convnets.weights.specs import WeightSpec, get_weights, is_tag
 
 if TYPE_CHECKING:
+    from convnets.data.preprocess import Preprocessing
     from convnets.registry import ModelEntry
 
 logger = logging.getLogger("convnets.weights")
@@ -440,40 +441,61 @@ def weights_preprocessing(weights: str | Path, model: str) -> dict[str, Any]:
     """Input size, normalisation and builder arguments that ``weights`` were trained with.
 
     From the registry for a tag and from the metadata of one of our files. Otherwise the input
-    channels come from the first convolution's weights; a peer layout gives the peer's
-    normalisation (ImageNet's; 0.5/0.5 for torchvision's GoogLeNet) at 224x224, and a file of
-    our own layout without metadata gives ``mean``/``std`` None: normalise the data with its own
-    statistics, as its training did with the data it had (any normalisation it used put the
-    inputs at mean 0 and std 1, which the new data's own statistics reproduce), and the height
-    and width None (the data's own size, or the model's fixed one).
+    channels come from the first convolution's weights; a peer layout gives the peer's recipe
+    (torchvision's per-model resize, crop and filter; ImageNet's mean/std, 0.5/0.5 for
+    torchvision's GoogLeNet; a Keras mode), and a file of our own layout without metadata gives
+    ``mean``/``std`` None: normalise the data with its own statistics, as its training did with
+    the data it had (any normalisation it used put the inputs at mean 0 and std 1, which the new
+    data's own statistics reproduce), and the height and width None (the data's own size, or the
+    model's fixed one).
 
     Returns:
-        ``input_size`` (C, H, W; H and W may be None), ``mean``, ``std`` (or None), ``model_kwargs``
-        and ``classes`` (or None).
+        ``input_size`` (C, H, W; H and W may be None), ``mean``, ``std`` (or None), ``model_kwargs``,
+        ``classes`` (or None) and ``preprocessing``: the whole recipe as a
+        :class:`~convnets.data.preprocess.Preprocessing`, or None where the data's own statistics are used.
     """
+    from convnets.data.preprocess import Preprocessing
+
     if is_tag(weights):
         spec = get_weights(model, str(weights))
-        return dict(input_size=spec.input_size, mean=spec.mean, std=spec.std, model_kwargs=spec.model_kwargs,
-                    classes=list(spec.categories) or None)
+        prep = Preprocessing.from_spec(spec)
+        return dict(input_size=(prep.channels, *prep.size), mean=spec.mean, std=spec.std,
+                    model_kwargs=spec.model_kwargs, classes=list(spec.categories) or None, preprocessing=prep)
     path, _, url = _resolve(weights, model, None, None)
     with _reading(path, url):
         if keras.is_keras_file(path):  # names and shapes only: the tensors are read when loading
             found = keras.read_keras(path, tensors=False)
-            return dict(input_size=_entry(found.layout.model).input_size, mean=found.layout.mean,
-                        std=found.layout.std, model_kwargs=_taken(model, found.model_kwargs), classes=None)
+            prep = layout_preprocessing(found.layout, 3)
+            return dict(input_size=(3, *prep.size), mean=found.layout.mean, std=found.layout.std,
+                        model_kwargs=_taken(model, found.model_kwargs), classes=None, preprocessing=prep)
         meta = read_metadata(path) if path.is_file() and file_format(path) == "safetensors" else {}
-        if "input_size" in meta and "mean" in meta and "std" in meta:  # one of ours: the header says it all
-            return dict(input_size=tuple(meta["input_size"]), mean=tuple(meta["mean"]), std=tuple(meta["std"]),
-                        model_kwargs=meta.get("model_kwargs", {}), classes=meta.get("classes"))
+        if "preprocessing" in meta or ("input_size" in meta and "mean" in meta and "std" in meta):
+            # One of ours: the header says it all (checked by read_metadata).
+            prep = Preprocessing.from_metadata(meta)
+            return dict(input_size=(prep.channels, *prep.size), mean=prep.mean, std=prep.std,
+                        model_kwargs=meta.get("model_kwargs", {}), classes=meta.get("classes"), preprocessing=prep)
         ckpt = open_checkpoint(path, model_name=model)
     kwargs = meta.get("model_kwargs", {})
     channels = meta.get("in_chans") or first_conv_channels(model, ckpt.state, kwargs)
     if ckpt.layout is not None:  # the peer's statistics are RGB's; other channel counts bring their own data
-        rgb = (channels or 3) == 3
-        return dict(input_size=(channels or 3, 224, 224), mean=ckpt.layout.mean if rgb else None,
-                    std=ckpt.layout.std if rgb else None, model_kwargs=kwargs, classes=None)
+        if (channels or 3) == 3:
+            prep = layout_preprocessing(ckpt.layout, 3)
+            return dict(input_size=(3, *prep.size), mean=prep.mean, std=prep.std, model_kwargs=kwargs, classes=None,
+                        preprocessing=prep)
+        side = ckpt.layout.crop or _entry(ckpt.layout.model).input_size[1]
+        return dict(input_size=(channels, side, side), mean=None, std=None, model_kwargs=kwargs, classes=None,
+                    preprocessing=None)
     return dict(input_size=(channels, None, None), mean=None, std=None, model_kwargs=kwargs,
-                classes=meta.get("classes"))
+                classes=meta.get("classes"), preprocessing=None)
+
+
+def layout_preprocessing(layout: PeerLayout, channels: int = 3) -> Preprocessing:
+    """A peer layout's published recipe; the crop is our model's input size where the layout names none."""
+    from convnets.data.preprocess import Preprocessing
+
+    side = layout.crop or _entry(layout.model).input_size[1]
+    return Preprocessing((side, side), layout.resize, layout.interpolation, channels=channels, mean=layout.mean,
+                         std=layout.std)
 
 
 def _entry(model: str) -> ModelEntry:

@@ -34,8 +34,11 @@ class WeightSpec:
         input_size: (C, H, W) the weights expect.
         mean: per-channel normalisation mean (pixels scaled to 0..1).
         std: per-channel normalisation standard deviation.
-        resize: side the image is resized/padded to before cropping (None: no resize).
-        crop: side of the center crop (None: no crop).
+        resize: the shorter side is resized to this before the centre crop (None: no published recipe; the
+            image is fitted to ``input_size`` and centre-cropped).
+        crop: side of the centre crop (None: ``input_size``).
+        interpolation: the resize filter: ``bilinear``, ``bicubic`` or ``nearest``
+            (see :class:`convnets.data.preprocess.Preprocessing`, which applies all of these).
         accuracy: measured top-1 accuracy on the dataset's test split.
         model_kwargs: builder arguments the weights need (``{"small_input": True}``).
         recipe: how they were trained (a command for ours).
@@ -57,6 +60,7 @@ class WeightSpec:
     categories: tuple[str, ...] = ()
     resize: int | None = None
     crop: int | None = None
+    interpolation: str = "bilinear"
     model_kwargs: dict = field(default_factory=dict)
     recipe: str = ""
     first_conv: str = "stem.conv"
@@ -69,15 +73,26 @@ class WeightSpec:
 
 
 def _imagenet(model: str, peer: str, url: str, accuracy: float, *, resize: int = 256, crop: int = 224,
-              first_conv: str = "stem.conv", mean: tuple[float, ...] = IMAGENET_MEAN,
+              interpolation: str = "bilinear", first_conv: str = "stem.conv", mean: tuple[float, ...] = IMAGENET_MEAN,
               std: tuple[float, ...] = IMAGENET_STD) -> WeightSpec:
+    """torchvision's weights with its evaluation recipe (``weights.transforms()``: resize, crop, filter)."""
     return WeightSpec(model, "imagenet", url, sha256=url.rsplit("-", 1)[-1].split(".")[0], dataset="ImageNet-1k",
                       num_classes=1000, input_size=(3, crop, crop), mean=mean, std=std,
-                      accuracy=accuracy, resize=resize, crop=crop, recipe=f"{peer} published weights",
-                      first_conv=first_conv, peer=peer)
+                      accuracy=accuracy, resize=resize, crop=crop, interpolation=interpolation,
+                      recipe=f"{peer} published weights", first_conv=first_conv, peer=peer)
 
 
 _TV = "https://download.pytorch.org/models/"
+# torchvision's EfficientNet IMAGENET1K_V1 weights (torchvision/models/efficientnet.py): file, ImageNet top-1, and
+# the evaluation recipe of ``weights.transforms()``: resize, crop, all bicubic. B2 is evaluated at 288, not the
+# paper's 260 (B0-B4 were trained by Ross Wightman; B5-B7 are ports of TensorFlow's). B1's IMAGENET1K_V2
+# (efficientnet_b1-c27df63c.pth) is another recipe: 255 -> 240 bilinear.
+TORCHVISION_EFFICIENTNET = {
+    0: ("rwightman-7f5810bc", 0.77692, 256, 224), 1: ("rwightman-bac287d4", 0.78642, 256, 240),
+    2: ("rwightman-c35c1473", 0.80608, 288, 288), 3: ("rwightman-b3899882", 0.82008, 320, 300),
+    4: ("rwightman-23ab8bcd", 0.83384, 384, 380), 5: ("lukemelas-1a07897c", 0.83444, 456, 456),
+    6: ("lukemelas-24a108a5", 0.84008, 528, 528), 7: ("lukemelas-c5b4e57e", 0.84122, 600, 600),
+}
 
 
 def _ours(model: str, file: str, sha256: str, accuracy: float, input_size: tuple[int, int, int],
@@ -120,8 +135,9 @@ WEIGHTS: list[WeightSpec] = [
     _imagenet("googlenet_torchvision", "torchvision:googlenet", _TV + "googlenet-1378be20.pth", 0.69778,
               first_conv="stem.conv1.conv", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
     _imagenet("mobilenet_v2", "torchvision:mobilenet_v2", _TV + "mobilenet_v2-b0353104.pth", 0.71878),
-    _imagenet("efficientnet_b0", "torchvision:efficientnet_b0", _TV + "efficientnet_b0_rwightman-7f5810bc.pth",
-              0.77692, resize=256, crop=224),
+    *(_imagenet(f"efficientnet_b{b}", f"torchvision:efficientnet_b{b}", _TV + f"efficientnet_b{b}_{file}.pth",
+                accuracy, resize=resize, crop=crop, interpolation="bicubic")
+      for b, (file, accuracy, resize, crop) in TORCHVISION_EFFICIENTNET.items()),
 ]
 
 

@@ -7,6 +7,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from convnets.data.images import (
     workers_starting,
 )
 from convnets.errors import DataError
+
+if TYPE_CHECKING:
+    from convnets.data.preprocess import Preprocessing
 
 logger = logging.getLogger("convnets.data")
 
@@ -180,6 +184,7 @@ def load_image_folder(
     val_fraction: float = 0.2,
     stats_samples: int = 1000,
     num_workers: int | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> Dataset:
     """An image folder ``root/CLASS/*.jpg`` (or ``root/train/CLASS``, ``root/val/CLASS``), streamed from disk.
 
@@ -200,6 +205,7 @@ def load_image_folder(
         val_fraction: Fraction of each class held out when there are no split folders, in [0, 1).
         stats_samples: How many training images the mean, std and covariance are estimated from.
         num_workers: Decoding processes for the statistics; ``min(4, cpu count)`` by default.
+        preprocessing: decode the files with this recipe (pretrained weights'); it sets the size and channels.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -208,6 +214,8 @@ def load_image_folder(
             without a decodable image; split folders whose classes differ; or a held-out split folder
             beside class folders (it would become a class).
     """
+    if preprocessing is not None:
+        image_size, channels = preprocessing.size, preprocessing.channels
     options = LoadOptions(image_size=image_size, channels=channels, seed=seed, val_fraction=val_fraction,
                           num_workers=num_workers)
     check_whole("stats_samples", stats_samples, 1)
@@ -236,7 +244,8 @@ def load_image_folder(
             logger.warning("%s: no class has two images, so nothing is held out for testing", root)
     c = options.channels or 3
     size = options.image_size or (_probe_size(train),) * 2
-    train_split, val_split = ImageFolderSplit(train, size, c), ImageFolderSplit(val, size, c)
+    train_split, val_split = ImageFolderSplit(train, size, c, preprocessing), ImageFolderSplit(val, size, c,
+                                                                                                  preprocessing)
     workers = min(4, os.cpu_count() or 1) if options.num_workers is None else options.num_workers
     mean, std, cov = _stats_of_folder(train_split, stats_samples, options.seed, workers, bad)
     return Dataset(root.name, classes, c, size, mean, std, cov, train_split, val_split, bad, str(root))
@@ -250,4 +259,5 @@ def recognise(path: Path) -> bool:
 def load(path: Path, options: LoadOptions) -> Dataset:
     """:func:`load_image_folder` with :func:`~convnets.data.load_dataset`'s options."""
     return load_image_folder(path, image_size=options.image_size, channels=options.channels, seed=options.seed,
-                             val_fraction=options.val_fraction, num_workers=options.num_workers)
+                             val_fraction=options.val_fraction, num_workers=options.num_workers,
+                             preprocessing=options.preprocessing)
