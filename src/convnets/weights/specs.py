@@ -82,8 +82,8 @@ def _imagenet(model: str, peer: str, url: str, accuracy: float, *, resize: int =
               first_conv: str = "stem.conv", mean: tuple[float, ...] = IMAGENET_MEAN,
               std: tuple[float, ...] = IMAGENET_STD) -> WeightSpec:
     return WeightSpec(model, "imagenet", url, sha256=url.rsplit("-", 1)[-1].split(".")[0], dataset="ImageNet-1k",
-                      num_classes=1000, input_size=(3, crop, crop), mean=mean, std=std,
-                      accuracy=accuracy, categories=IMAGENET_CLASSES, resize=resize, crop=crop, recipe=f"{peer} published weights",
+                      num_classes=1000, input_size=(3, crop, crop), mean=mean, std=std, accuracy=accuracy,
+                      categories=IMAGENET_CLASSES, resize=resize, crop=crop, recipe=f"{peer} published weights",
                       first_conv=first_conv, peer=peer)
 
 
