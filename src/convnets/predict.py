@@ -183,8 +183,8 @@ def _prepare(member: Member, image: str | Image.Image | torch.Tensor) -> torch.T
 
 def as_member(model: Member | nn.Module | str | os.PathLike, device: torch.device,
               classes: Sequence[str] | None = None, mean: Sequence[float] | None = None,
-              std: Sequence[float] | None = None) -> Member:
-    """A :class:`Member` on ``device``: loaded from a source, or a bare model with its classes and normalisation.
+              std: Sequence[float] | None = None, input_size: Sequence[int] | None = None) -> Member:
+    """A :class:`Member` on ``device``: loaded from a source, or a bare model with its classes and preprocessing.
 
     Raises:
         ConfigError: a bare model without ``mean``/``std``, or with a class list of another length.
@@ -198,9 +198,10 @@ def as_member(model: Member | nn.Module | str | os.PathLike, device: torch.devic
     if mean is None or std is None:
         raise ConfigError(f"predict with a bare {name} model needs mean= and std= (the normalisation it was "
                           "trained with); or give a run directory, a weights file or 'MODEL:TAG'")
-    input_size = tuple(getattr(model, "input_size", ()) or ())
-    if len(input_size) != 3:
-        raise ConfigError(f"{name} does not say its input size (C, H, W): give a Member with input_size")
+    # A registered model's nominal input; weights trained at another size (28x28 Fashion-MNIST) need theirs.
+    input_size = tuple(input_size or getattr(model, "input_size", ()) or ())
+    if len(input_size) != 3 or not all(isinstance(n, int) and n > 0 for n in input_size):
+        raise ConfigError(f"{name}: input_size must be (C, H, W), the size it was trained at; got {input_size or None}")
     count = getattr(model, "num_classes", None)
     names = list(classes) if classes is not None else [str(i) for i in range(count or 0)]
     if count and len(names) != count:
@@ -212,7 +213,8 @@ def as_member(model: Member | nn.Module | str | os.PathLike, device: torch.devic
 def predict(model: Member | nn.Module | str | os.PathLike, images: ImageInput | Iterable[ImageInput], *,
             top_k: int = 5, batch_size: int = 64, views: str = "none", device: str | torch.device | None = None,
             classes: Sequence[str] | None = None, mean: Sequence[float] | None = None,
-            std: Sequence[float] | None = None, progress: bool | None = False) -> list[Prediction]:
+            std: Sequence[float] | None = None, input_size: Sequence[int] | None = None,
+            progress: bool | None = False) -> list[Prediction]:
     """The top-k classes of every image, with their probabilities; a file that cannot be read gets its reason.
 
     Args:
@@ -224,7 +226,8 @@ def predict(model: Member | nn.Module | str | os.PathLike, images: ImageInput | 
         batch_size: images per forward pass, >= 1.
         views: test-time views averaged per image, as ``convnets evaluate`` takes them (none, mirror, ten-crop).
         device: cpu, cuda, cuda:N or mps (default: the best present).
-        classes, mean, std: for a bare model, its class names and normalisation.
+        classes, mean, std, input_size: for a bare model, its class names, normalisation and the (C, H, W)
+            it was trained at (default: its ``input_size``).
         progress: a progress bar on standard error (None: only on a terminal).
 
     Returns:
@@ -239,7 +242,7 @@ def predict(model: Member | nn.Module | str | os.PathLike, images: ImageInput | 
         raise ConfigError(f"views must be one of {', '.join(TTA_VIEWS)}, got {views!r}")
     items = collect_images(images)
     dev = resolve_device(device)
-    member = as_member(model, dev, classes, mean, std)
+    member = as_member(model, dev, classes, mean, std, input_size)
     k = min(top_k, len(member.classes))
     kwargs = view_kwargs(views, member.input_size[1], member.mean, member.std)
     results: dict[int, Prediction] = {i: Prediction(name, error=reason)
