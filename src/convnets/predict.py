@@ -87,15 +87,13 @@ def _files_in(folder: Path) -> Iterator[tuple[str, str | None]]:
         found += [Path(root, name) for name in files if not name.startswith(".")]
     for err in unreadable:
         yield str(err.filename), f"folder cannot be read ({err.strerror or err})"
-    images = 0
     for path in sorted(found):
         if path.suffix.lower() in IMAGE_EXTENSIONS:
-            images += 1
             yield str(path), _unusable(path)
         else:
             yield str(path), f"not an image file (extension {path.suffix or 'none'})"
-    if not images and not unreadable:
-        yield str(folder), f"no image files in it ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+    if not found and not unreadable:
+        yield str(folder), f"no files in it (images: {', '.join(sorted(IMAGE_EXTENSIONS))})"
 
 
 def _unusable(path: Path) -> str | None:
