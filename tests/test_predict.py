@@ -280,3 +280,12 @@ def test_cli_nothing_classified_is_an_error_after_the_reasons(tmp_path, capsys):
     assert status == 2
     assert f"{tmp_path / 'a.png'}: error: " in out and f"{tmp_path / 'b.txt'}: error: " in out
     assert err.strip().splitlines()[-1].startswith("convnets predict: error: none of the 2 inputs could be classified")
+
+
+def test_progress_bar_goes_to_standard_error_only_when_asked(photos, capsys):
+    predict(SOURCE, [photos["china.jpg"], photos["flower.jpg"]], device="cpu", progress=True)
+    shown = capsys.readouterr()
+    assert "0/2 [" in shown.err and "image/s" in shown.err and shown.out == ""
+    predict(SOURCE, [photos["china.jpg"]], device="cpu")  # the default: none
+    predict(SOURCE, [photos["china.jpg"]], device="cpu", progress=None)  # None: a terminal only; pytest's is not
+    assert capsys.readouterr().err == ""
