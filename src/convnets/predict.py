@@ -77,9 +77,10 @@ class Prediction:
 
 
 def _files_in(folder: Path) -> Iterator[tuple[str, str | None]]:
-    """The image files under ``folder`` (recursively, sorted) as (path, None); other files as (path, reason).
+    """Every file under ``folder`` (recursively, sorted) as (path, why it cannot be classified or None).
 
-    Hidden files and folders are left out, as the folder dataset leaves them out.
+    Files of other suffixes than images' get a reason, so that a folder of the wrong files says so;
+    hidden files and folders are left out, as the folder dataset leaves them out.
     """
     found, unreadable = [], []
     for root, subfolders, files in os.walk(folder, onerror=lambda err: unreadable.append(err)):
