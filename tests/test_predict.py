@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import convnets
+import convnets.weights
 from badinput import run_cli
 from convnets.data.datasets import load_dataset
 from convnets.evaluate import load_member, member_probabilities
@@ -120,6 +121,23 @@ def test_a_bare_model_with_its_classes_and_normalisation(member, photos):
     loaded = predict(member, photos["china.jpg"], device="cpu")[0]
     assert bare.classes == loaded.classes
     assert bare.probabilities == pytest.approx(loaded.probabilities, abs=1e-6)
+
+
+def test_a_weights_file_and_a_run_directory_give_what_the_name_gives(tmp_path, photos):
+    shipped = Path(convnets.weights.PACKAGE_DIR) / get_weights("resnet20", "fashion-mnist").source
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.safetensors").write_bytes(shipped.read_bytes())
+    by_name = predict(SOURCE, photos["china.jpg"], top_k=10, device="cpu")[0]
+    for source in (shipped, tmp_path / "run"):
+        result = predict(source, photos["china.jpg"], top_k=10, device="cpu")[0]
+        assert result.indices == by_name.indices
+        assert result.probabilities == pytest.approx(by_name.probabilities, abs=1e-7)
+
+
+def test_a_named_file_is_tried_whatever_its_suffix(tmp_path, photos):
+    odd = tmp_path / "photo.data"
+    odd.write_bytes(photos["china.jpg"].read_bytes())
+    assert predict(SOURCE, [odd], device="cpu")[0].ok  # only a folder's files are chosen by suffix
 
 
 def test_the_package_exports_predict_and_its_result():
