@@ -3,6 +3,9 @@
 from convnets.analysis import count, summary
 from convnets.models.base import ConvNet, InputShapeError, StageInfo
 from convnets.models.efficientnet import efficientnet_scaled
+
+# The function is convnets.predict; its module's other names are imported as `from convnets.predict import ...`.
+from convnets.predict import Prediction, predict
 from convnets.registry import Published, UnknownModelError, create_model, list_models, model_entry, register_model
 from convnets.training import TrainConfig, train  # after create_model: the loop uses it
 
@@ -11,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConvNet",
     "InputShapeError",
+    "Prediction",
     "Published",
     "StageInfo",
     "TrainConfig",
@@ -20,6 +24,7 @@ __all__ = [
     "efficientnet_scaled",
     "list_models",
     "model_entry",
+    "predict",
     "register_model",
     "summary",
     "train",

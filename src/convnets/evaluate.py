@@ -23,13 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from convnets.analysis.formatting import check_whole
-from convnets.data.datasets import Dataset, load_dataset
+from convnets.data.datasets import DATASET_NAMES, Dataset, load_dataset
 from convnets.data.loader import make_loader
 from convnets.data.preprocess import Preprocessing
 from convnets.data.views import TTA_VIEWS, tta_views
 from convnets.device import resolve_device
 from convnets.errors import ConfigError, ConfigMismatchError, DataError, RunDirectoryError, WeightsError
-from convnets.weights import atomic_write, load_weights, read_metadata
+from convnets.weights import WeightSpec, atomic_write, get_weights, load, load_weights, read_metadata
 
 COMBINE = ("prob", "logit", "vote")
 
@@ -185,14 +185,43 @@ def trained_data(source: str | Path, meta: dict) -> tuple[str, str | None]:
     return str(meta.get("dataset", "")), None
 
 
+def registered_weights(source: object) -> WeightSpec | None:
+    """The registry's spec for a ``MODEL:TAG`` source (``resnet20:fashion-mnist``); None for a path.
+
+    A path that exists wins over a name of that spelling.
+
+    Raises:
+        WeightsError: ``MODEL:TAG`` names weights that are not registered (the message lists the known tags).
+    """
+    if not isinstance(source, str) or source.count(":") != 1 or "/" in source or "\\" in source:
+        return None
+    model, tag = source.split(":")
+    if not model or not tag or Path(source).exists():
+        return None
+    return get_weights(model, tag)
+
+
+def _registered_member(spec: WeightSpec, device: torch.device | str) -> Member:
+    """A model with registered weights: the registry's spec says its classes and preprocessing."""
+    model = load(spec.tag, model_name=spec.model, new_head=False).to(device).eval()
+    classes = list(spec.categories) or [str(i) for i in range(spec.num_classes)]
+    data = spec.tag if spec.tag in DATASET_NAMES else ""  # our own weights are tagged with their dataset
+    return Member(f"{spec.model} ({spec.tag})", model, classes, spec.input_size, spec.mean, spec.std,
+                  f"{spec.model}:{spec.tag}", spec.dataset, data)
+
+
 def load_member(source: str | Path, device: torch.device | str = "cpu") -> Member:
-    """A model from a run directory (its ``best.safetensors``) or a weights file with our metadata.
+    """A model from a run directory (its ``best.safetensors``), a weights file with our metadata, or the
+    registered weights ``MODEL:TAG`` (``resnet20:fashion-mnist``, ``resnet18:imagenet``).
 
     Raises:
         FileNotFoundError: ``source`` does not exist.
         RunDirectoryError: a directory without weights.
-        WeightsError: not a safetensors file, or one without the metadata convnets saves.
+        WeightsError: not a safetensors file, or one without the metadata convnets saves; unknown weights name.
     """
+    spec = registered_weights(source)
+    if spec is not None:
+        return _registered_member(spec, device)
     path = weights_path(source)
     meta = read_metadata(path)
     _check_metadata(meta, path)
@@ -441,8 +470,8 @@ def evaluate(sources: str | Path | Sequence[str | Path], data: str | None = None
         raise ConfigError(f"combine must be one of {', '.join(COMBINE)}, got {combine!r}")
     batch_size, top_k = check_whole(batch_size, "batch_size"), check_whole(top_k, "top_k")
     member_weights = ensemble_weights(weights, len(sources))
-    for source in sources:  # each one exists and is a run or a file before the first is loaded
-        weights_path(source)
+    for source in sources:  # each one exists and is a run, a file or registered before the first is loaded
+        registered_weights(source) or weights_path(source)
     dev = resolve_device(device)
     members = [load_member(s, dev) for s in sources]
     classes = check_same_classes(members)

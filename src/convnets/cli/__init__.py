@@ -16,7 +16,7 @@ import sys
 from convnets.errors import ConvnetsError
 
 # The order `convnets --help` lists them in: look at networks, then data, train, evaluate, deploy.
-COMMANDS = ("list", "summary", "cost", "augment", "train", "transfer", "evaluate", "export", "latency",
+COMMANDS = ("list", "summary", "cost", "augment", "train", "transfer", "evaluate", "predict", "export", "latency",
             "fit_device", "weights", "experiment")
 
 

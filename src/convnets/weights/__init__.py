@@ -45,6 +45,7 @@ from convnets.weights.load import (
 )
 from convnets.weights.specs import (
     FASHION_MNIST_CLASSES,
+    IMAGENET_CLASSES,
     PACKAGE_DIR,
     WEIGHTS,
     WeightSpec,
@@ -56,6 +57,7 @@ from convnets.weights.specs import (
 __all__ = [
     "CACHE_ENV",
     "FASHION_MNIST_CLASSES",
+    "IMAGENET_CLASSES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LAYOUTS",

@@ -19,6 +19,16 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Ankle boot")
 
 
+def _read_names(file: str) -> tuple[str, ...]:
+    """Class names shipped beside this module, one per line (``#`` lines are the file's header)."""
+    lines = (Path(__file__).resolve().parent / file).read_text(encoding="utf-8").splitlines()
+    return tuple(line for line in lines if line and not line.startswith("#"))
+
+
+# torchvision's, timm's and Keras's ImageNet classifiers share this order (sorted WordNet ids); see the file's header.
+IMAGENET_CLASSES = _read_names("imagenet_classes.txt")
+
+
 @dataclass(frozen=True)
 class WeightSpec:
     """One set of pretrained weights.
@@ -30,7 +40,7 @@ class WeightSpec:
         sha256: full hex digest, or the prefix a peer library puts in its file names.
         dataset: what the weights were trained on.
         num_classes: classifier outputs.
-        categories: class names in output order (empty where too many to ship: ImageNet's 1000).
+        categories: class names in output order (ImageNet's 1000 from ``imagenet_classes.txt``).
         input_size: (C, H, W) the weights expect.
         mean: per-channel normalisation mean (pixels scaled to 0..1).
         std: per-channel normalisation standard deviation.
@@ -77,8 +87,8 @@ def _imagenet(model: str, peer: str, url: str, accuracy: float, *, resize: int =
               std: tuple[float, ...] = IMAGENET_STD) -> WeightSpec:
     """torchvision's weights with its evaluation recipe (``weights.transforms()``: resize, crop, filter)."""
     return WeightSpec(model, "imagenet", url, sha256=url.rsplit("-", 1)[-1].split(".")[0], dataset="ImageNet-1k",
-                      num_classes=1000, input_size=(3, crop, crop), mean=mean, std=std,
-                      accuracy=accuracy, resize=resize, crop=crop, interpolation=interpolation,
+                      num_classes=1000, input_size=(3, crop, crop), mean=mean, std=std, accuracy=accuracy,
+                      categories=IMAGENET_CLASSES, resize=resize, crop=crop, interpolation=interpolation,
                       recipe=f"{peer} published weights", first_conv=first_conv, peer=peer)
 
 
