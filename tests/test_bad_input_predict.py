@@ -16,7 +16,7 @@ from PIL import Image
 
 from badinput import Case, check_case, params
 from convnets import create_model
-from convnets.predict import predict, write_predictions
+from convnets.prediction import predict, write_predictions
 
 SOURCE = "resnet20:fashion-mnist"
 FOREIGN = "name,score\nmine,1\n"

@@ -25,7 +25,7 @@ import convnets.weights
 from badinput import run_cli
 from convnets.data.datasets import load_dataset
 from convnets.evaluate import load_member, member_probabilities
-from convnets.predict import Prediction, _prepare, predict
+from convnets.prediction import Prediction, _prepare, predict
 from convnets.weights import FASHION_MNIST_CLASSES, IMAGENET_CLASSES, WEIGHTS, get_weights
 
 SOURCE = "resnet20:fashion-mnist"

@@ -4,8 +4,8 @@ from convnets.analysis import count, summary
 from convnets.models.base import ConvNet, InputShapeError, StageInfo
 from convnets.models.efficientnet import efficientnet_scaled
 
-# The function is convnets.predict; its module's other names are imported as `from convnets.predict import ...`.
-from convnets.predict import Prediction, predict
+# The function is convnets.predict; its module is convnets.prediction.
+from convnets.prediction import Prediction, predict
 from convnets.registry import Published, UnknownModelError, create_model, list_models, model_entry, register_model
 from convnets.training import TrainConfig, train  # after create_model: the loop uses it
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from convnets.cli.options import number
 from convnets.device import DEVICE_HELP, set_threads
-from convnets.predict import check_out, classified, none_classified, predict, write_predictions
+from convnets.prediction import check_out, classified, none_classified, predict, write_predictions
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
