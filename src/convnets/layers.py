@@ -293,6 +293,9 @@ class ClassifierHead(nn.Module):
             ConfigError: ``num_classes`` is not a whole number from 0 to the registry's largest classifier.
         """
         BUILDER_ARGUMENTS["num_classes"].check("num_classes", num_classes)
+        if like is not None and not isinstance(like, torch.Tensor):
+            raise ConfigError(f"like must be a tensor, whose dtype and device the new layer takes; got a "
+                              f"{type(like).__name__}")
         own = next(self.parameters(), None)
         like = own if own is not None else like
         fc = self._classifier(self.num_features, num_classes) if num_classes else nn.Identity()
