@@ -46,6 +46,8 @@ class DepthwiseConv2d(nn.Conv2d):
     while its bf16 dense convolutions are faster. Left to autocast, ``--precision auto`` would slow
     MobileNet and EfficientNet down; computing these few, cheap layers in fp32 keeps bf16's gain on the
     rest. Everywhere else (no autocast, CUDA) it is an ``nn.Conv2d``; its weights and keys are the same.
+    A graph traced by ``torch.fx`` keeps the test (:func:`conv2d_fp32_under_cpu_autocast` is one node
+    of it); a TorchScript module, which cannot express it, is a plain convolution.
     """
 
     fp32_under_autocast = True  # the benchmark sets it False on an instance to time autocast's own choice

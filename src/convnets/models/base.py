@@ -48,7 +48,9 @@ class StageInfo:
 class ConvNet(nn.Module):
     """Base class of every family: ``forward = forward_head(forward_features(x))``.
 
-    Subclasses build ``stem``, ``stages`` and ``head`` and call :meth:`_finish`.
+    Subclasses build ``stem``, ``stages`` and ``head`` and call :meth:`_finish`. ``torch.jit.script``,
+    ``torch.fx.symbolic_trace``, ``torch.compile`` and ``torch.export`` take every model; the first
+    two give the network without its input checks (:func:`scripting_or_tracing`).
 
     Attributes:
         num_classes: outputs of the classifier (0 after ``reset_classifier(0)``).

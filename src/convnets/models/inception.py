@@ -145,7 +145,8 @@ class GoogLeNet(ConvNet):
 
     ``forward(x)`` returns the logits only, in training as in evaluation;
     ``forward(x, return_aux=True)`` returns ``(logits, [aux_4a, aux_4d])`` for the training loss
-    ``loss(logits) + AUX_LOSS_WEIGHT * (loss(aux_4a) + loss(aux_4d))``.
+    ``loss(logits) + AUX_LOSS_WEIGHT * (loss(aux_4a) + loss(aux_4d))``. A scripted
+    (``torch.jit.script``) or traced (``torch.fx``) GoogLeNet is the inference network: logits only.
 
     Args:
         num_classes: outputs.
