@@ -72,6 +72,20 @@ def test_script_and_fx_trace_equal_eager(name: str) -> None:
     assert not missing
 
 
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2", "efficientnet_b0"])
+def test_tensorflow_padding_scripts_and_traces(name: str) -> None:
+    """``tf_same=True`` (Keras weights) pads by the input's size: a wrapped function in the fx graph."""
+    model = convnets.create_model(name, num_classes=3, tf_same=True, **({"width": 0.25} if "mobilenet" in name else {}))
+    model.eval()
+    x = torch.randn(2, 3, 33, 35)  # odd sizes: TensorFlow pads one pixel more on the right/bottom
+    traced = torch.fx.symbolic_trace(model)
+    assert "pad_same" in traced.code
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        eager = model(x)
+        assert torch.equal(torch.jit.script(model)(x), eager)
+        assert torch.equal(traced(x), eager)
+
+
 def test_traced_efficientnet_drops_paths_in_training_mode_only() -> None:
     model = convnets.create_model("efficientnet_b0", num_classes=3, small_input=True, drop_path=0.5)
     model.head.drop.p = 0.0  # only drop-path draws
@@ -237,6 +251,16 @@ def test_compile_whole_graph_equals_eager(family: str) -> None:
     # Dynamo reports it as a graph break quoting the same message).
     with pytest.raises(InputShapeError, match=r"expects \(N, \d+, "):
         torch.compile(model, backend="eager")(torch.randn(2, model.in_chans + 1, *x.shape[2:]))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_fx_trace_then_script_equals_eager(family: str) -> None:
+    """timm's forward_fx_torchscript: the traced graph, wrapped functions included, scripts too."""
+    torch.manual_seed(0)
+    model = FAMILIES[family][1]().eval()
+    x = smallest_input(model)
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        assert torch.equal(torch.jit.script(torch.fx.symbolic_trace(model))(x), model(x))
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

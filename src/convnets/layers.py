@@ -54,7 +54,7 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_scripting():
-            # TorchScript compiles only this branch: it cannot express the autocast test below.
+            # TorchScript compiles only this branch: it cannot express the autocast test.
             return self._conv_forward(x, self.weight, self.bias)
         if self.fp32_under_autocast:
             return conv2d_fp32_under_cpu_autocast(x, self.weight, self.bias, self.stride, self.padding,
@@ -66,12 +66,15 @@ def conv2d_fp32_under_cpu_autocast(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    stride: tuple[int, ...],
-    padding: tuple[int, ...],
-    dilation: tuple[int, ...],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
     groups: int,
 ) -> torch.Tensor:
     """``F.conv2d``, computed in fp32 when CPU autocast is on (:class:`DepthwiseConv2d` says why)."""
+    if torch.jit.is_scripting():
+        # A graph traced by torch.fx and then scripted: TorchScript compiles only this branch.
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         with torch.autocast("cpu", enabled=False):
             return F.conv2d(x.float(), weight, bias, stride, padding, dilation, groups)
