@@ -46,15 +46,43 @@ class DepthwiseConv2d(nn.Conv2d):
     while its bf16 dense convolutions are faster. Left to autocast, ``--precision auto`` would slow
     MobileNet and EfficientNet down; computing these few, cheap layers in fp32 keeps bf16's gain on the
     rest. Everywhere else (no autocast, CUDA) it is an ``nn.Conv2d``; its weights and keys are the same.
+    A graph traced by ``torch.fx`` keeps the test (:func:`conv2d_fp32_under_cpu_autocast` is one node
+    of it); a TorchScript module, which cannot express it, is a plain convolution.
     """
 
     fp32_under_autocast = True  # the benchmark sets it False on an instance to time autocast's own choice
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fp32_under_autocast and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            with torch.autocast("cpu", enabled=False):
-                return super().forward(x.float())
-        return super().forward(x)
+        if torch.jit.is_scripting():
+            # TorchScript compiles only this branch: it cannot express the autocast test.
+            return self._conv_forward(x, self.weight, self.bias)
+        if self.fp32_under_autocast:
+            return conv2d_fp32_under_cpu_autocast(x, self.weight, self.bias, self.stride, self.padding,
+                                                  self.dilation, self.groups)
+        return self._conv_forward(x, self.weight, self.bias)
+
+
+def conv2d_fp32_under_cpu_autocast(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> torch.Tensor:
+    """``F.conv2d``, computed in fp32 when CPU autocast is on (:class:`DepthwiseConv2d` says why)."""
+    if torch.jit.is_scripting():
+        # A graph traced by torch.fx and then scripted: TorchScript compiles only this branch.
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.conv2d(x.float(), weight, bias, stride, padding, dilation, groups)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+# One call in a graph traced by torch.fx, so that the autocast test runs when the graph runs, not once at tracing.
+torch.fx.wrap("conv2d_fp32_under_cpu_autocast")
 
 
 def pad_same(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
@@ -176,8 +204,10 @@ class DropPath(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = torch.empty(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype)
-        return x * keep.bernoulli_(1.0 - self.p) / (1.0 - self.p)
+        # One draw per sample of the (N, C, H, W) map, written without Python arithmetic on the
+        # shape so that torch.fx can trace it.
+        keep = x.new_empty([x.shape[0], 1, 1, 1]).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -253,15 +283,26 @@ class ClassifierHead(nn.Module):
         self.fc: nn.Module = nn.Identity()
         self.reset(num_classes)
 
-    def reset(self, num_classes: int) -> None:
+    def reset(self, num_classes: int, like: torch.Tensor | None = None) -> None:
         """Put a freshly initialised final layer with ``num_classes`` outputs (0: identity).
+
+        The new layer takes the dtype and device of the head's own weights, or of ``like`` when the
+        head has none (no hidden layers, after ``reset(0)``): a bf16 model on the GPU gets a bf16
+        layer on the GPU, not PyTorch's default float32 CPU one.
+
+        Args:
+            num_classes: outputs of the new layer.
+            like: a weight of the model the head belongs to.
 
         Raises:
             ConfigError: ``num_classes`` is not a whole number from 0 to the registry's largest classifier.
         """
         BUILDER_ARGUMENTS["num_classes"].check("num_classes", num_classes)
-        like = next(self.hidden.parameters(), None) if len(self.hidden) else None
-        like = like if like is not None else next(self.fc.parameters(), None)
+        if like is not None and not isinstance(like, torch.Tensor):
+            raise ConfigError(f"like must be a tensor, whose dtype and device the new layer takes; got a "
+                              f"{type(like).__name__}")
+        own = next(self.parameters(), None)
+        like = own if own is not None else like
         fc = self._classifier(self.num_features, num_classes) if num_classes else nn.Identity()
         if like is not None:
             fc = fc.to(device=like.device, dtype=like.dtype)

@@ -10,17 +10,30 @@ With that fixed, freezing the first k stages, caching features, multi-crop and e
 each written once, for every family.
 """
 
-from __future__ import annotations
-
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from convnets.errors import InputShapeError
 from convnets.layers import ClassifierHead
+
+
+def scripting_or_tracing() -> bool:
+    """True while ``torch.jit.script`` compiles the model or ``torch.fx.symbolic_trace`` runs it.
+
+    The input checks are Python branches on types, shapes and devices. TorchScript cannot compile
+    them, and a traced placeholder has no value to branch on (branching on one ends the trace): a
+    scripted or traced model is the network alone, without them. ``torch.compile`` and
+    ``torch.export`` trace Python and keep them.
+    """
+    if torch.jit.is_scripting():
+        return True  # TorchScript compiles only this branch
+    return is_fx_symbolic_tracing()
 
 
 @dataclass(frozen=True)
@@ -35,7 +48,9 @@ class StageInfo:
 class ConvNet(nn.Module):
     """Base class of every family: ``forward = forward_head(forward_features(x))``.
 
-    Subclasses build ``stem``, ``stages`` and ``head`` and call :meth:`_finish`.
+    Subclasses build ``stem``, ``stages`` and ``head`` and call :meth:`_finish`. ``torch.jit.script``,
+    ``torch.fx.symbolic_trace``, ``torch.compile`` and ``torch.export`` take every model; the first
+    two give the network without its input checks (:func:`scripting_or_tracing`).
 
     Attributes:
         num_classes: outputs of the classifier (0 after ``reset_classifier(0)``).
@@ -50,9 +65,10 @@ class ConvNet(nn.Module):
     """
 
     name: str = ""
-    stem: nn.Module
-    stages: nn.Sequential
-    head: ClassifierHead
+    if TYPE_CHECKING:  # not at run time: TorchScript refuses class annotations that name submodules' types
+        stem: nn.Module
+        stages: nn.Sequential
+        head: ClassifierHead
 
     def _finish(
         self,
@@ -79,6 +95,9 @@ class ConvNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map after the last stage, (N, C, H, W); ``x`` is checked as :meth:`prepare_input` says."""
+        if torch.jit.is_scripting():
+            # TorchScript compiles only this branch: the checks below are Python (types, messages, try).
+            return self.stages(self.stem(x))
         x = self.prepare_input(x)
         with self.one_value_per_channel_hint(x):
             return self.stages(self.stem(x))
@@ -104,6 +123,14 @@ class ConvNet(nn.Module):
             InputShapeError: ``x`` is not a feature map of :meth:`forward_features`: (N, C, H, W) with
                 the last stage's C channels. Pooled features (N, C) are refused too: the head pools.
         """
+        if not torch.jit.is_scripting():
+            self.check_features(x)
+        return self.head(x, pre_logits=pre_logits)
+
+    def check_features(self, x: torch.Tensor) -> None:
+        """Raise :class:`InputShapeError` unless ``x`` is a feature map :meth:`forward_head` takes."""
+        if scripting_or_tracing():
+            return
         channels = self.stage_info[-1].channels
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != channels:
             label = self.name or type(self).__name__
@@ -113,12 +140,11 @@ class ConvNet(nn.Module):
                 hint = "; for pooled features (N, num_features), model.head.fc(x) gives the logits"
             raise InputShapeError(f"{label}.forward_head takes the feature map of forward_features, (N, {channels}, "
                                   f"H, W); got {got}{hint}")
-        return self.head(x, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def train(self, mode: bool = True) -> ConvNet:
+    def train(self, mode: bool = True) -> "ConvNet":
         """Set training mode, except that frozen parts (see :func:`convnets.transfer.freeze`) stay in
         evaluation mode: their BatchNorm keeps using, and never updates, its running statistics."""
         super().train(mode)
@@ -127,8 +153,9 @@ class ConvNet(nn.Module):
         return self
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the final linear layer by a fresh one with ``num_classes`` outputs (0: none)."""
-        self.head.reset(num_classes)
+        """Replace the final linear layer by a fresh one with ``num_classes`` outputs (0: none),
+        of the model's dtype and on its device."""
+        self.head.reset(num_classes, like=next(self.parameters(), None))
 
     def expected_shape(self) -> str:
         c = self.in_chans
@@ -188,6 +215,8 @@ class ConvNet(nn.Module):
         Raises:
             InputShapeError: not a floating-point tensor of the expected shape, or on another device.
         """
+        if scripting_or_tracing():
+            return x
         self.check_input(x)
         weight = next(self.parameters(), None)
         if weight is None:

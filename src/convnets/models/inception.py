@@ -13,8 +13,6 @@ Both start from He et al.'s initialisation (:func:`convnets.layers.he_init`; the
 give one), which keeps the signal of the published, BatchNorm-free network at unit scale.
 """
 
-from __future__ import annotations
-
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -23,7 +21,7 @@ from torch import nn
 
 from convnets.errors import ConfigError
 from convnets.layers import ClassifierHead, ConvBNAct, he_init
-from convnets.models.base import ConvNet, InputShapeError, StageInfo
+from convnets.models.base import ConvNet, InputShapeError, StageInfo, scripting_or_tracing
 from convnets.registry import Published, register_model
 
 AUX_LOSS_WEIGHT = 0.3  # Szegedy et al. 2014 Section 5: auxiliary losses weighted by 0.3 in training.
@@ -90,8 +88,7 @@ class InceptionModule(nn.Module):
         self.out_channels = spec.out_channels if bottleneck else spec.c1x1 + spec.c3x3 + spec.c5x5 + in_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branches = (self.branch1x1, self.branch3x3, self.branch5x5, self.branch_pool)
-        return torch.cat([branch(x) for branch in branches], dim=1)
+        return torch.cat([self.branch1x1(x), self.branch3x3(x), self.branch5x5(x), self.branch_pool(x)], dim=1)
 
 
 # Szegedy et al. 2014, Table 1, grouped by the max-pool that precedes each group.
@@ -124,7 +121,7 @@ class AuxClassifier(nn.Module):
         self.head = ClassifierHead(128 * 4 * 4, num_classes, pool=nn.Identity(), hidden=(1024,), hidden_dropout=0.7)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.pool, nn.Sequential) and min(x.shape[-2:]) < 5:
+        if not torch.jit.is_scripting() and isinstance(self.pool, nn.Sequential) and min(x.shape[-2:]) < 5:
             raise InputShapeError(
                 f"GoogLeNet's auxiliary classifiers average 5x5 windows of the 4a/4d maps, which are only "
                 f"{x.shape[-2]}x{x.shape[-1]} for this input: use images of at least 80x80, or build the model "
@@ -133,12 +130,23 @@ class AuxClassifier(nn.Module):
         return self.head(self.conv(self.pool(x)))
 
 
+def refuse_aux_in_graph(return_aux: bool) -> None:
+    """Refuse ``return_aux=True`` in a scripted or traced GoogLeNet, which computes the logits only."""
+    if return_aux:
+        raise ConfigError("a scripted or fx-traced GoogLeNet returns the logits only: call the model itself "
+                          "for the auxiliary classifiers' outputs")
+
+
+torch.fx.wrap("refuse_aux_in_graph")  # a node of the traced graph, so that the test runs with the graph
+
+
 class GoogLeNet(ConvNet):
     """GoogLeNet: stem, inception stages 3, 4 and 5 with max-pools between, global average pool.
 
     ``forward(x)`` returns the logits only, in training as in evaluation;
     ``forward(x, return_aux=True)`` returns ``(logits, [aux_4a, aux_4d])`` for the training loss
-    ``loss(logits) + AUX_LOSS_WEIGHT * (loss(aux_4a) + loss(aux_4d))``.
+    ``loss(logits) + AUX_LOSS_WEIGHT * (loss(aux_4a) + loss(aux_4d))``. A scripted
+    (``torch.jit.script``) or traced (``torch.fx``) GoogLeNet is the inference network: logits only.
 
     Args:
         num_classes: outputs.
@@ -213,8 +221,18 @@ class GoogLeNet(ConvNet):
     def forward(
         self, x: torch.Tensor, return_aux: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        if not return_aux:
+        if scripting_or_tracing():
+            # The inference network: TorchScript wants one return type, and torch.fx passes return_aux
+            # as a placeholder it cannot branch on. The graph refuses return_aux=True when it runs.
+            refuse_aux_in_graph(return_aux)
             return self.forward_head(self.forward_features(x))
+        if return_aux:
+            return self.forward_with_aux(x)
+        return self.forward_head(self.forward_features(x))
+
+    @torch.jit.unused
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(logits, [aux_4a, aux_4d])``: ``forward(x, return_aux=True)``."""
         if self.aux is None:
             raise ConfigError("this GoogLeNet was built with aux_logits=False: it has no auxiliary classifiers")
         x = self.prepare_input(x)

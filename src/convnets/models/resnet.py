@@ -47,9 +47,7 @@ def make_shortcut(option: Shortcut, in_channels: int, out_channels: int, stride:
 
 
 class _Residual(nn.Module):
-    """relu(F(x) + W_s x), or relu(F(x)) when the block is plain."""
-
-    shortcut: nn.Module | None
+    """relu(F(x) + W_s x), or relu(F(x)) when the block is plain (``shortcut`` is None)."""
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
