@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from convnets.data.core import (
+    SPLITS,
     Dataset,
     LoadOptions,
     TensorSplit,
@@ -87,6 +88,7 @@ def load_dataset(
     val_fraction: float = 0.2,
     download: bool = True,
     num_workers: int | None = None,
+    splits: tuple[str, ...] = SPLITS,
 ) -> Dataset:
     """Load a dataset by name or path: what ``--data`` accepts everywhere.
 
@@ -102,6 +104,9 @@ def load_dataset(
         val_fraction: Held-out fraction, in [0, 1), of an image folder without ``train/`` and ``val/``.
         download: Allow downloading Fashion-MNIST when no local copy exists.
         num_workers: Decoding processes used for an image folder's statistics.
+        splits: The splits to load: ``("train", "test")`` (the default), ``("train",)`` or ``("test",)``. A
+            split not asked for is None in the Dataset, and so are the mean, std and covariance without
+            ``"train"`` (they are the training split's): evaluation brings the weights' own.
 
     Raises:
         ConfigError: An argument outside its range (checked before anything is read).
@@ -114,7 +119,7 @@ def load_dataset(
     if not isinstance(download, bool):
         raise ConfigError(f"download must be True or False, got {download!r}")
     options = LoadOptions(image_size=image_size, channels=channels, resize=resize, seed=seed,
-                          val_fraction=val_fraction, num_workers=num_workers)
+                          val_fraction=val_fraction, num_workers=num_workers, splits=splits)
     spec = str(name_or_path)
     key = spec.lower().replace("_", "-")
     if isinstance(name_or_path, str) and key in _NAMES and Path(spec).is_dir():

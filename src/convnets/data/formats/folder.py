@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from convnets.data.badfiles import BadFileLog
-from convnets.data.core import Dataset, LoadOptions, channel_stats, check_classes, check_whole
+from convnets.data.core import SPLITS, Dataset, LoadOptions, channel_stats, check_classes, check_whole
 from convnets.data.images import (
     DECODE_ERRORS,
     IMAGE_EXTENSIONS,
@@ -180,6 +180,7 @@ def load_image_folder(
     val_fraction: float = 0.2,
     stats_samples: int = 1000,
     num_workers: int | None = None,
+    splits: tuple[str, ...] = SPLITS,
 ) -> Dataset:
     """An image folder ``root/CLASS/*.jpg`` (or ``root/train/CLASS``, ``root/val/CLASS``), streamed from disk.
 
@@ -200,6 +201,10 @@ def load_image_folder(
         val_fraction: Fraction of each class held out when there are no split folders, in [0, 1).
         stats_samples: How many training images the mean, std and covariance are estimated from.
         num_workers: Decoding processes for the statistics; ``min(4, cpu count)`` by default.
+        splits: The splits to return, ``("train", "test")`` by default. Without ``"train"`` no image is
+            decoded for the statistics (they are None), but the training folder is still listed: its
+            class folders are the classes (checked against the held-out folder's), and a folder
+            without split folders is split by listing all of it.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -209,7 +214,7 @@ def load_image_folder(
             beside class folders (it would become a class).
     """
     options = LoadOptions(image_size=image_size, channels=channels, seed=seed, val_fraction=val_fraction,
-                          num_workers=num_workers)
+                          num_workers=num_workers, splits=splits)
     check_whole("stats_samples", stats_samples, 1)
     root = Path(root)
     if not root.exists():
@@ -237,9 +242,12 @@ def load_image_folder(
     c = options.channels or 3
     size = options.image_size or (_probe_size(train),) * 2
     train_split, val_split = ImageFolderSplit(train, size, c), ImageFolderSplit(val, size, c)
+    if "train" not in options.splits:
+        return Dataset(root.name, classes, c, size, None, None, None, None, val_split, bad, str(root))
     workers = min(4, os.cpu_count() or 1) if options.num_workers is None else options.num_workers
     mean, std, cov = _stats_of_folder(train_split, stats_samples, options.seed, workers, bad)
-    return Dataset(root.name, classes, c, size, mean, std, cov, train_split, val_split, bad, str(root))
+    test_split = val_split if "test" in options.splits else None
+    return Dataset(root.name, classes, c, size, mean, std, cov, train_split, test_split, bad, str(root))
 
 
 def recognise(path: Path) -> bool:
@@ -250,4 +258,5 @@ def recognise(path: Path) -> bool:
 def load(path: Path, options: LoadOptions) -> Dataset:
     """:func:`load_image_folder` with :func:`~convnets.data.load_dataset`'s options."""
     return load_image_folder(path, image_size=options.image_size, channels=options.channels, seed=options.seed,
-                             val_fraction=options.val_fraction, num_workers=options.num_workers)
+                             val_fraction=options.val_fraction, num_workers=options.num_workers,
+                             splits=options.splits)
