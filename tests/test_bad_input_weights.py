@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -172,6 +173,23 @@ def payload_did_not_run(tmp: Path) -> None:
     assert not (tmp / "code-ran").exists()
 
 
+def no_run(tmp: Path) -> None:
+    assert not (tmp / "run").exists(), "a run directory was made for weights that cannot load"
+
+
+def timm_file(timm_name: str, drop: str = "") -> Callable[[Path], None]:
+    """Setup: ``{tmp}/timm.safetensors``, timm's checkpoint of ``timm_name`` (tests/data/timm_layouts.json) without
+    the keys starting with ``drop``."""
+
+    def setup(tmp: Path) -> None:
+        from test_timm_layouts import fixtures, keys_of
+
+        keys = [(k, s) for k, s in keys_of(timm_name) if not (drop and k.startswith(drop))]
+        save_file(fixtures.fill_state(keys), tmp / "timm.safetensors")
+
+    return setup
+
+
 CASES = [
     # 1: a .pth whose pickle asks for code is refused before any of it runs.
     Case("pickle-with-code", 1, [*TRANSFER, "--weights", "{tmp}/evil.pth"], r"evil\.pth.*plain tensor checkpoint",
@@ -196,6 +214,14 @@ CASES = [
     Case("other-architecture", 3, ["transfer", "resnet20", "--data", "digits", "--out", "{tmp}/run", "--weights",
                                    "{tmp}/lenet.safetensors", "--no-progress"],
          r"does not fit resnet20.*missing.*stem\.conv\.weight", setup=writes("lenet.safetensors")),
+    Case("timm-width-we-lack", 3, ["transfer", "mobilenet_v1", "--data", "digits", "--out", "{tmp}/run", "--weights",
+                                   "{tmp}/timm.safetensors", "--no-progress"],
+         r"a timm MobileNet v1 with stem width 40: only timm:mobilenetv1_100 \(width 32\) is supported",
+         setup=timm_file("mobilenetv1_125"), after=no_run),
+    Case("timm-truncated", 3, ["transfer", "efficientnet_b0", "--data", "digits", "--out", "{tmp}/run", "--weights",
+                               "{tmp}/timm.safetensors", "--no-progress"],
+         r"timm:efficientnet_b0 checkpoint timm\.safetensors does not fit efficientnet_b0.*missing.*"
+         r"stages\.2\.0\.se\.reduce\.weight", setup=timm_file("efficientnet_b0", drop="blocks.2.0.se.")),
     Case("tag-without-model", 3, [], r"'fashion-mnist' is a weights tag: name the model",
          call=lambda tmp: load("fashion-mnist")),
     Case("list-not-state-dict", 3, [], r"holds a list, not a state dict",
@@ -376,8 +402,10 @@ def test_timm_efficientnet_is_not_taken_for_mobilenet_v1() -> None:
              "blocks.0.0.conv_pw.weight": torch.empty(16, 32, 1, 1, device="meta"), **bn("blocks.0.0.bn2", 16),
              "conv_head.weight": torch.empty(1280, 320, 1, 1, device="meta"), **bn("bn2", 1280),
              "classifier.weight": torch.empty(1000, 1280, device="meta")}
-    expected = r"unrecognised checkpoint layout: .*blocks\.0\.0\.se\.conv_expand\.weight.*Known layouts: .*" \
-               r"torchvision:resnet50.*timm:mobilenetv1_100"
+    # Only its first block is here: not mobilenetv1_100, and none of the timm EfficientNets either (a whole
+    # one is timm:efficientnet_b0: tests/test_timm_layouts.py).
+    expected = r"timm EfficientNet-like state dict with \(stem, blocks per stage, head\) = \(32, \(1,\), 1280\), " \
+               r"none of timm's efficientnet_b0-b7"
     with pytest.raises(LayoutError, match=expected):
         detect_layout(state)
     with pytest.raises(LayoutError, match=expected):

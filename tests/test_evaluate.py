@@ -200,3 +200,44 @@ def test_an_ensemble_of_members_with_different_input_sizes(two_runs: list[Path],
     assert report.members[1].scores.accuracy == pytest.approx(alone.members[0].scores.accuracy)
     assert report.members[0].scores.accuracy == pytest.approx(evaluate([two_runs[0]]).members[0].scores.accuracy)
     assert report.ensemble is not None
+
+
+def test_evaluate_reads_only_the_test_split_and_matches_a_plain_loop(two_runs: list[Path], monkeypatch) -> None:
+    import convnets.evaluate as ev
+    from convnets.data import load_dataset
+    from convnets.weights import load_weights
+
+    loaded = []
+
+    def spy(*args, **kwargs):
+        loaded.append(load_dataset(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(ev, "load_dataset", spy)
+    report = evaluate([two_runs[0]], device="cpu")
+    assert loaded[0].train is None  # no training image read: the normalisation is the weights'
+    # The same predictions as a plain loop over the whole dataset, contiguous, normalised with the run's statistics.
+    data = load_dataset("digits", image_size=32)
+    model = load_weights(two_runs[0] / "best.safetensors").eval()
+    meta = json.loads((two_runs[0] / "config.json").read_text())
+    assert meta["data"] == "digits"
+    member = ev.load_member(two_runs[0])
+    x = (data.test.images.float() / 255 - torch.tensor(member.mean).view(1, -1, 1, 1)) / torch.tensor(
+        member.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    assert report.members[0].scores.accuracy == (pred == data.test.labels).float().mean().item()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["lenet5", "resnet20", "mobilenet_v2"])
+def test_shipped_weights_keep_their_recorded_accuracy(model: str) -> None:
+    # The accuracy each shipped file was published with (measured before evaluate read the test split
+    # alone, in channels-last): loading and memory format change nothing. Fashion-MNIST is read from
+    # Debian's package or downloaded once.
+    from convnets.weights import get_weights
+    from convnets.weights.specs import PACKAGE_DIR
+
+    spec = get_weights(model, "fashion-mnist")
+    report = evaluate([PACKAGE_DIR / spec.source], device="cpu")
+    assert round(report.members[0].scores.accuracy, 4) == spec.accuracy

@@ -372,8 +372,15 @@ def _synchronize(device: torch.device) -> None:
 
 @torch.no_grad()
 def member_probabilities(member: Member, dataset: Dataset, *, views: str, batch_size: int,
-                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float, float, list]:
+                         device: torch.device, channels_last: bool = True,
+                         num_workers: int | None = None) -> tuple[torch.Tensor, torch.Tensor, float, float, list]:
     """Probabilities of one member over the test split (file order), with its own preprocessing.
+
+    Args:
+        channels_last: run the model and its inputs in the channels-last memory format (the same
+            outputs up to float rounding): faster on the CPU (``benchmarks/bench_evaluate.py``), and
+            what training uses on every device by default.
+        num_workers: decoding processes for an image folder (see below for the default).
 
     Returns:
         probabilities (N, K), labels (N,), the model's seconds, the whole pass's seconds, and the
@@ -385,15 +392,18 @@ def member_probabilities(member: Member, dataset: Dataset, *, views: str, batch_
     the workers decode while the GPU computes, and the model's clock stops at a synchronisation.
     """
     dataset = dataclasses.replace(dataset, mean=member.mean, std=member.std)  # the weights' normalisation
-    workers = 0 if device.type == "cpu" else None
+    workers = (0 if device.type == "cpu" else None) if num_workers is None else num_workers
     loader = make_loader(dataset, "test", batch_size=batch_size, device=device, num_workers=workers)
     kwargs = view_kwargs(views, member.input_size[1], member.mean, member.std)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = member.model.to(memory_format=memory_format)
     probs, labels, model_seconds = [], [], 0.0
     start = time.perf_counter()
     for x, y in loader:
+        x = x.contiguous(memory_format=memory_format)  # part of the batch's preparation, not the model's time
         _synchronize(device)  # the batch's own preparation is not the model's time
         begin = time.perf_counter()
-        p = tta(member.model, x, views, **kwargs)
+        p = tta(model, x, views, **kwargs)
         _synchronize(device)
         model_seconds += time.perf_counter() - begin
         probs.append(p.cpu())
@@ -415,10 +425,11 @@ def _test_data(member: Member, data: str, data_dir: str | None, given: bool) -> 
     """The dataset at the member's input size, its classes checked against the member's."""
     c, h, w = member.input_size
     try:
+        # Only the test split: normalisation comes from the weights' metadata, not from training images.
         if member.preprocessing is not None:
-            dataset = load_dataset(data, data_dir=data_dir, preprocessing=member.preprocessing)
+            dataset = load_dataset(data, data_dir=data_dir, preprocessing=member.preprocessing, splits=("test",))
         else:
-            dataset = load_dataset(data, data_dir=data_dir, image_size=(h, w), channels=c)
+            dataset = load_dataset(data, data_dir=data_dir, image_size=(h, w), channels=c, splits=("test",))
     except FileNotFoundError as err:
         if given:
             raise

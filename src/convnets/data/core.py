@@ -1,6 +1,7 @@
 """The dataset core: what every format produces, the checks every format shares, in-memory shape changes.
 
-Every loader returns a :class:`Dataset` with a train and a test split. Small datasets are
+Every loader returns a :class:`Dataset` with a train and a test split, or only the splits asked
+for (``splits=("test",)`` reads no training image: what evaluation needs). Small datasets are
 held in memory as uint8 tensors of shape (N, C, H, W) (:class:`TensorSplit`); image folders
 stay on disk and are decoded by parallel workers (:class:`~convnets.data.images.ImageFolderSplit`).
 Per-channel mean, standard deviation and the pixel covariance (for PCA colour augmentation) are
@@ -36,6 +37,8 @@ logger = logging.getLogger("convnets.data")
 # takes 600; 4096 leaves room for high-resolution experiments while one decoded image stays under 50 MB.
 MAX_IMAGE_SIZE = 4096
 RESIZE_MODES = ("auto", "pad", "interpolate")
+# The splits a Dataset holds; an image folder's val/ (or test/) folder, or its held-out part, is "test".
+SPLITS = ("train", "test")
 
 
 @dataclass
@@ -67,11 +70,13 @@ class Dataset:
         classes: Class names; label ``i`` is ``classes[i]``.
         channels: Channels of every image the splits yield (1 or 3).
         image_size: (height, width) of every image the splits yield.
-        mean: Per-channel mean of the training split, pixel values scaled to 0..1.
-        std: Per-channel standard deviation of the training split, same scale.
-        pixel_cov: (C, C) covariance of training pixels on the 0..1 scale, for PCA colour augmentation.
-        train: Training split.
-        test: Test split (an image folder's ``val/`` folder or held-out part).
+        mean: Per-channel mean of the training split, pixel values scaled to 0..1; None when the
+            training split was not loaded (``splits`` without ``"train"``): bring the weights' own.
+        std: Per-channel standard deviation of the training split, same scale (None likewise).
+        pixel_cov: (C, C) covariance of training pixels on the 0..1 scale, for PCA colour augmentation
+            (None likewise).
+        train: Training split; None when not loaded.
+        test: Test split (an image folder's ``val/`` folder or held-out part); None when not loaded.
         bad_files: Files skipped in any split: while scanning, computing statistics, or by any loader
             made with :func:`~convnets.data.make_loader` (they all record into this one log).
         source: Where the data was read from.
@@ -81,11 +86,11 @@ class Dataset:
     classes: list[str]
     channels: int
     image_size: tuple[int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    pixel_cov: torch.Tensor
-    train: TensorSplit | ImageFolderSplit
-    test: TensorSplit | ImageFolderSplit
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    pixel_cov: torch.Tensor | None
+    train: TensorSplit | ImageFolderSplit | None
+    test: TensorSplit | ImageFolderSplit | None
     bad_files: BadFileLog = field(default_factory=BadFileLog)
     source: str = ""
 
@@ -95,18 +100,19 @@ class Dataset:
 
     @property
     def in_memory(self) -> bool:
-        return isinstance(self.train, TensorSplit)
+        return isinstance(self.train if self.train is not None else self.test, TensorSplit)
 
     def describe(self) -> str:
         """One line: name, sizes, shape, classes and statistics."""
         h, w = self.image_size
-        mean = ", ".join(f"{m:.3f}" for m in self.mean)
-        std = ", ".join(f"{s:.3f}" for s in self.std)
+        sizes = " / ".join(f"{len(part) if part is not None else 'not loaded'} {name}"
+                           for name, part in (("train", self.train), ("test", self.test)))
+        stats = "no training statistics"
+        if self.mean is not None and self.std is not None:
+            stats = (f"mean ({', '.join(f'{m:.3f}' for m in self.mean)}) "
+                     f"std ({', '.join(f'{s:.3f}' for s in self.std)})")
         kind = "in memory" if self.in_memory else "streamed from disk"
-        return (
-            f"{self.name}: {len(self.train)} train / {len(self.test)} test images, {self.channels}x{h}x{w}, "
-            f"{self.num_classes} classes, {kind}; mean ({mean}) std ({std})"
-        )
+        return f"{self.name}: {sizes} images, {self.channels}x{h}x{w}, {self.num_classes} classes, {kind}; {stats}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,6 +151,18 @@ def check_resize(resize: str) -> str:
     raise ConfigError(f"resize must be one of {', '.join(RESIZE_MODES)}; got {resize!r}")
 
 
+def check_splits(splits: Any) -> tuple[str, ...]:
+    """``splits`` as a tuple in :data:`SPLITS` order; a ConfigError unless it is a non-empty tuple or list of them."""
+    if isinstance(splits, (tuple, list)) and splits and all(isinstance(s, str) and s in SPLITS for s in splits):
+        return tuple(s for s in SPLITS if s in splits)
+    hint = ""
+    if isinstance(splits, str):
+        hint = f" (a tuple: ({splits!r},))"
+    elif isinstance(splits, (tuple, list)) and "val" in splits:
+        hint = " (the held-out split, an image folder's val/ folder among them, is 'test')"
+    raise ConfigError(f"splits must be a non-empty tuple of {', '.join(map(repr, SPLITS))}; got {splits!r}{hint}")
+
+
 def check_whole(name: str, value: Any, low: int, high: int | None = None, *, optional: bool = False) -> Any:
     """``value`` if it is a whole number in [low, high] (or None when ``optional``); a ConfigError otherwise."""
     if value is None and optional:
@@ -177,6 +195,7 @@ class LoadOptions:
         num_workers: Decoding processes for an image folder's statistics; None for the default.
         preprocessing: pretrained weights' recipe: an image folder decodes its files with it; in-memory
             data with a published resize is loaded at its own size and brought to the recipe's after.
+        splits: The splits to load (see :data:`SPLITS`).
     """
 
     image_size: tuple[int, int] | None = None
@@ -186,6 +205,7 @@ class LoadOptions:
     val_fraction: float = 0.2
     num_workers: int | None = None
     preprocessing: Preprocessing | None = None
+    splits: tuple[str, ...] = SPLITS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_size", check_image_size(self.image_size))
@@ -195,13 +215,14 @@ class LoadOptions:
         object.__setattr__(self, "val_fraction", check_fraction("val_fraction", self.val_fraction, 0, 1,
                                                                 high_open=True))
         check_whole("num_workers", self.num_workers, 0, 256, optional=True)
+        object.__setattr__(self, "splits", check_splits(self.splits))
 
     @property
     def shape(self) -> dict[str, Any]:
-        """The keyword arguments of the in-memory loaders: image_size, channels, resize."""
-        if self.preprocessing is not None and self.preprocessing.resize is not None:
-            return {"image_size": None, "channels": self.channels, "resize": self.resize}  # the recipe resizes
-        return {"image_size": self.image_size, "channels": self.channels, "resize": self.resize}
+        """The keyword arguments of the in-memory loaders: image_size, channels, resize, splits."""
+        published = self.preprocessing is not None and self.preprocessing.resize is not None
+        return {"image_size": None if published else self.image_size,  # a published recipe resizes after loading
+                "channels": self.channels, "resize": self.resize, "splits": self.splits}
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,27 +366,36 @@ def check_classes(classes: Sequence[str], train_labels: torch.Tensor | np.ndarra
 def in_memory_dataset(
     name: str,
     classes: list[str],
-    train: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
+    train: tuple[np.ndarray, np.ndarray] | None,
+    test: tuple[np.ndarray, np.ndarray] | None,
     *,
     image_size: int | Sequence[int] | None,
     channels: int | None,
     resize: str,
     source: str,
 ) -> Dataset:
-    """Build a Dataset from uint8 (N, C, H, W) arrays and int labels: check, convert, resize, measure."""
+    """Build a Dataset from uint8 (N, C, H, W) arrays and int labels: check, convert, resize, measure.
+
+    A split given as None was not loaded; without the training split there are no statistics.
+    """
     size, channels, resize = check_image_size(image_size), check_channels(channels), check_resize(resize)
-    check_classes(classes, train[1], source)
-    splits = []
-    for images, labels in (train, test):
-        x = torch.from_numpy(np.ascontiguousarray(images))
+    if train is not None:
+        check_classes(classes, train[1], source)
+    splits: list[TensorSplit | None] = []
+    for part in (train, test):
+        if part is None:
+            splits.append(None)
+            continue
+        x = torch.from_numpy(np.ascontiguousarray(part[0]))
         if channels is not None:
             x = convert_channels(x, channels)
         if size is not None:
             x = resize_images(x, size, resize)
-        splits.append(TensorSplit(x, torch.from_numpy(np.asarray(labels, dtype=np.int64))))
-    mean, std, cov = channel_stats(splits[0].images)
-    c, h, w = splits[0].images.shape[1:]
+        splits.append(TensorSplit(x, torch.from_numpy(np.asarray(part[1], dtype=np.int64))))
+    mean = std = cov = None
+    if splits[0] is not None:
+        mean, std, cov = channel_stats(splits[0].images)
+    c, h, w = next(s for s in splits if s is not None).images.shape[1:]
     return Dataset(name, classes, c, (h, w), mean, std, cov, splits[0], splits[1], source=source)
 
 
@@ -380,6 +410,8 @@ def subsample_per_class(dataset: Dataset, per_class: int, seed: int = 0, split: 
     if split not in ("train", "test"):
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     part = getattr(dataset, split)
+    if part is None:
+        raise ConfigError(f"the {split} split was not loaded (load_dataset's splits); it has nothing to subsample")
     labels = part.labels
     generator = torch.Generator().manual_seed(seed)
     keep = []

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from convnets.data.core import (
+    SPLITS,
     Dataset,
     LoadOptions,
     TensorSplit,
@@ -90,6 +91,7 @@ def load_dataset(
     download: bool = True,
     num_workers: int | None = None,
     preprocessing: Preprocessing | None = None,
+    splits: tuple[str, ...] = SPLITS,
 ) -> Dataset:
     """Load a dataset by name or path: what ``--data`` accepts everywhere.
 
@@ -110,6 +112,9 @@ def load_dataset(
             brought to its size by it when it has a published ``resize`` (each image resized and
             centre-cropped through Pillow, as a file would be), otherwise as ``resize`` says. The
             dataset's mean/std stay the data's own: the caller normalises with the recipe's.
+        splits: The splits to load: ``("train", "test")`` (the default), ``("train",)`` or ``("test",)``. A
+            split not asked for is None in the Dataset, and so are the mean, std and covariance without
+            ``"train"`` (they are the training split's): evaluation brings the weights' own.
 
     Raises:
         ConfigError: An argument outside its range (checked before anything is read).
@@ -127,7 +132,8 @@ def load_dataset(
                               f"from_metadata), got {type(preprocessing).__name__}")
         image_size, channels = preprocessing.size, preprocessing.channels
     options = LoadOptions(image_size=image_size, channels=channels, resize=resize, seed=seed,
-                          val_fraction=val_fraction, num_workers=num_workers, preprocessing=preprocessing)
+                          val_fraction=val_fraction, num_workers=num_workers, preprocessing=preprocessing,
+                          splits=splits)
     dataset = _load(name_or_path, data_dir, options, download)
     if preprocessing is not None and preprocessing.resize is not None and dataset.in_memory:
         dataset = _published_geometry(dataset, preprocessing)
@@ -136,9 +142,9 @@ def load_dataset(
 
 def _published_geometry(dataset: Dataset, preprocessing: Preprocessing) -> Dataset:
     """In-memory data brought to a published recipe's size (loaded at its own size for it), statistics recomputed."""
-    train, test = (TensorSplit(preprocessing.transform_images(split.images), split.labels)
+    train, test = (None if split is None else TensorSplit(preprocessing.transform_images(split.images), split.labels)
                    for split in (dataset.train, dataset.test))
-    mean, std, cov = channel_stats(train.images)
+    mean, std, cov = channel_stats(train.images) if train is not None else (None, None, None)
     return dataclasses.replace(dataset, image_size=preprocessing.size, mean=mean, std=std, pixel_cov=cov,
                                train=train, test=test)
 

@@ -295,6 +295,12 @@ def make_loader(
                           f"{dataset!r:.40}")
     if split not in ("train", "test"):
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    if getattr(dataset, split) is None:
+        raise ConfigError(f"{dataset.name}: the {split} split was not loaded; pass splits with {split!r} to "
+                          "load_dataset")
+    if dataset.mean is None or dataset.std is None:
+        raise ConfigError(f"{dataset.name}: no normalisation statistics (they are the training split's, which was "
+                          "not loaded): set the weights' own, dataclasses.replace(dataset, mean=..., std=...)")
     if shuffle is not None and not isinstance(shuffle, bool):
         raise ConfigError(f"shuffle must be True, False or None; got {shuffle!r}")
     if augment is not None and not isinstance(augment, (str, AugmentConfig)):

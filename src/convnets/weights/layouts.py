@@ -16,10 +16,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from convnets.errors import LayoutError
+from convnets.layers import make_divisible
 from convnets.models.efficientnet import B0_STAGES
 from convnets.models.mobilenet import V2_ROWS
 from convnets.models.vgg import VGG_STAGES
@@ -85,6 +87,10 @@ class PeerLayout:
         resize: the shorter side is resized to this before the centre crop (None: fit and crop).
         crop: side of the centre crop; None: our model's input size.
         interpolation: the resize filter (see :class:`convnets.data.preprocess.Preprocessing`).
+        model_kwargs: builder arguments the weights need (timm's ``tf_`` EfficientNets: ``tf_same``;
+            MobileNet v2's ``width``): the shapes cannot say all of them.
+        flatten: our module paths whose 4-D peer weights are flattened to a Linear's 2-D weight (timm's
+            VGG computes its fully connected layers as convolutions).
     """
 
     name: str
@@ -97,6 +103,8 @@ class PeerLayout:
     resize: int | None = 256  # torchvision's ImageClassification default
     crop: int | None = None
     interpolation: str = "bilinear"
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    flatten: frozenset[str] = frozenset()
 
     def rename(self, path: str) -> str | None:
         """Our module path for a peer module path, or None when no rule covers it."""
@@ -266,6 +274,66 @@ TIMM_MOBILENET_V1_RULES = (
     _rule(r"classifier", "head.fc"),
 )
 
+# timm's EfficientNet builder also makes its MobileNet v2 and EfficientNets. Its stages coincide with
+# ours. A block without expansion (MobileNet v2's first, EfficientNet's first stage) is a
+# DepthwiseSeparableConv: conv_dw/bn1, [se,] conv_pw/bn2; every other block an InvertedResidual:
+# conv_pw/bn1 (the 1x1 expansion), conv_dw/bn2, [se,] conv_pwl/bn3. The same name (conv_pw, bn1,
+# bn2) thus means another layer of ours in each kind, told apart by the stage's expansion ratio.
+TIMM_SEPARABLE = {"conv_dw": "dw.conv", "bn1": "dw.bn", "se.conv_reduce": "se.reduce", "se.conv_expand": "se.expand",
+                  "conv_pw": "project.conv", "bn2": "project.bn"}
+TIMM_INVERTED = {"conv_pw": "expand.conv", "bn1": "expand.bn", "conv_dw": "dw.conv", "bn2": "dw.bn",
+                 "se.conv_reduce": "se.reduce", "se.conv_expand": "se.expand", "conv_pwl": "project.conv",
+                 "bn3": "project.bn"}
+
+
+def timm_builder_rules(expands: tuple[bool, ...]) -> tuple[Rule, ...]:
+    """Rules of a timm EfficientNet-builder model whose stage ``s`` expands when ``expands[s]``."""
+
+    def block(m: re.Match[str]) -> str | None:
+        stage = int(m["s"])
+        if stage >= len(expands):
+            return None
+        layer = (TIMM_INVERTED if expands[stage] else TIMM_SEPARABLE).get(m["layer"])
+        return f"stages.{stage}.{m['b']}.{layer}" if layer else None
+
+    last = len(expands)  # our final 1x1 conv follows the block stages
+    return (
+        _rule(r"conv_stem", "stem.conv"),
+        _rule(r"bn1", "stem.bn"),
+        _rule(r"blocks\.(?P<s>\d+)\.(?P<b>\d+)\.(?P<layer>[a-z_]+\d?|se\.conv_(?:reduce|expand))", block),
+        _rule(r"conv_head", f"stages.{last}.conv"),
+        _rule(r"bn2", f"stages.{last}.bn"),
+        _rule(r"classifier", "head.fc"),
+    )
+
+
+TIMM_EFFICIENTNET_RULES = timm_builder_rules(tuple(stage.expand != 1 for stage in B0_STAGES))
+TIMM_MOBILENET_V2_RULES = timm_builder_rules(tuple(row.t != 1 for row in V2_ROWS))
+
+# timm's MobileNet v2 widths (mobilenetv2_035 ... _140) and the builder argument each is ours with.
+TIMM_MOBILENET_V2_WIDTHS = {"035": 0.35, "050": 0.5, "075": 0.75, "100": 1.0, "140": 1.4}
+
+# timm's VGG: ``features`` as torchvision's; the fully connected layers are a ConvMlp ``pre_logits``
+# (fc1 a 7x7 conv, fc2 a 1x1 conv), then ``head.fc``. A 7x7 conv over a 7x7 map is our Linear over
+# the flattened map, whose (C, H, W) order is the conv weight's own: the weights are flattened.
+TIMM_VGG_HEAD = {"pre_logits.fc1": "head.hidden.0.fc", "pre_logits.fc2": "head.hidden.1.fc", "head.fc": "head.fc"}
+
+
+def timm_vgg_rules(depth: int, batch_norm: bool) -> tuple[Rule, ...]:
+    """Rules of timm's ``vgg{depth}[_bn]``."""
+    return _exact({**vgg_feature_table(depth, batch_norm), **TIMM_VGG_HEAD})
+
+
+_TIMM_VGG_NOTE = (
+    "timm's VGG gives our outputs where the last feature map is at most 7x7 (inputs up to 255 px, its 224 among "
+    "them); on a larger map timm slides its 7x7 'fc1' over it and averages, ours averages the map to 7x7 first"
+)
+_TIMM_EFFICIENTNET_NOTE = (
+    "timm's tf_efficientnet_* checkpoints have the same keys as its efficientnet_* but need TensorFlow's "
+    "padding and BatchNorm eps 1e-3: load them with layout='timm:tf_efficientnet_bN'"
+)
+_TIMM_TF_NOTE = "the .ap_in1k weights of timm's tf_efficientnet_* take mean = std = 0.5, the others ImageNet's"
+
 _GOOGLENET_NOTE = (
     "torchvision's GoogLeNet weights were trained with transform_input=True: feed images normalised "
     "with mean 0.5 and std 0.5 per channel, not the ImageNet mean/std"
@@ -291,6 +359,19 @@ def _layouts() -> dict[str, PeerLayout]:
     # timm's evaluation recipe belongs to a weight tag (its pretrained_cfg), which a state dict does not carry:
     # torchvision's default (256 -> 224 bilinear) is assumed, not verified.
     out.append(PeerLayout("timm:mobilenetv1_100", "mobilenet_v1", TIMM_MOBILENET_V1_RULES))
+    for width, alpha in TIMM_MOBILENET_V2_WIDTHS.items():
+        out.append(PeerLayout(f"timm:mobilenetv2_{width}", "mobilenet_v2", TIMM_MOBILENET_V2_RULES,
+                              model_kwargs={} if alpha == 1.0 else {"width": alpha}))
+    for i in range(8):
+        out.append(PeerLayout(f"timm:efficientnet_b{i}", f"efficientnet_b{i}", TIMM_EFFICIENTNET_RULES,
+                              note=_TIMM_EFFICIENTNET_NOTE))
+    for i in range(8):  # ports of the TensorFlow weights: TensorFlow's padding, BatchNorm eps 1e-3
+        out.append(PeerLayout(f"timm:tf_efficientnet_b{i}", f"efficientnet_b{i}", TIMM_EFFICIENTNET_RULES, 1e-3,
+                              note=_TIMM_TF_NOTE, model_kwargs={"tf_same": True}))
+    for depth in VGG_STAGES:
+        for bn in ("", "_bn"):
+            out.append(PeerLayout(f"timm:vgg{depth}{bn}", f"vgg{depth}{bn}", timm_vgg_rules(depth, bool(bn)),
+                                  note=_TIMM_VGG_NOTE, flatten=frozenset({"head.hidden.0.fc", "head.hidden.1.fc"})))
     return {layout.name: layout for layout in out}
 
 
@@ -325,6 +406,12 @@ EFFICIENTNET_SIGNATURES = {
     (56, (3, 6, 6, 8, 8, 11, 3), 2304): "b6",
     (64, (4, 7, 7, 10, 10, 13, 4), 2560): "b7",
 }
+
+
+def _mobilenet_v2_signature(width: float) -> tuple[int, tuple[int, ...], tuple[int, ...], int]:
+    """(stem, blocks per stage, stage widths, head) of our (and timm's) MobileNet v2 at ``width``."""
+    return (make_divisible(32 * width), tuple(row.n for row in V2_ROWS),
+            tuple(make_divisible(row.c * width) for row in V2_ROWS), make_divisible(1280 * max(1.0, width)))
 
 
 def strip_wrapper_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -423,12 +510,32 @@ def _guess_layout(state: Mapping[str, torch.Tensor]) -> str | None:
 
     if "conv_stem.weight" in keys and "blocks.0.0.conv_dw.weight" in keys:
         # timm's EfficientNet builder makes MobileNet v1, v2, v3 and EfficientNets with these names;
-        # only MobileNet v1's blocks are all depthwise + pointwise and nothing else.
-        v1 = LAYOUTS["timm:mobilenetv1_100"]
-        if not _unmapped(v1, list(keys)) and shape("conv_stem.weight")[0] != 32:
-            raise LayoutError(f"a timm MobileNet v1 with stem width {shape('conv_stem.weight')[0]}: only "
-                              "timm:mobilenetv1_100 (width 32) is supported")
-        return v1.name
+        # only MobileNet v1 has no final 1x1 conv (conv_head), and of the others only EfficientNet and
+        # MobileNet v3 squeeze-excite (se.*).
+        stem = shape("conv_stem.weight")[0]
+        if "conv_head.weight" not in keys:
+            v1 = LAYOUTS["timm:mobilenetv1_100"]
+            if not _unmapped(v1, list(keys)) and stem != 32:
+                raise LayoutError(f"a timm MobileNet v1 with stem width {stem}: only timm:mobilenetv1_100 "
+                                  "(width 32) is supported")
+            return v1.name
+        blocks = tuple(count(r"blocks\.(\d+)\.(\d+)\.conv_dw\.weight").values())
+        head = shape("conv_head.weight")[0]
+        if any(".se." in key for key in keys):
+            signature = (stem, blocks, head)
+            if signature in EFFICIENTNET_SIGNATURES:
+                return f"timm:efficientnet_{EFFICIENTNET_SIGNATURES[signature]}"
+            raise LayoutError(f"a timm EfficientNet-like state dict with (stem, blocks per stage, head) = {signature}, "
+                              "none of timm's efficientnet_b0-b7 (MobileNet v3, EfficientNet v2, B8 and other "
+                              "variants are not supported)")
+        widths = tuple(shape(f"blocks.{s}.0.conv_pwl.weight" if f"blocks.{s}.0.conv_pwl.weight" in keys
+                             else f"blocks.{s}.0.conv_pw.weight")[0] for s in range(len(blocks)))
+        for name, width in TIMM_MOBILENET_V2_WIDTHS.items():
+            if (stem, blocks, widths, head) == _mobilenet_v2_signature(width):
+                return f"timm:mobilenetv2_{name}"
+        raise LayoutError(f"a timm MobileNet v2-like state dict with stem {stem}, blocks per stage {blocks}, stage "
+                          f"widths {widths} and head {head}, none of timm's mobilenetv2_"
+                          + "/".join(TIMM_MOBILENET_V2_WIDTHS) + " (other widths and depths are not supported)")
     if "layer1.0.conv1.weight" in keys:
         kind = "bottleneck" if "layer1.0.conv3.weight" in keys else "basic"
         blocks = tuple(count(r"layer(\d)\.(\d+)\.conv1\.weight").values())
@@ -453,6 +560,12 @@ def _guess_layout(state: Mapping[str, torch.Tensor]) -> str | None:
         if shape("features.0.0.weight")[0] == 32 and f"features.{_MBV2_LAST}.0.weight" in keys:
             return "torchvision:mobilenet_v2"
         raise LayoutError("a torchvision MobileNet v2 with a width multiplier other than 1.0: not supported")
+    if "features.0.weight" in keys and "pre_logits.fc1.weight" in keys:
+        convs = sum(1 for k in keys if re.fullmatch(r"features\.\d+\.weight", k) and len(shape(k)) == 4)
+        if convs in VGG_DEPTHS:
+            bn = "_bn" if "features.1.running_mean" in keys else ""
+            return f"timm:vgg{VGG_DEPTHS[convs]}{bn}"
+        raise LayoutError(f"a timm VGG-like state dict with {convs} convs, none of VGG-11/13/16/19")
     if "features.0.weight" in keys and "classifier.6.weight" in keys:
         if shape("features.0.weight")[-1] == 11:  # AlexNet's 11x11 first conv; VGG's are all 3x3
             return "torchvision:alexnet"
@@ -480,6 +593,8 @@ def convert(state: Mapping[str, torch.Tensor], layout: str | None = None) -> tup
             unmapped.append(key)
             continue
         new = f"{ours}.{leaf}"
+        if ours in spec.flatten and leaf == "weight":
+            tensor = tensor.flatten(1)
         if new in out:
             raise LayoutError(f"{name}: two keys map to {new!r} (one is {key!r})")
         out[new] = tensor

@@ -223,6 +223,8 @@ def open_checkpoint(source: Source, *, model_name: str | None = None, layout: st
     if name is None:
         return Checkpoint(state, label if isinstance(source, Mapping) else f"weights file {label}", None, spec, meta)
     peer, state = convert(state, name)
+    if peer.model_kwargs:  # what the layout needs beside the shapes (timm's tf_ EfficientNets: tf_same)
+        meta = {**meta, "model_kwargs": {**peer.model_kwargs, **meta.get("model_kwargs", {})}}
     return Checkpoint(state, f"{peer.name} checkpoint {label}", peer, spec, meta)
 
 
@@ -475,7 +477,7 @@ def weights_preprocessing(weights: str | Path, model: str) -> dict[str, Any]:
             return dict(input_size=(prep.channels, *prep.size), mean=prep.mean, std=prep.std,
                         model_kwargs=meta.get("model_kwargs", {}), classes=meta.get("classes"), preprocessing=prep)
         ckpt = open_checkpoint(path, model_name=model)
-    kwargs = meta.get("model_kwargs", {})
+    kwargs = ckpt.meta.get("model_kwargs", {})  # the file's own, or what its peer layout needs
     channels = meta.get("in_chans") or first_conv_channels(model, ckpt.state, kwargs)
     if ckpt.layout is not None:  # the peer's statistics are RGB's; other channel counts bring their own data
         if (channels or 3) == 3:

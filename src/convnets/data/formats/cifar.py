@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from convnets.data.core import Dataset, LoadOptions, check_labels, in_memory_dataset
+from convnets.data.core import SPLITS, Dataset, LoadOptions, check_labels, check_splits, in_memory_dataset
 from convnets.errors import DataError
 
 try:  # numpy >= 2 keeps these in numpy._core; pickles name either module, whichever numpy wrote them
@@ -132,18 +132,21 @@ def load_cifar(
     image_size: int | Sequence[int] | None = None,
     channels: int | None = None,
     resize: str = "auto",
+    splits: tuple[str, ...] = SPLITS,
 ) -> Dataset:
     """CIFAR-10 or CIFAR-100 (fine labels) from the python-format batches in a local folder.
 
     Args:
         root: The extracted ``cifar-10-batches-py`` / ``cifar-100-python`` folder or its parent.
-        image_size, channels, resize: As for :func:`~convnets.data.load_idx_dataset`.
+        image_size, channels, resize, splits: As for :func:`~convnets.data.load_idx_dataset`; the batches
+            of a split not asked for are not read (the class names are in the meta file).
 
     Raises:
         FileNotFoundError: No CIFAR batches in ``root``, or a batch file missing.
         DataError: A batch that asks to run code, is damaged, or holds other than uint8 (N, 3072)
             data and N labels in range (the message names the file).
     """
+    splits = check_splits(splits)
     root = Path(root)
     layout = _cifar_layout(root)
     if layout is None:
@@ -151,8 +154,11 @@ def load_cifar(
     name, train_files, test_files, meta_file, key = layout
     classes = _class_names(read_batch(meta_file), "label_names" if name == "cifar10" else "fine_label_names",
                            meta_file)
-    splits = []
-    for files in (train_files, test_files):
+    parts: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for split, files in zip(SPLITS, (train_files, test_files), strict=True):
+        if split not in splits:
+            parts.append(None)
+            continue
         images, labels = [], []
         for path in files:
             batch = read_batch(path)
@@ -168,12 +174,12 @@ def load_cifar(
             check_labels(lab, len(classes), path)
             images.append(data.reshape(-1, 3, 32, 32))
             labels.append(lab)
-        splits.append((np.concatenate(images), np.concatenate(labels)))
+        parts.append((np.concatenate(images), np.concatenate(labels)))
     return in_memory_dataset(
         name,
         classes,
-        splits[0],
-        splits[1],
+        parts[0],
+        parts[1],
         image_size=image_size,
         channels=channels,
         resize=resize,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from convnets.data.core import Dataset, in_memory_dataset
+from convnets.data.core import SPLITS, Dataset, check_splits, in_memory_dataset
 from convnets.errors import MissingDependencyError
 
 
@@ -15,6 +15,7 @@ def load_digits(
     image_size: int | Sequence[int] | None = None,
     channels: int | None = None,
     resize: str = "auto",
+    splits: tuple[str, ...] = SPLITS,
 ) -> Dataset:
     """scikit-learn's 1,797 8x8 handwritten digits, split 1,437 / 360, stratified, always the same.
 
@@ -22,8 +23,9 @@ def load_digits(
     so that results from different runs are measured on the same test images.
 
     Args:
-        image_size, channels, resize: As for :func:`~convnets.data.load_idx_dataset`.
+        image_size, channels, resize, splits: As for :func:`~convnets.data.load_idx_dataset`.
     """
+    splits = check_splits(splits)
     try:
         from sklearn.datasets import load_digits as sk_load_digits
         from sklearn.model_selection import train_test_split
@@ -36,8 +38,8 @@ def load_digits(
     return in_memory_dataset(
         "digits",
         [str(c) for c in bunch.target_names],
-        (images[train_idx], labels[train_idx]),
-        (images[test_idx], labels[test_idx]),
+        (images[train_idx], labels[train_idx]) if "train" in splits else None,
+        (images[test_idx], labels[test_idx]) if "test" in splits else None,
         image_size=image_size,
         channels=channels,
         resize=resize,

@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from convnets.data.core import Dataset
+from convnets.data.core import SPLITS, Dataset
 from convnets.data.formats.idx import find_idx_files, load_idx_dataset
 from convnets.errors import DownloadError
 
@@ -123,13 +123,14 @@ def load_fashion_mnist(
     image_size: int | Sequence[int] | None = None,
     channels: int | None = None,
     resize: str = "auto",
+    splits: tuple[str, ...] = SPLITS,
 ) -> Dataset:
     """Fashion-MNIST (Xiao et al. 2017): 60,000 + 10,000 grey 28x28 images of 10 clothing classes.
 
     Args:
         data_dir: Where to look first (see :func:`find_fashion_mnist`).
         download: Download when no local copy exists.
-        image_size, channels, resize: As for :func:`~convnets.data.load_idx_dataset`.
+        image_size, channels, resize, splits: As for :func:`~convnets.data.load_idx_dataset`.
     """
     directory = find_fashion_mnist(data_dir, download=download)
     return load_idx_dataset(
@@ -139,4 +140,5 @@ def load_fashion_mnist(
         image_size=image_size,
         channels=channels,
         resize=resize,
+        splits=splits,
     )

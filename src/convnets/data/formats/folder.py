@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from convnets.data.badfiles import BadFileLog
-from convnets.data.core import Dataset, LoadOptions, channel_stats, check_classes, check_whole
+from convnets.data.core import SPLITS, Dataset, LoadOptions, channel_stats, check_classes, check_whole
 from convnets.data.images import (
     DECODE_ERRORS,
     IMAGE_EXTENSIONS,
@@ -185,6 +185,7 @@ def load_image_folder(
     stats_samples: int = 1000,
     num_workers: int | None = None,
     preprocessing: Preprocessing | None = None,
+    splits: tuple[str, ...] = SPLITS,
 ) -> Dataset:
     """An image folder ``root/CLASS/*.jpg`` (or ``root/train/CLASS``, ``root/val/CLASS``), streamed from disk.
 
@@ -206,6 +207,10 @@ def load_image_folder(
         stats_samples: How many training images the mean, std and covariance are estimated from.
         num_workers: Decoding processes for the statistics; ``min(4, cpu count)`` by default.
         preprocessing: decode the files with this recipe (pretrained weights'); it sets the size and channels.
+        splits: The splits to return, ``("train", "test")`` by default. Without ``"train"`` no image is
+            decoded for the statistics (they are None), but the training folder is still listed: its
+            class folders are the classes (checked against the held-out folder's), and a folder
+            without split folders is split by listing all of it.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -217,7 +222,7 @@ def load_image_folder(
     if preprocessing is not None:
         image_size, channels = preprocessing.size, preprocessing.channels
     options = LoadOptions(image_size=image_size, channels=channels, seed=seed, val_fraction=val_fraction,
-                          num_workers=num_workers)
+                          num_workers=num_workers, splits=splits)
     check_whole("stats_samples", stats_samples, 1)
     root = Path(root)
     if not root.exists():
@@ -246,9 +251,12 @@ def load_image_folder(
     size = options.image_size or (_probe_size(train),) * 2
     train_split, val_split = ImageFolderSplit(train, size, c, preprocessing), ImageFolderSplit(val, size, c,
                                                                                                   preprocessing)
+    if "train" not in options.splits:
+        return Dataset(root.name, classes, c, size, None, None, None, None, val_split, bad, str(root))
     workers = min(4, os.cpu_count() or 1) if options.num_workers is None else options.num_workers
     mean, std, cov = _stats_of_folder(train_split, stats_samples, options.seed, workers, bad)
-    return Dataset(root.name, classes, c, size, mean, std, cov, train_split, val_split, bad, str(root))
+    test_split = val_split if "test" in options.splits else None
+    return Dataset(root.name, classes, c, size, mean, std, cov, train_split, test_split, bad, str(root))
 
 
 def recognise(path: Path) -> bool:
@@ -260,4 +268,5 @@ def load(path: Path, options: LoadOptions) -> Dataset:
     """:func:`load_image_folder` with :func:`~convnets.data.load_dataset`'s options."""
     return load_image_folder(path, image_size=options.image_size, channels=options.channels, seed=options.seed,
                              val_fraction=options.val_fraction, num_workers=options.num_workers,
-                             preprocessing=options.preprocessing)
+                             preprocessing=options.preprocessing,
+                             splits=options.splits)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convnets.data.core import Dataset, LoadOptions, check_labels, in_memory_dataset
+from convnets.data.core import SPLITS, Dataset, LoadOptions, check_labels, check_splits, in_memory_dataset
 from convnets.data.idx import read_idx
 from convnets.errors import DataError
 
@@ -22,17 +22,16 @@ def load_idx_pair(images_path: str | Path, labels_path: str | Path) -> tuple[np.
         IDXFormatError: A header that does not match the file's size.
         DataError: Images that are not uint8 (N, H, W[, C]), or counts that differ.
     """
-    images, labels = read_idx(images_path), read_idx(labels_path)
+    images = read_idx(images_path)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise DataError(
             f"{images_path}: expected uint8 images (N, H, W) or (N, H, W, C), got {images.dtype} {images.shape}"
         )
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise DataError(f"{labels_path}: expected one whole-number label per image, got {labels.dtype} {labels.shape}")
+    labels = _labels(labels_path)
     if len(images) != len(labels):
         raise DataError(f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels")
     images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
-    return images, labels.astype(np.int64)
+    return images, labels
 
 
 def _idx_name(directory: Path, stem: str) -> Path | None:
@@ -109,6 +108,7 @@ def load_idx_dataset(
     image_size: int | Sequence[int] | None = None,
     channels: int | None = None,
     resize: str = "auto",
+    splits: tuple[str, ...] = SPLITS,
 ) -> Dataset:
     """Load a directory of MNIST-format IDX files (Fashion-MNIST, MNIST, KMNIST, EMNIST).
 
@@ -119,23 +119,29 @@ def load_idx_dataset(
         image_size: Resize to this (see :func:`~convnets.data.resize_images`); native size by default.
         channels: 1 or 3; the files' own by default.
         resize: How to reach ``image_size``: ``auto``, ``pad`` or ``interpolate``.
+        splits: The splits to read, ``("train", "test")`` by default; ``("test",)`` reads no training
+            image. Without ``classes``, the training labels (not images) are still read: they say
+            how many classes there are, which the test labels alone may not show.
 
     Raises:
         FileNotFoundError: No IDX files in the directory.
         DataError: Malformed files, labels outside the class range or with large holes (naming the file),
             or fewer than two classes.
     """
+    splits = check_splits(splits)
     directory = Path(directory)
     files = find_idx_files(directory)
     if files is None:
         raise FileNotFoundError(f"{directory}: no train/t10k IDX image and label files")
-    train, test = (load_idx_pair(*files[s]) for s in ("train", "test"))
-    if not len(train[1]):
+    train, test = (load_idx_pair(*files[s]) if s in splits else None for s in SPLITS)
+    if train is not None and not len(train[1]):
         raise DataError(f"{files['train'][0]}: holds no images: a dataset needs training images")
     if classes is None:
-        classes = classes_from_labels(train[1], files["train"][1])
-    for split, (_, labels) in zip(("train", "test"), (train, test), strict=True):
-        check_labels(labels, len(classes), files[split][1])
+        train_labels = train[1] if train is not None else _labels(files["train"][1])
+        classes = classes_from_labels(train_labels, files["train"][1])
+    for split, part in zip(SPLITS, (train, test), strict=True):
+        if part is not None:
+            check_labels(part[1], len(classes), files[split][1])
     return in_memory_dataset(
         name or directory.name,
         classes,
@@ -146,6 +152,14 @@ def load_idx_dataset(
         resize=resize,
         source=str(directory),
     )
+
+
+def _labels(path: str | Path) -> np.ndarray:
+    """The labels of an IDX label file alone (the class count of a split whose images are not read)."""
+    labels = read_idx(path)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: expected one whole-number label per image, got {labels.dtype} {labels.shape}")
+    return labels.astype(np.int64)
 
 
 def recognise(path: Path) -> bool:
