@@ -13,7 +13,7 @@ each written once, for every family.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -53,6 +53,10 @@ class ConvNet(nn.Module):
     stem: nn.Module
     stages: nn.Sequential
     head: ClassifierHead
+    #: Module paths that do not train (set by :func:`convnets.transfer.freeze`); :meth:`train` leaves them in eval mode.
+    frozen: Sequence[str] = ()
+    #: Weight of each auxiliary classifier's loss in training (:meth:`forward_train`); GoogLeNet's is 0.3.
+    aux_loss_weight: float = 0.0
 
     def _finish(
         self,
@@ -118,11 +122,25 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """What the training loss needs: the logits and the auxiliary classifiers' logits, each of whose
+        losses counts :attr:`aux_loss_weight` times (no auxiliary classifier: an empty list)."""
+        if getattr(self, "aux", None) is not None:  # GoogLeNet's, unless built without them or removed
+            return self(x, return_aux=True)
+        return self(x), []
+
+    def classifier(self) -> nn.Module:
+        """The final linear layer: the logits from the pre-logits features ``forward_head(x, pre_logits=True)``.
+
+        Training on cached features trains this alone; everything before it is the cached trunk.
+        """
+        return self.head.fc
+
     def train(self, mode: bool = True) -> ConvNet:
         """Set training mode, except that frozen parts (see :func:`convnets.transfer.freeze`) stay in
         evaluation mode: their BatchNorm keeps using, and never updates, its running statistics."""
         super().train(mode)
-        for path in getattr(self, "frozen", ()):
+        for path in self.frozen:
             self.get_submodule(path).eval()
         return self
 
