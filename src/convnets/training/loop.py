@@ -453,7 +453,8 @@ class Trainer:
         Under torchrun the ranks agree, so that they keep making the same steps together.
         """
         usable = images >= self.setup.min_batch
-        if self.ctx.distributed:
+        # Only broken files make a batch short: in-memory data has none, and the ranks need not compare.
+        if self.ctx.distributed and not self.dataset.in_memory:
             usable = distributed.all_sum(self.ctx, float(usable))[0] == self.ctx.world_size
         if not usable:
             self._say(f"warning: batch {self.setup.train_loader.position} of epoch {self.epoch + 1} skipped: after "
@@ -551,7 +552,9 @@ class Trainer:
         net = net if net is not None else self.setup.eval_net
         was_training = net.training
         net.eval()
-        loss_sum = correct = n = 0.0
+        # Summed on the device and read once at the end: a read per batch would wait for each batch on a GPU.
+        sums = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)  # loss, correct
+        n = 0
         loader = self.setup.test_loader
         loader.set_epoch(0)
         for x, y in loader:
@@ -559,14 +562,15 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
                 logits = net(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
+            sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+            sums[1] += (logits.argmax(1) == y).sum()
             n += len(y)
             if mistakes is not None:
                 mistakes.update(x, logits, y)
         net.train(was_training)
         if n == 0:  # no test image (or none readable): nothing was measured, and 0.0 would read as a result
             return math.nan, math.nan
+        loss_sum, correct = sums.tolist()
         return loss_sum / n, correct / n
 
     # ---- state
