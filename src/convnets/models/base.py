@@ -13,7 +13,7 @@ each written once, for every family.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -47,14 +47,15 @@ class ConvNet(nn.Module):
         fixed_input_size: the only (H, W) the network takes, for nets with a flattening head
             and no adaptive pooling (LeNet-5); None when any size >= ``min_input_size`` works.
         input_size: default (C, H, W) of the paper.
+        frozen: module paths that do not train, set by :func:`convnets.transfer.freeze` (absent: none);
+            :meth:`train` leaves them in evaluation mode.
+        aux_loss_weight: weight of each auxiliary classifier's loss in training (see :meth:`forward_train`).
     """
 
     name: str = ""
     stem: nn.Module
     stages: nn.Sequential
     head: ClassifierHead
-    #: Module paths that do not train (set by :func:`convnets.transfer.freeze`); :meth:`train` leaves them in eval mode.
-    frozen: Sequence[str] = ()
     #: Weight of each auxiliary classifier's loss in training (:meth:`forward_train`); GoogLeNet's is 0.3.
     aux_loss_weight: float = 0.0
 
@@ -140,7 +141,7 @@ class ConvNet(nn.Module):
         """Set training mode, except that frozen parts (see :func:`convnets.transfer.freeze`) stay in
         evaluation mode: their BatchNorm keeps using, and never updates, its running statistics."""
         super().train(mode)
-        for path in self.frozen:
+        for path in getattr(self, "frozen", ()):
             self.get_submodule(path).eval()
         return self
 
