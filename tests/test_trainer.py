@@ -255,6 +255,7 @@ def test_tensorboard_gets_steps_epochs_the_augmentation_grid_and_the_mistakes(tm
     module = types.ModuleType("convnets.training.tensorboard")
     module.TensorBoardLog, module.Mistakes = FakeTensorBoard, FakeMistakes
     monkeypatch.setitem(sys.modules, "convnets.training.tensorboard", module)
+    monkeypatch.setattr(convnets.training.config, "has_tensorboard", lambda: True)
     FakeTensorBoard.logs.clear()
     out = tmp_path / "run"
     train(TrainConfig(**{**LENET, "augment": "light"}, tensorboard=True, sync_every=5, out=str(out)))
@@ -269,6 +270,17 @@ def test_tensorboard_gets_steps_epochs_the_augmentation_grid_and_the_mistakes(tm
     augmentation = log.images[0][1]
     assert augmentation.dtype == "uint8" and augmentation.ndim == 3 and augmentation.shape[2] == 3
     assert log.images[1][1][0, 0, 0] == 2  # the mistakes saw both test batches
+
+
+def test_tensorboard_without_its_package_is_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys
+                                                                                ) -> None:
+    monkeypatch.setattr(convnets.training.config, "has_tensorboard", lambda: False)
+    code = cli_main(["train", "lenet5", "--data", str(tmp_path / "no-such-data"), "--tensorboard", "--out",
+                     str(tmp_path / "run")])
+    assert code == 2
+    assert ("error: --tensorboard writes its logs with the tensorboard package, which is not installed: pip install "
+            "'convnets[tensorboard]'") in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_without_tensorboard_its_module_is_never_imported(tmp_path, monkeypatch) -> None:

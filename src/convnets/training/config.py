@@ -500,6 +500,11 @@ def _validate(c: TrainConfig, source: ModelSource) -> None:
     if source.registered:
         check_arguments(c.model, c.model_kwargs, hide=FROM_DATA)
     resolve_device(c.device)
+    if c.tensorboard and not has_tensorboard():
+        from convnets.errors import MissingDependencyError
+
+        raise MissingDependencyError("--tensorboard writes its logs with the tensorboard package, which is not "
+                                     "installed: pip install 'convnets[tensorboard]' (or tensorboard)")
     if c.compile is not None:
         import torch._dynamo
 
@@ -524,6 +529,13 @@ def _validate(c: TrainConfig, source: ModelSource) -> None:
         if size is not None:
             check_input_size(c.model, probe, size, f"--image-size {size[0]} gives")
             smallest_batch(c.model, probe, c.batch_size, size)
+
+
+def has_tensorboard() -> bool:
+    """Whether the ``tensorboard`` package is installed (found, not imported: importing it takes seconds)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def probe_model(name: str, model_kwargs: dict[str, Any]) -> ConvNet:
