@@ -367,12 +367,13 @@ def time_to_accuracy(name: str, goal: float, out: Path, epochs: int | None, seed
     }
 
 
-def compile_end_to_end(name: str, epochs: int, seed: int, runs: Path, train_per_class: int | None) -> dict[str, Any]:
+def compile_end_to_end(name: str, epochs: int, seed: int, runs: Path, per_class: int | None) -> dict[str, Any]:
     """Wall time of ``train()`` plain and with ``compile="inductor"``, everything included (see the docstring)."""
     sides: dict[str, Any] = {}
     for side, backend in (("plain", None), ("compiled", "inductor")):
         cfg = TrainConfig(model=name, epochs=epochs, out=str(runs / f"{name}-{side}-{int(time.time())}"),
-                          progress=False, seed=seed, compile=backend, train_per_class=train_per_class)
+                          progress=False, seed=seed, compile=backend, train_per_class=per_class,
+                          test_per_class=per_class)
         torch._dynamo.reset()  # no compiled code from an earlier run in this process
         start = time.perf_counter()
         result = train(cfg)
@@ -382,7 +383,7 @@ def compile_end_to_end(name: str, epochs: int, seed: int, runs: Path, train_per_
                        "images_per_s_first_epoch": rows[0]["images_per_s"], "test_acc": result.test_accuracy,
                        "precision": result.precision}
         print(f"{name} {side}: {sides[side]}", flush=True)
-    return {"model": name, "epochs": epochs, "train_per_class": train_per_class, **sides,
+    return {"model": name, "epochs": epochs, "per_class": per_class, **sides,
             "plain_over_compiled_wall": round(sides["plain"]["wall_seconds"] / sides["compiled"]["wall_seconds"], 3),
             "plain_over_compiled_train": round(sides["plain"]["train_seconds"] / sides["compiled"]["train_seconds"],
                                                3)}
@@ -437,7 +438,8 @@ def markdown(results: dict[str, Any]) -> str:
 def _compile_markdown(results: dict[str, Any], lines: list[str]) -> str:
     if results.get("compile"):
         c = results["compile"]
-        lines += ["", f"--compile end to end ({c['model']}, {c['epochs']} epoch, defaults; whole train() call):",
+        size = f", {c['per_class']} images per class" if c["per_class"] else ""
+        lines += ["", f"--compile end to end ({c['model']}, {c['epochs']} epoch{size}, defaults; whole train() call):",
                   f"plain {c['plain']['wall_seconds']} s, compiled {c['compiled']['wall_seconds']} s: "
                   f"plain/compiled **{c['plain_over_compiled_wall']}x** (training alone "
                   f"{c['plain_over_compiled_train']}x)"]
@@ -464,8 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-only", action="store_true", help="only 4., --compile end to end")
     parser.add_argument("--skip-compile", action="store_true", help="leave out 4.")
     parser.add_argument("--compile-epochs", type=int, default=1, help="epochs of each --compile run (default 1)")
-    parser.add_argument("--compile-train-per-class", type=int,
-                        help="train the --compile runs on this many images per class (default: all)")
+    parser.add_argument("--compile-per-class", type=int,
+                        help="train and test the --compile runs on this many images per class (default: all)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -485,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile_only:
         with tempfile.TemporaryDirectory() as tmp:
             results["compile"] = compile_end_to_end("resnet20", args.compile_epochs, args.seed,
-                                                    Path(args.runs or tmp), args.compile_train_per_class)
+                                                    Path(args.runs or tmp), args.compile_per_class)
         results["machine"]["load_average_after"] = round(os.getloadavg()[0], 2)
         return _finish(results, args.out)
     # The peak at the thread count the training uses is the scale; the other count is printed for context.
@@ -522,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_compile:
             with tempfile.TemporaryDirectory() as tmp:
                 results["compile"] = compile_end_to_end("resnet20", args.compile_epochs, args.seed,
-                                                        Path(args.runs or tmp), args.compile_train_per_class)
+                                                        Path(args.runs or tmp), args.compile_per_class)
     results["machine"]["load_average_after"] = round(os.getloadavg()[0], 2)
     return _finish(results, args.out)
 
