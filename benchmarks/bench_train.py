@@ -26,6 +26,13 @@ For lenet5 and resnet20 on Fashion-MNIST, in one process, on the CPU:
     python benchmarks/bench_train.py --threads 1             # on a machine shared with other jobs
     python benchmarks/bench_train.py --full --out runs/bench_train.json   # the resnet20 recipe too
     python benchmarks/bench_train.py --skip-accuracy --rounds 8           # throughput only
+    python benchmarks/bench_train.py --compile-only --threads 2          # 4. alone
+
+4. ``--compile`` end to end: ``convnets.train`` of resnet20 for ``--compile-epochs`` (1) with the
+   defaults, once plain and once with ``compile="inductor"``, one after the other in this process
+   (plain first: the compiled run then finds no warmer caches than the plain one had), timing the
+   whole call: data, setup, compilation, training, evaluation and the run directory. The ratio
+   plain/compiled above 1 means compiling pays for itself within the run.
 """
 
 from __future__ import annotations
@@ -360,12 +367,45 @@ def time_to_accuracy(name: str, goal: float, out: Path, epochs: int | None, seed
     }
 
 
+def compile_end_to_end(name: str, epochs: int, seed: int, runs: Path, per_class: int | None) -> dict[str, Any]:
+    """Wall time of ``train()`` plain and with ``compile="inductor"``, everything included (see the docstring)."""
+    sides: dict[str, Any] = {}
+    for side, backend in (("plain", None), ("compiled", "inductor")):
+        cfg = TrainConfig(model=name, epochs=epochs, out=str(runs / f"{name}-{side}-{int(time.time())}"),
+                          progress=False, seed=seed, compile=backend, train_per_class=per_class,
+                          test_per_class=per_class)
+        torch._dynamo.reset()  # no compiled code from an earlier run in this process
+        start = time.perf_counter()
+        result = train(cfg)
+        wall = time.perf_counter() - start
+        rows = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
+        sides[side] = {"wall_seconds": round(wall, 1), "train_seconds": round(sum(r["seconds"] for r in rows), 1),
+                       "images_per_s_first_epoch": rows[0]["images_per_s"], "test_acc": result.test_accuracy,
+                       "precision": result.precision}
+        print(f"{name} {side}: {sides[side]}", flush=True)
+    return {"model": name, "epochs": epochs, "per_class": per_class, **sides,
+            "plain_over_compiled_wall": round(sides["plain"]["wall_seconds"] / sides["compiled"]["wall_seconds"], 3),
+            "plain_over_compiled_train": round(sides["plain"]["train_seconds"] / sides["compiled"]["train_seconds"],
+                                               3)}
+
+
+def cpu_flags() -> list[str]:
+    """The bf16 instructions this CPU has, as ``lscpu | grep -o 'avx512_bf16\\|amx_bf16'`` lists them."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return []
+    return sorted({f for f in flags if f in ("avx512_bf16", "amx_bf16")})
+
+
 # --------------------------------------------------------------------------------------------
 # report
 
 
 def markdown(results: dict[str, Any]) -> str:
     """The results as markdown tables."""
+    if "matmul" not in results:  # --compile-only
+        return _compile_markdown(results, [])
     peak = results["matmul"]["gflops"]
     lines = [
         f"matmul peak (fp32 torch.mm, {results['matmul']['threads']} threads): {peak:.1f} GFLOP/s "
@@ -392,6 +432,17 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {a['model']} | {a['goal']} | {at} | {hit['epoch'] if hit else '-'} | "
                          f"{a['epochs']} of {a['recipe_epochs']} | {a['final_test_acc']:.4f} | "
                          f"{a['train_images_per_s']:,} |")
+    return _compile_markdown(results, lines)
+
+
+def _compile_markdown(results: dict[str, Any], lines: list[str]) -> str:
+    if results.get("compile"):
+        c = results["compile"]
+        size = f", {c['per_class']} images per class" if c["per_class"] else ""
+        lines += ["", f"--compile end to end ({c['model']}, {c['epochs']} epoch{size}, defaults; whole train() call):",
+                  f"plain {c['plain']['wall_seconds']} s, compiled {c['compiled']['wall_seconds']} s: "
+                  f"plain/compiled **{c['plain_over_compiled_wall']}x** (training alone "
+                  f"{c['plain_over_compiled_train']}x)"]
     return "\n".join(lines)
 
 
@@ -412,6 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", help="keep the training runs here (default: a temporary directory)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--compile-only", action="store_true", help="only 4., --compile end to end")
+    parser.add_argument("--skip-compile", action="store_true", help="leave out 4.")
+    parser.add_argument("--compile-epochs", type=int, default=1, help="epochs of each --compile run (default 1)")
+    parser.add_argument("--compile-per-class", type=int,
+                        help="train and test the --compile runs on this many images per class (default: all)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -423,10 +479,17 @@ def main(argv: list[str] | None = None) -> int:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "load_average_before": round(os.getloadavg()[0], 2),
+            "cpu_flags": cpu_flags(),
         },
         "command": "python benchmarks/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     print(f"{results['machine']}", flush=True)
+    if args.compile_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            results["compile"] = compile_end_to_end("resnet20", args.compile_epochs, args.seed,
+                                                    Path(args.runs or tmp), args.compile_per_class)
+        results["machine"]["load_average_after"] = round(os.getloadavg()[0], 2)
+        return _finish(results, args.out)
     # The peak at the thread count the training uses is the scale; the other count is printed for context.
     threads = torch.get_num_threads()
     for n in sorted({1, os.cpu_count() or 1} - {threads}) + [threads]:
@@ -458,14 +521,21 @@ def main(argv: list[str] | None = None) -> int:
                 a = time_to_accuracy(name, CASES[name]["goal"], out, epochs, args.seed)
                 results["accuracy"].append(a)
                 print(f"{name}: {a}", flush=True)
+        if not args.skip_compile:
+            with tempfile.TemporaryDirectory() as tmp:
+                results["compile"] = compile_end_to_end("resnet20", args.compile_epochs, args.seed,
+                                                        Path(args.runs or tmp), args.compile_per_class)
     results["machine"]["load_average_after"] = round(os.getloadavg()[0], 2)
+    return _finish(results, args.out)
 
+
+def _finish(results: dict[str, Any], out: str | None) -> int:
     print()
     print(markdown(results))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2, default=float) + "\n")
-        print(f"\nwrote {args.out}")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results, indent=2, default=float) + "\n")
+        print(f"\nwrote {out}")
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import convnets
 from badinput import Case, check_case, params, run_cli
@@ -58,9 +59,9 @@ def with_config(name: str, *options: str, model: str = "lenet5") -> list[str]:
     return ["train", model, "--config", "{tmp}/" + name, "--out", RUN, "--no-progress", *options]
 
 
-def api_train(tmp: Path, **fields: Any) -> None:
+def api_train(tmp: Path, given_model: Any = None, **fields: Any) -> None:
     convnets.train(TrainConfig(**{"model": "lenet5", "data": "digits", "out": str(tmp / "run"),
-                                  "progress": False, **fields}))
+                                  "progress": False, **fields}), model=given_model)
 
 
 C = Case
@@ -248,6 +249,40 @@ CASES = [
       expect=r"phi must be >= 0 and <= 10"),
     C("api-freeze-paths", 3, call=lambda tmp: freeze_paths(convnets.create_model("resnet20"), "4"),
       expect=r"cannot freeze 4 stages: resnet20 has 3; its stages are stem, stages.0, stages.1, stages.2; use none"),
+    # --- the trainer's options: weight average, accumulation, host looks, compile, TensorBoard, model=
+    C("ema-zero", 3, train("--ema", "0"), r"ema must be > 0 and < 1.*got 0", after=no_run),
+    C("ema-one", 3, train("--ema", "1"), r"ema must be > 0 and < 1.*got 1", after=no_run),
+    C("ema-negative", 3, train("--ema", "-1"), r"ema must be > 0 and < 1.*got -1", after=no_run),
+    C("ema-word", 3, train("--ema", "x"), r"--ema: invalid float value: 'x'", after=no_run),
+    C("accumulate-zero", 3, train("--accumulate", "0"), r"accumulate must be a whole number from 1 to 65,536.*got 0",
+      after=no_run),
+    C("accumulate-past-the-epoch", 3, train("--accumulate", "100", "--batch-size", "64"),
+      r"--accumulate 100: an epoch has only 22 batches of 64, not one optimizer step", after=no_run),
+    C("sync-every-zero", 3, train("--sync-every", "0"), r"sync_every must be a whole number from 1.*got 0",
+      after=no_run),
+    C("compile-unknown-backend", 3, train("--compile", "warp-drive"),
+      r"compile 'warp-drive' is not a torch.compile backend; known: .*inductor", after=no_run),
+    C("api-ema-word", 3, call=lambda tmp: TrainConfig(model="lenet5", ema="x"), expect=r"ema must be > 0 and < 1"),
+    C("api-ema-bool", 3, call=lambda tmp: TrainConfig(model="lenet5", ema=True), expect=r"ema must be.*got True"),
+    C("api-accumulate-fraction", 3, call=lambda tmp: TrainConfig(model="lenet5", accumulate=1.5),
+      expect=r"accumulate must be a whole number"),
+    C("api-compile-empty", 3, call=lambda tmp: TrainConfig(model="lenet5", compile=""),
+      expect=r"compile must be a non-empty string"),
+    C("api-compile-true", 3, call=lambda tmp: TrainConfig(model="lenet5", compile=True),
+      expect=r"compile must be a non-empty string.*got True"),
+    C("api-tensorboard-word", 3, call=lambda tmp: TrainConfig(model="lenet5", tensorboard="yes"),
+      expect=r"tensorboard must be true or false"),
+    C("api-train-model-number", 3, call=lambda tmp: convnets.train(TrainConfig(model="mine"), model=42),
+      expect=r"train\(model=...\) takes a ConvNet or a builder returning one, not int"),
+    C("api-train-model-plain-module", 3,
+      call=lambda tmp: convnets.train(TrainConfig(model="mine"), model=torch.nn.Linear(2, 2)),
+      expect=r"takes a ConvNet or a builder returning one, not Linear"),
+    C("api-train-builder-not-a-convnet", 3,
+      call=lambda tmp: api_train(tmp, model="mine", given_model=lambda **kw: torch.nn.Linear(2, 2)),
+      expect=r"the builder of mine returned a Linear, not a ConvNet", after=no_run),
+    C("api-train-module-other-classes", 3,
+      call=lambda tmp: api_train(tmp, model="mine", given_model=convnets.create_model("lenet5", num_classes=3)),
+      expect=r"the model given for mine has 3 classes and 1 input channels, the data 10 and 1", after=no_run),
 ]
 
 

@@ -36,6 +36,7 @@ from badinput import Case, check_case, params, run_cli
 from convnets.data import load_dataset, make_loader, subsample_per_class
 from convnets.data.idx import write_idx
 from convnets.training import TrainConfig, train
+from convnets.training import checkpoint as checkpoint_module
 from convnets.training import loop as loop_module
 from convnets.training.config import probe_model, smallest_batch
 from convnets.training.rundir import RunDirectory
@@ -402,7 +403,7 @@ def test_an_epoch_of_only_skipped_steps_reports_nan_not_zero(tmp_path, monkeypat
         return loss * math.nan if kw.get("reduction") != "sum" else loss  # every training step, no test batch
 
     monkeypatch.setattr(loop_module, "F", SimpleNamespace(cross_entropy=cross_entropy))
-    monkeypatch.setattr(loop_module._Run, "_diverged", lambda self, loss: None)  # skip them all, for ever
+    monkeypatch.setattr(loop_module.Trainer, "_diverged", lambda self, loss: None)  # skip them all, for ever
     train(TrainConfig(**QUICK, epochs=1, nan_policy="skip", out=str(tmp_path / "run")))
     [row] = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert math.isnan(row["train_loss"]) and math.isnan(row["train_acc"]) and row["step"] == 0
@@ -558,7 +559,7 @@ def test_a_second_interrupt_during_a_checkpoint_write_is_an_interrupt_not_a_torc
 
     monkeypatch.setattr(loop_module.torch, "save", interrupted_save)
     with pytest.raises(KeyboardInterrupt):
-        atomic_write(tmp_path / "state.pt", lambda tmp: loop_module._save_torch({}, tmp))
+        atomic_write(tmp_path / "state.pt", lambda tmp: checkpoint_module.save_torch({}, tmp))
     assert os.listdir(tmp_path) == []  # nothing half-written left
 
 
@@ -608,14 +609,14 @@ def test_output_piped_into_head_does_not_end_the_run(tmp_path) -> None:
 
 _SLOW_DATA = """
 import sys, time
-import convnets.training.loop as loop
+import convnets.training.setup as setup
 from convnets.cli import main
 
 def slow(*args, **kwargs):
     print("reading the data", flush=True)
     time.sleep(120)
 
-loop.load_dataset = slow
+setup.load_dataset = slow
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -27,7 +27,7 @@ import convnets
 from badinput import Case, check_case, expect_cli_error, params, run_cli
 from convnets.experiments import run_experiment
 from convnets.training import TrainConfig, train
-from convnets.training import loop as loop_module
+from convnets.training import checkpoint as checkpoint_module
 from convnets.training.loop import fit_batch
 from convnets.training.rundir import MARKER, RunDirectory, kind_of
 from convnets.weights import atomic_write, remove_stale_temporaries, save_weights, try_lock
@@ -291,7 +291,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_naming_it_and_keeps_the_last_on
         Path(path).write_bytes(b"the first half of a checkpoi")
         raise OSError(errno.ENOSPC, "No space left on device")  # as a buffered write reports it: no file name
 
-    monkeypatch.setattr(loop_module, "_save_torch", disk_full)
+    monkeypatch.setattr(checkpoint_module, "save_torch", disk_full)
     expect_cli_error([*TRAIN, "--out", str(tmp_path / "run"), "--resume", "--max-steps", "52"],
                      rf"error: {state}: No space left on device \(free some space .*the last checkpoint written "
                      "is kept\\)", capsys)

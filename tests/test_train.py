@@ -20,7 +20,7 @@ from convnets.cli import main as cli_main
 from convnets.training import ConfigMismatchError, TrainConfig, TrainingDiverged, train
 from convnets.training import loop as loop_module
 from convnets.training.config import resolve
-from convnets.training.loop import _lr_factor
+from convnets.training.schedules import lr_factor
 from convnets.weights import WeightsMismatchError, atomic_write, load_weights, read_metadata, read_state_dict
 
 # A small model with BatchNorm, dropout and augmentation: everything a resume must restore.
@@ -198,7 +198,7 @@ def test_googlenet_trains_its_auxiliary_classifiers(tmp_path: Path) -> None:
 def test_learning_rate_schedules() -> None:
     def curve(schedule: str, warmup: float = 0.0) -> list[float]:
         cfg = resolve(TrainConfig(model="resnet20", schedule=schedule, warmup_epochs=warmup, epochs=10))
-        f = _lr_factor(cfg, total=100, per_epoch=10)
+        f = lr_factor(cfg.schedule, warmup_steps=int(cfg.warmup_epochs * 10), total_steps=100)
         return [f(s) for s in range(100)]
 
     cosine = curve("cosine", warmup=1)

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from convnets.errors import ConfigError
 from convnets.models.base import ConvNet
+from convnets.training.optim import parameter_groups  # noqa: F401 (moved to training; imported from here too)
 
 FREEZE_HELP = ("none | all-but-head | auto | K (stem + first K stages) | stages.0-B (stem up to stage B) | "
                "comma-separated module paths")
@@ -102,26 +102,6 @@ def freeze(model: ConvNet, spec: str) -> list[str]:
     model.frozen = paths
     model.train(model.training)
     return paths
-
-
-def parameter_groups(model: nn.Module, lr: float, weight_decay: float, pretrained_lr_scale: float = 1.0,
-                     new: tuple[str, ...] = ("head.fc",)) -> list[dict]:
-    """Optimizer groups of the trainable parameters only.
-
-    Weight decay applies to conv and linear weights, not to biases and norm layers (decaying
-    those only shrinks them); pretrained layers that still train get ``lr * pretrained_lr_scale``.
-    """
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_new = any(name.startswith(prefix + ".") for prefix in new) or pretrained_lr_scale == 1.0
-        groups.setdefault((p.ndim > 1, is_new), []).append(p)
-    return [
-        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr": lr * (1.0 if is_new else
-                                                                                         pretrained_lr_scale)}
-        for (decay, is_new), params in groups.items()
-    ]
 
 
 @torch.no_grad()

@@ -70,6 +70,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", dest="num_workers", type=int, help="decoding processes for image folders")
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: one per core)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="also keep, evaluate and save a moving average of the weights with this decay (0.999)")
+    p.add_argument("--accumulate", type=int, metavar="N",
+                   help="make one optimizer step per N batches (effective batch = batch size x N)")
+    p.add_argument("--sync-every", type=int, metavar="N",
+                   help="steps between the host's looks at the device: loss check, progress (default 1 on the CPU, "
+                   "50 on accelerators)")
+    p.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                   help="torch.compile the training step (backend: inductor, the default; eager)")
+    p.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write TensorBoard logs to OUT/tensorboard (pip install 'convnets[tensorboard]')")
 
 
 def given_fields(args: argparse.Namespace) -> set[str]:

@@ -62,6 +62,9 @@ class ConvNet(nn.Module):
         fixed_input_size: the only (H, W) the network takes, for nets with a flattening head
             and no adaptive pooling (LeNet-5); None when any size >= ``min_input_size`` works.
         input_size: default (C, H, W) of the paper.
+        frozen: module paths that do not train, set by :func:`convnets.transfer.freeze` (absent: none);
+            :meth:`train` leaves them in evaluation mode.
+        aux_loss_weight: weight of each auxiliary classifier's loss in training (see :meth:`forward_train`).
     """
 
     name: str = ""
@@ -69,6 +72,8 @@ class ConvNet(nn.Module):
         stem: nn.Module
         stages: nn.Sequential
         head: ClassifierHead
+    #: Weight of each auxiliary classifier's loss in training (:meth:`forward_train`); GoogLeNet's is 0.3.
+    aux_loss_weight: float = 0.0
 
     def _finish(
         self,
@@ -143,6 +148,20 @@ class ConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """What the training loss needs: the logits and the auxiliary classifiers' logits, each of whose
+        losses counts :attr:`aux_loss_weight` times (no auxiliary classifier: an empty list)."""
+        if getattr(self, "aux", None) is not None:  # GoogLeNet's, unless built without them or removed
+            return self(x, return_aux=True)
+        return self(x), []
+
+    def classifier(self) -> nn.Module:
+        """The final linear layer: the logits from the pre-logits features ``forward_head(x, pre_logits=True)``.
+
+        Training on cached features trains this alone; everything before it is the cached trunk.
+        """
+        return self.head.fc
 
     def train(self, mode: bool = True) -> "ConvNet":
         """Set training mode, except that frozen parts (see :func:`convnets.transfer.freeze`) stay in

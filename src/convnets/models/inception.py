@@ -158,6 +158,8 @@ class GoogLeNet(ConvNet):
             (parameters unchanged).
     """
 
+    aux_loss_weight = AUX_LOSS_WEIGHT
+
     def __init__(
         self,
         num_classes: int = 1000,

@@ -9,7 +9,7 @@ import functools
 import json
 import os
 import stat
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,13 +18,14 @@ from convnets.checks import FLAG, TEXT, Rule, choice, number, pathlike, whole
 from convnets.data.loader import MAX_BATCH_SIZE
 from convnets.device import check_threads, resolve_device
 from convnets.errors import ConfigError, ConfigMismatchError
+from convnets.training.schedules import SCHEDULES as SCHEDULE_TABLE
 from convnets.transfer import FREEZE_HELP
 
 if TYPE_CHECKING:
     from convnets.models.base import ConvNet
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "step", "onecycle", "constant")
+SCHEDULES = tuple(SCHEDULE_TABLE)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENT_PRESETS = ("none", "light", "standard", "heavy")
 
@@ -100,6 +101,17 @@ class TrainConfig:
             choice), for experiments that evaluate often on a small budget.
         threads: CPU threads for the model (default: PyTorch's, one per core). On a machine
             shared with other work, 1 avoids the stalls of a thread team waiting for a busy core.
+        ema: keep an exponential moving average of the weights with this decay (0.999: each step
+            moves it 0.1% of the way to the weights), evaluated every epoch and saved as
+            ``last-ema.safetensors`` (None: none).
+        accumulate: micro-batches of ``batch_size`` whose gradients make one optimizer step (the
+            effective batch is ``batch_size * accumulate``; schedules count optimizer steps).
+        sync_every: optimizer steps between two looks of the host at the device: the non-finite
+            loss check, the progress bar, a signal or a due checkpoint (default 1 on the CPU, where a
+            look is cheap, 50 on accelerators, where each one stalls the pipeline).
+        compile: ``torch.compile`` the training forward and backward with this backend
+            (``inductor``, what ``--compile`` means; ``eager`` compiles nothing, for tests); None: off.
+        tensorboard: also write TensorBoard logs to ``out/tensorboard`` (needs the ``tensorboard`` extra).
     """
 
     model: str
@@ -138,6 +150,11 @@ class TrainConfig:
     train_per_class: int | None = None
     test_per_class: int | None = None
     threads: int | None = None
+    ema: float | None = None
+    accumulate: int = 1
+    sync_every: int | None = None
+    compile: str | None = None
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         # Checked when made, so that a bad value stops the Python API and the command line alike
@@ -246,6 +263,13 @@ FIELDS: dict[str, Rule] = {
     # 0 is refused, not read as "all": a user who asks for 0 examples has made a mistake.
     "train_per_class": whole(1).or_none("all"),
     "test_per_class": whole(1).or_none("all"),
+    # 0 would never move the average and 1 would never leave the start: both ends are refused.
+    "ema": number(gt=0, lt=1, note="the decay of the weights' moving average, such as 0.999").or_none("no average"),
+    "accumulate": whole(1, 1 << 16),
+    "sync_every": whole(1, 1 << 20).or_none("1 on the CPU, 50 on accelerators"),
+    # Which backends exist is torch's to say; checked by resolve() (importing torch._dynamo takes a while).
+    "compile": TEXT.or_none("not compiled"),
+    "tensorboard": FLAG,
 }
 
 
@@ -356,11 +380,92 @@ def default_out(model: str, data: str, *, resume: bool = False, skip: Collection
     return found
 
 
-def resolve(config: TrainConfig) -> TrainConfig:
-    """A copy of ``config`` with every ``None`` recipe field filled in, validated."""
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a run's network comes from: the registry (by ``TrainConfig.model``), a builder, or a module.
+
+    ``train(config, model=...)`` takes a builder (called as ``create_model`` calls one:
+    ``builder(num_classes=..., in_chans=..., **model_kwargs)``) or a built :class:`ConvNet`, so that
+    a network the library does not offer trains without entering the registry; ``config.model``
+    then only names the run (its directory, metadata and recipe).
+    """
+
+    name: str
+    builder: Callable[..., ConvNet] | None = None
+    module: ConvNet | None = None
+
+    @property
+    def registered(self) -> bool:
+        return self.builder is None and self.module is None
+
+    def probe(self, model_kwargs: dict[str, Any]) -> ConvNet:
+        """The network on the meta device (see :func:`probe_model`)."""
+        if self.registered:
+            return probe_model(self.name, model_kwargs)
+        import copy
+
+        import torch
+
+        if self.module is not None:
+            return copy.deepcopy(self.module).to("meta")
+        with torch.device("meta"):
+            return _checked(self.builder(**model_kwargs), self.name)
+
+    def build(self, num_classes: int, in_chans: int, model_kwargs: dict[str, Any]) -> ConvNet:
+        """The network to train, for the data's classes and channels."""
+        if self.registered:
+            from convnets.registry import create_model
+
+            return create_model(self.name, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
+        if self.module is None:
+            return _checked(self.builder(num_classes=num_classes, in_chans=in_chans, **model_kwargs), self.name)
+        if (self.module.num_classes, self.module.in_chans) != (num_classes, in_chans):
+            raise ConfigMismatchError(f"the model given for {self.name} has {self.module.num_classes} classes and "
+                                      f"{self.module.in_chans} input channels, the data {num_classes} and {in_chans}: "
+                                      "build it for the data, or pass a builder")
+        return self.module
+
+
+def model_source(name: str, model: Any = None) -> ModelSource:
+    """The :class:`ModelSource` of ``train(config, model=model)``: None (the registry), a builder or a ConvNet.
+
+    Raises:
+        ConfigError: ``model`` is neither a :class:`ConvNet` nor a callable.
+    """
+    from torch import nn
+
+    from convnets.models.base import ConvNet
+
+    if model is None:
+        return ModelSource(name)
+    if isinstance(model, ConvNet):
+        return ModelSource(name, module=model)
+    if callable(model) and not isinstance(model, nn.Module):  # a module that is no ConvNet lacks what training needs
+        return ModelSource(name, builder=model)
+    raise ConfigError(f"train(model=...) takes a ConvNet or a builder returning one, not {type(model).__name__}")
+
+
+def _checked(model: Any, name: str) -> ConvNet:
+    from convnets.models.base import ConvNet
+
+    if not isinstance(model, ConvNet):
+        raise ConfigError(f"the builder of {name} returned a {type(model).__name__}, not a ConvNet: training needs "
+                          "the ConvNet interface (stem, stages, head; see convnets.models.base)")
+    return model
+
+
+def resolve(config: TrainConfig, source: ModelSource | None = None) -> TrainConfig:
+    """A copy of ``config`` with every ``None`` recipe field filled in, validated.
+
+    Args:
+        config: The run.
+        source: Where the network comes from (default: the registry, by ``config.model``).
+    """
     from convnets.registry import model_entry
 
-    model_entry(config.model)  # an unknown name is reported before anything else, with close names
+    source = source or ModelSource(config.model)
+    if source.registered:
+        model_entry(config.model)  # an unknown name is reported before anything else, with close names
     recipe = next(r for pattern, r in RECIPES if fnmatch.fnmatchcase(config.model, pattern))
     values = config.to_dict()
     for key, value in recipe.items():
@@ -371,7 +476,7 @@ def resolve(config: TrainConfig) -> TrainConfig:
     if values["out"] is None:
         values["out"] = str(default_out(config.model, config.data, resume=config.resume))
     resolved = TrainConfig(**values)
-    _validate(resolved)
+    _validate(resolved, source)
     return resolved
 
 
@@ -381,9 +486,9 @@ FROM_DATA = ("num_classes", "in_chans")
 HEAD_ONLY = ("all-but-head", "trunk")
 
 
-def _validate(c: TrainConfig) -> None:
-    """What a field alone cannot say: agreement between fields, the model's arguments, the device, and
-    whether the model can train at an image size and batch size known before the data is read."""
+def _validate(c: TrainConfig, source: ModelSource) -> None:
+    """What a field alone cannot say: agreement between fields, the model's arguments, the device, the
+    compile backend, and whether the model can train at an image size and batch size known before the data is read."""
     from convnets.registry import check_arguments
 
     if c.warmup_epochs >= c.epochs and c.warmup_epochs > 0:
@@ -392,14 +497,27 @@ def _validate(c: TrainConfig) -> None:
     if given:
         raise ConfigError(f"model_kwargs cannot set {', '.join(given)}: the number of classes and input channels "
                           "come from the data")
-    check_arguments(c.model, c.model_kwargs, hide=FROM_DATA)
+    if source.registered:
+        check_arguments(c.model, c.model_kwargs, hide=FROM_DATA)
     resolve_device(c.device)
+    if c.tensorboard and not has_tensorboard():
+        from convnets.errors import MissingDependencyError
+
+        raise MissingDependencyError("--tensorboard writes its logs with the tensorboard package, which is not "
+                                     "installed: pip install 'convnets[tensorboard]' (or tensorboard)")
+    if c.compile is not None:
+        import torch._dynamo
+
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if c.compile not in backends:
+            raise ConfigError(f"compile {c.compile!r} is not a torch.compile backend; known: {', '.join(backends)} "
+                              "(--compile alone means inductor)")
     if c.cache_features and c.freeze not in (*HEAD_ONLY, "auto"):
         raise ConfigMismatchError(f"cache_features needs everything but the classifier frozen (--freeze "
                                   f"all-but-head, or auto on little data); got freeze={c.freeze!r}")
     if c.cache_features and c.cache_dir and Path(c.cache_dir).exists() and not Path(c.cache_dir).is_dir():
         raise ConfigError(f"cache_dir {c.cache_dir} is not a folder: the cached features are files in a folder")
-    probe = probe_model(c.model, c.model_kwargs)
+    probe = source.probe(c.model_kwargs)
     if c.freeze not in (None, "auto"):
         from convnets.transfer import freeze_paths
 
@@ -411,6 +529,13 @@ def _validate(c: TrainConfig) -> None:
         if size is not None:
             check_input_size(c.model, probe, size, f"--image-size {size[0]} gives")
             smallest_batch(c.model, probe, c.batch_size, size)
+
+
+def has_tensorboard() -> bool:
+    """Whether the ``tensorboard`` package is installed (found, not imported: importing it takes seconds)."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def probe_model(name: str, model_kwargs: dict[str, Any]) -> ConvNet:
@@ -432,15 +557,17 @@ def check_input_size(model: str, probe: ConvNet, size: Sequence[int], source: st
         size: (height, width) of the images.
         source: Where the size comes from, completing "... but SOURCE HxW" ("--image-size 28 gives", "digits gives").
     """
-    import convnets
-
     h, w = size
     if probe.fixed_input_size is not None and (h, w) != probe.fixed_input_size:
         fh, fw = probe.fixed_input_size
         raise ConfigMismatchError(f"{model} takes only {fh}x{fw} images but {source} {h}x{w}: use --image-size {fh}")
     if min(h, w) < probe.min_input_size:
         hint = f"--image-size {probe.min_input_size}"
-        if convnets.model_entry(model).takes("small_input") and not getattr(probe, "small_input", True):
+        from convnets.registry import list_models, model_entry
+
+        # A network given to train() rather than registered gets no hint: its builder's arguments are its own.
+        takes = model in list_models() and model_entry(model).takes("small_input")
+        if takes and not getattr(probe, "small_input", True):
             hint += " or --model-arg small_input=true"
         raise ConfigMismatchError(f"{model} needs images of at least {probe.min_input_size}x"
                                   f"{probe.min_input_size} but {source} {h}x{w}: pass {hint}")

@@ -84,3 +84,12 @@ def gather_lists(ctx: Context, items: list) -> list:
     lists: list[list] = [[] for _ in range(ctx.world_size)]
     dist.all_gather_object(lists, list(items))
     return [item for part in lists for item in part]
+
+
+def all_min(ctx: Context, value: int) -> int:
+    """The smallest of every rank's ``value`` (itself for a single process)."""
+    if not ctx.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())

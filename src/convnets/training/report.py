@@ -81,17 +81,34 @@ def write_report(out: Path, cfg: Any, result: Any, rows: list[dict[str, Any]]) -
         f"({result.images_per_second:,.0f} training images/s).",
         "",
         f"Recipe: {cfg.optimizer} lr {cfg.lr}, {cfg.schedule} schedule, warm-up {cfg.warmup_epochs} epochs, "
-        f"batch {cfg.batch_size}, weight decay {cfg.weight_decay}, label smoothing {cfg.label_smoothing}, "
+        f"batch {cfg.batch_size}{_accumulated(cfg)}, weight decay {cfg.weight_decay}, "
+        f"label smoothing {cfg.label_smoothing}, "
         f"augmentation {cfg.augment}, seed {cfg.seed}; precision {cfg.precision}: {result.precision}.",
         "",
-        "| epoch | train loss | train acc | test loss | test acc | images/s |",
-        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    ema = getattr(result, "ema_accuracy", None)
+    if ema is not None:
+        # Which of the two to use is what a reader of the report wants to know first.
+        better = "the average" if ema > result.test_accuracy else "the weights" if ema < result.test_accuracy else (
+            "neither")
+        lines += [f"Moving average of the weights (decay {cfg.ema}): test accuracy **{ema:.4f}** against the "
+                  f"weights' {result.test_accuracy:.4f}: {better} is better (`last-ema.safetensors`, "
+                  "`last.safetensors`; the table's last column follows it per epoch).", ""]
+    extra = " average's test acc |" if ema is not None else ""
+    lines += [
+        "| epoch | train loss | train acc | test loss | test acc | images/s |" + extra,
+        "|---:|---:|---:|---:|---:|---:|" + "---:|" * bool(extra),
     ]
     lines += [
         f"| {r['epoch']} | {r['train_loss']:.4f} | {r['train_acc']:.4f} | {r['test_loss']:.4f} | "
-        f"{r['test_acc']:.4f} | {r['images_per_s']:,.0f} |"
+        f"{r['test_acc']:.4f} | {r['images_per_s']:,.0f} |" + (f" {r['ema_test_acc']:.4f} |" if ema is not None else "")
         for r in rows
     ]
     if rows:
         lines += ["", "![learning curves](curves.png)"]
     return write_text(out / "report.md", "\n".join(lines) + "\n")
+
+
+def _accumulated(cfg: Any) -> str:
+    accumulate = getattr(cfg, "accumulate", 1)
+    return f" x {accumulate} accumulated (effective {cfg.batch_size * accumulate})" if accumulate > 1 else ""

@@ -1,0 +1,218 @@
+"""Checkpointing: the training state a run writes (``state.pt``) and reads back, and what a resume may change.
+
+A checkpoint holds everything the rest of the run depends on (the model, optimizer, schedule,
+loss scaler and weight average; the epoch, the batch within it and the step; the random
+generators; the metrics so far), so that a run resumed from it ends with the same weights, bit
+for bit, as one never stopped. It is written atomically: a kill mid-write leaves the previous one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convnets.errors import ConfigMismatchError, RunDirectoryError
+from convnets.training.config import TrainConfig
+from convnets.weights import atomic_write
+
+STATE_FILE = "state.pt"
+STATE_KEYS = frozenset({"model_name", "model", "optimizer", "scheduler", "scaler", "epoch", "position", "step",
+                        "best", "elapsed", "skipped_steps", "rng", "cuda_rng", "metrics"})
+# What a resumed run may change: how and how long it runs, not what it trains. Every other field
+# (model, data, recipe, seed, weights, freezing, weight average, accumulation...) defines the run, and a
+# different value for one of them is refused, naming it. max_steps is always this invocation's own (None: to the end).
+RESUME_MAY_CHANGE = ("epochs", "max_steps", "progress", "device", "threads", "num_workers", "checkpoint_minutes",
+                     "nan_policy", "deterministic", "channels_last", "cache_dir", "sync_every", "compile",
+                     "tensorboard")
+
+
+def write_state(out: Path, state: dict[str, Any]) -> None:
+    """Write ``out/state.pt`` atomically."""
+    atomic_write(out / STATE_FILE, lambda tmp: save_torch(state, tmp))
+
+
+def read_state(out: Path, device: torch.device, model_name: str, *, needs: Collection[str] = ()) -> dict[str, Any]:
+    """The training state in ``out/state.pt``, checked to be a convnets state of ``model_name``.
+
+    Args:
+        out: The run directory.
+        device: Where its tensors go.
+        model_name: The run's model.
+        needs: Keys the run needs beyond :data:`STATE_KEYS` (``ema`` for a run with a weight average).
+
+    Raises:
+        RunDirectoryError: the file is damaged, unsafe (a pickle that is not plain tensors and
+            containers) or not a convnets training state.
+        ConfigMismatchError: a state of another model.
+    """
+    path = out / STATE_FILE
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except OSError:
+        raise
+    except Exception as err:  # torch reports a damaged or unsafe file with many types; all mean "unusable"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RunDirectoryError(f"{path} cannot be resumed: it is not a readable training state ({reason}); the "
+                                "run's weights are in best.safetensors and last.safetensors if it wrote them"
+                                ) from err
+    missing = sorted((STATE_KEYS | set(needs)) - set(state)) if isinstance(state, dict) else sorted(STATE_KEYS)
+    if missing:
+        raise RunDirectoryError(f"{path} is not a convnets training state (it has no {', '.join(missing)})")
+    if state["model_name"] != model_name:
+        raise ConfigMismatchError(f"{path} is a run of {state['model_name']}, not {model_name}")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """The random generators' states, as a checkpoint keeps them."""
+    return {"rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["rng"].cpu())
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+
+
+def resumed_config(config: TrainConfig, out: Path, given_names: Collection[str] = ()
+                    ) -> tuple[TrainConfig, dict[str, tuple[Any, Any]]]:
+    """The configuration of the run in ``out``, with the changes a resume may make (:data:`RESUME_MAY_CHANGE`).
+
+    A field counts as given when named in ``given_names`` or when it differs from
+    :class:`TrainConfig`'s default. A given field that defines the run and differs from the run's
+    value is refused, naming each such option with both values.
+
+    Returns:
+        The configuration to continue with, and the fields it changes as ``{name: (old, new)}``.
+    """
+    saved = _saved_config(out)
+    if saved.get("model") != config.model:
+        raise ConfigMismatchError(f"{out} is a run of {saved.get('model')}, not {config.model}")
+    defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in config.to_dict().items()
+             if k not in ("model", "out", "resume") and (k in given_names or v != defaults[k])}
+    conflicts = [f"{option_name(k)} {shown(v)} (the run has {shown(saved.get(k))})" for k, v in given.items()
+                 if k not in RESUME_MAY_CHANGE and not _same(saved.get(k), v)]
+    if conflicts:
+        raise ConfigMismatchError(f"cannot resume {out} with other settings than it began with: "
+                                  f"{'; '.join(conflicts)}. Resume without them, or start a new run with another "
+                                  f"--out (may change on resume: {', '.join(map(option_name, RESUME_MAY_CHANGE))})")
+    values = {**saved, **{k: v for k, v in given.items() if k in RESUME_MAY_CHANGE},
+              "max_steps": config.max_steps, "resume": True, "out": str(out)}
+    changed = {k: (saved.get(k), values[k]) for k in RESUME_MAY_CHANGE if not _same(saved.get(k), values[k])}
+    return TrainConfig(**values), changed
+
+
+def saved_model(out: Path) -> str | None:
+    """The model of the run in ``out`` as its config.json says, or None when that cannot be read."""
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return saved.get("model") if isinstance(saved, dict) else None
+
+
+def data_identity(dataset: Any) -> dict[str, Any]:
+    """What a resumed run must find again: the classes, and each split's size and a hash of its labels
+    and (for an image folder) of its files' paths within the folder.
+
+    Cheap (no file is read or stat'ed): it catches images added, removed or moved to another class
+    and renamed classes, which would otherwise shift the resumed epoch or swap what the model learnt.
+    """
+    identity: dict[str, Any] = {"classes": [str(c) for c in dataset.classes]}
+    for split in ("train", "test"):
+        part = getattr(dataset, split)
+        digest = hashlib.sha256(part.labels.cpu().numpy().astype("<i8").tobytes())
+        for path, _ in getattr(part, "samples", ()):
+            digest.update(os.path.relpath(path, dataset.source or ".").encode("utf-8", "surrogateescape") + b"\0")
+        identity[split] = [len(part), digest.hexdigest()]
+    return identity
+
+
+def check_same_data(saved: dict[str, Any], now: dict[str, Any], data: str, out: Path) -> None:
+    """A ConfigMismatchError saying what changed when the data of a resumed run is not what it began with."""
+    if saved == now:
+        return
+
+    def sizes(identity: dict[str, Any]) -> list[Any]:
+        return [(identity.get(split) or [None])[0] for split in ("train", "test")]
+
+    if saved.get("classes") != now["classes"]:
+        what = f"its classes were {_listed(saved.get('classes'))}, now {_listed(now['classes'])}"
+    elif sizes(saved) != sizes(now):
+        (train_was, test_was), (train_now, test_now) = sizes(saved), sizes(now)
+        what = f"it had {train_was} training and {test_was} test images, now {train_now} and {test_now}"
+    else:
+        what = "as many images, but other files or labels"
+    raise ConfigMismatchError(f"cannot resume {out}: the data {data} changed since the run began ({what}); a "
+                              "resumed run must see the same data: restore it, or start a new run with another --out")
+
+
+def _listed(names: Any, limit: int = 6) -> str:
+    names = list(names or [])
+    return ", ".join(map(str, names[:limit])) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _saved_config(out: Path) -> dict[str, Any]:
+    """The fields of ``out/config.json`` of a run that has a checkpoint to resume."""
+    path = out / "config.json"
+    if not (out / STATE_FILE).exists():
+        why = " (the run stopped before its first checkpoint: start it again without --resume)" if path.exists() else ""
+        raise FileNotFoundError(f"nothing to resume in {out}: no {STATE_FILE} there{why}")
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise RunDirectoryError(f"{path} is missing: the run's configuration is needed to resume it") from err
+    except ValueError as err:  # a truncated or hand-edited file
+        raise RunDirectoryError(f"{path} is damaged ({err}): it cannot be resumed until the file is repaired") from err
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(values, dict) or "model" not in values or not set(values) <= known:
+        unknown = sorted(set(values) - known) if isinstance(values, dict) else type(values).__name__
+        raise RunDirectoryError(f"{path} is not a convnets run configuration (unexpected: {unknown})")
+    return values
+
+
+# Options whose command-line spelling is not the field's name with dashes.
+_OPTIONS = {"num_workers": "--workers", "model_kwargs": "--model-arg", "progress": "--no-progress"}
+
+
+def option_name(field_name: str) -> str:
+    return _OPTIONS.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else str(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, as JSON would store them, or two spellings of one existing path (``data/`` and ``./data``)."""
+    if a == b or json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str):
+        return True
+    paths = [Path(v).expanduser() for v in (a, b) if isinstance(v, str) and v]
+    return len(paths) == 2 and all(p.exists() for p in paths) and paths[0].resolve() == paths[1].resolve()
+
+
+def save_torch(obj: Any, path: str) -> None:
+    """``torch.save`` through a Python file: then a full disk is an OSError, not a RuntimeError of torch's writer.
+
+    A second Ctrl-C (or SIGTERM) stops the run at once, even mid-write; torch's writer then fails to close
+    its archive and reports that as a RuntimeError, which is given back as the interruption it is.
+    """
+    with open(path, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as err:
+            if isinstance(err.__context__, KeyboardInterrupt):
+                raise err.__context__ from None
+            raise
