@@ -211,6 +211,18 @@ def test_learning_rate_schedules() -> None:
     assert curve("constant") == [1.0] * 100
 
 
+def test_resnet_recipe_is_the_measured_one_and_plain_nets_share_it() -> None:
+    # docs/benchmarks-train.md measured this recipe (0.93 in 8 epochs); the degradation experiment
+    # compares plainN and resnetN, which must get the same recipe.
+    def recipe(model: str) -> tuple:
+        c = resolve(TrainConfig(model=model, out="unused"))
+        return (c.epochs, c.batch_size, c.optimizer, c.lr, c.weight_decay, c.schedule, c.warmup_epochs,
+                c.label_smoothing, c.augment)
+
+    assert recipe("resnet20") == (8, 128, "sgd", 0.1, 5e-4, "cosine", 1, 0.1, "light")
+    assert recipe("plain20") == recipe("resnet56") == recipe("resnet20")
+
+
 def test_cli_train_and_config_file(tmp_path: Path, capsys) -> None:
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps({"data": "digits", "image_size": 32, "epochs": 1, "batch_size": 128}))
