@@ -39,12 +39,56 @@ def test_cli_lists_and_refuses_unknown_experiments(capsys) -> None:
     assert "unknown experiment 'degradationn'" in capsys.readouterr().err
 
 
-def test_degradation_trains_both_families_with_one_recipe(tmp_path: Path) -> None:
-    data = run_experiment("degradation", "tiny", tmp_path, threads=1).data
-    assert set(data["runs"]) == {"plain20", "resnet20"}
+@pytest.mark.slow
+def test_degradation_trains_both_families_with_one_recipe_and_every_seed(tmp_path: Path, capsys) -> None:
+    result = run_experiment("degradation", "tiny", tmp_path, threads=1, seeds=2, progress=False)
+    data = result.data
+    assert set(data["runs"]) == {"plain20-s0", "plain20-s1", "resnet20-s0", "resnet20-s1"}
     steps = [[row["step"] for row in run["rows"]] for run in data["runs"].values()]
-    assert steps[0] == steps[1] and steps[0][-1] > 0  # same iterations on the x axis for both panels
-    assert "| 20 |" in (tmp_path / "results.md").read_text()
+    assert all(s == steps[0] for s in steps) and steps[0][-1] > 0  # same iterations on the x axis for both panels
+    assert set(data["train_error"]["plain20"]) == {0, 1}
+    md = (tmp_path / "results.md").read_text()
+    assert "| 20 |" in md and "Machine: " in md
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["seconds"] > 0 and saved["machine"]["torch"] and saved["verdict"] is None  # one depth: no claim
+    # The plan came first: runs, steps and an estimate measured on the first steps of each arm.
+    out = capsys.readouterr().out
+    assert out.index("2 arms x 2 seed(s) = 4 runs, 24 steps") < out.index("estimated")
+    plan = json.loads((tmp_path / "plan-degradation.json").read_text())
+    assert [a["arm"] for a in plan["arms"]] == ["plain20", "resnet20"] and plan["steps"] == 24
+    assert all(a["seconds_per_step"] > 0 and a["steps_per_run"] == 6 for a in plan["arms"])
+    # The runs resumed from the probe's first step instead of training it again.
+    assert json.loads((tmp_path / "runs" / "plain20-s0" / "trained.json").read_text())["steps"] == 6
+
+
+def test_a_seed_gives_plain_and_residual_nets_the_same_start() -> None:
+    # The paired comparison rests on this: same seed, same initial weights (and, through the seed,
+    # the same training subset and data order).
+    import torch
+
+    from convnets import create_model
+
+    torch.manual_seed(3)
+    plain = create_model("plain20", num_classes=10, in_chans=1).state_dict()
+    torch.manual_seed(3)
+    residual = create_model("resnet20", num_classes=10, in_chans=1).state_dict()
+    assert plain.keys() == residual.keys() and all(torch.equal(plain[k], residual[k]) for k in plain)
+
+
+def test_run_all_reads_finished_runs_back_and_refuses_twice_planned_runs(tmp_path: Path, capsys) -> None:
+    from convnets.errors import ConfigError
+    from convnets.experiments import Run, Setting
+
+    setting = Setting("tiny", tmp_path, data="digits", threads=1, seeds=1, progress=False)
+    runs = [Run("lenet", 0, "lenet5", dict(epochs=1, batch_size=64, train_per_class=20))]
+    first = setting.run_all(runs, "demo")[("lenet", 0)]
+    stamp = (first.out / "last.safetensors").stat().st_mtime_ns
+    again = setting.run_all(runs, "demo")[("lenet", 0)]
+    assert again.test_accuracy == first.test_accuracy and (first.out / "last.safetensors").stat().st_mtime_ns == stamp
+    second_plan = capsys.readouterr().out.split("demo --budget tiny")[2]
+    assert "1 runs, 3 steps (0 to train)" in second_plan  # 200 digits at batch 64
+    with pytest.raises(ConfigError, match="planned twice"):
+        setting.run_all(runs * 2, "demo")
 
 
 def test_rerunning_an_experiment_reuses_its_finished_training_runs(tmp_path: Path) -> None:

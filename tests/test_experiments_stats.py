@@ -74,7 +74,8 @@ def test_summarise_and_overall() -> None:
                     [("resnet", "plain", +1)])
     assert got["arms"]["plain"]["mean"] == pytest.approx(0.61)
     (comparison,) = got["comparisons"]
-    assert comparison["verdict"] == "reproduced" and comparison["difference"]["mean"] == pytest.approx((0.2 + 0.17 + 0.22) / 3)
+    assert comparison["verdict"] == "reproduced"
+    assert comparison["difference"]["mean"] == pytest.approx((0.2 + 0.17 + 0.22) / 3)
     assert overall(["reproduced", "reproduced"]) == "reproduced"
     assert overall(["reproduced", "inconclusive"]) == "inconclusive"
     assert overall(["reproduced", "contradicted"]) == "contradicted"
