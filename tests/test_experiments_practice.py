@@ -6,12 +6,12 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import torch
 
 import convnets
 from convnets.experiments import Result, run_experiment
 from convnets.experiments.practice import TRANSFER_REGIMES
-from convnets.training.config import AUGMENT_PRESETS
 from convnets.weights import load_weights
 
 LENET5_MACS_32 = 416_520  # LeNet-5 on a 1x32x32 image (the published 0.42M multiply-adds)
@@ -43,19 +43,25 @@ def test_transfer_trains_every_regime_and_freezes_what_it_says(tmp_path: Path) -
     assert json.loads((runs / "scratch-5-s0" / "config.json").read_text())["weights"] is None
 
 
-def test_augmentation_gives_every_run_the_same_number_of_steps(tmp_path: Path) -> None:
-    result = run_experiment("augmentation", "tiny", tmp_path, threads=1)
+@pytest.mark.slow
+def test_augmentation_gives_every_run_the_same_number_of_steps_and_pairs_the_presets(tmp_path: Path) -> None:
+    result = run_experiment("augmentation", "tiny", tmp_path, threads=1, seeds=2, progress=False)
     data = check_files(result, tmp_path, "augmentation")
     runs = data["runs"]
-    assert {r["augment"] for r in runs} == set(AUGMENT_PRESETS)
-    assert len(runs) == len(AUGMENT_PRESETS) * len({r["size"] for r in runs})
+    assert {r["arm"].split("-")[0] for r in runs} == {"none", "standard"} == set(data["presets"])
+    assert len(runs) == 2 * 2 * len(data["sizes"])  # presets x seeds x sizes
     for r in runs:
-        per_epoch = r["n_train"] // r["batch_size"]
-        assert r["steps"] == r["epochs"] * per_epoch
+        size = data["sizes"][r["arm"].split("-")[1]]
+        per_epoch = size["n_train"] // size["batch_size"]
+        assert r["steps"] == size["epochs"] * per_epoch
         assert abs(r["steps"] - data["steps"]) <= per_epoch / 2  # a fixed budget, to the nearest epoch
-        config = json.loads((tmp_path / "runs" / f"{r['augment']}-{r['size']}" / "config.json").read_text())
-        assert config["augment"] == r["augment"] and config["train_per_class"] == int(r["size"])
-    assert result.table.count("\n") == 1 + len(AUGMENT_PRESETS)
+        config = json.loads((tmp_path / "runs" / f"{r['arm']}-s{r['seed']}" / "config.json").read_text())
+        assert config["model"] == "resnet20" and config["seed"] == r["seed"]
+    # The two verdicts: the gain at the smallest size, and the gain shrinking with the data.
+    assert [v["arm"] for v in result.verdicts] == ["standard-5", "smallest"]
+    assert all(v["verdict"] in ("reproduced", "contradicted", "inconclusive") for v in result.verdicts)
+    assert all(v["difference"]["n"] == 2 for v in result.verdicts)
+    assert "standard - none (paired, points)" in result.table
 
 
 def test_ensemble_costs_are_models_times_views(tmp_path: Path) -> None:
