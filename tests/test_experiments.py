@@ -53,7 +53,7 @@ def test_degradation_trains_both_families_with_one_recipe_and_every_seed(tmp_pat
     assert saved["seconds"] > 0 and saved["machine"]["torch"] and saved["verdict"] is None  # one depth: no claim
     # The plan came first: runs, steps and an estimate measured on the first steps of each arm.
     out = capsys.readouterr().out
-    assert out.index("2 arms x 2 seed(s) = 4 runs, 24 steps") < out.index("estimated")
+    assert out.index("2 arm(s) x 2 seed(s) = 4 runs, 24 steps") < out.index("estimated")
     plan = json.loads((tmp_path / "plan-degradation.json").read_text())
     assert [a["arm"] for a in plan["arms"]] == ["plain20", "resnet20"] and plan["steps"] == 24
     assert all(a["seconds_per_step"] > 0 and a["steps_per_run"] == 6 for a in plan["arms"])

@@ -77,3 +77,25 @@ def test_ensemble_costs_are_models_times_views(tmp_path: Path) -> None:
     assert subsets and all(n == math.comb(data["models"], k) for k, n in subsets.items())  # every subset of k
     assert [(r["models"], r["views"]) for r in data["rows"]][0] == (1, "none")
 
+
+
+@pytest.mark.slow
+def test_transfer_split_pretrains_on_half_the_classes_and_transfers_to_the_other(tmp_path: Path) -> None:
+    from convnets.data.datasets import load_dataset
+
+    result = run_experiment("transfer-split", "tiny", tmp_path, data="digits", threads=1, seeds=2, progress=False)
+    data = check_files(result, tmp_path, "transfer-split")
+    source, target = load_dataset(tmp_path / "data" / "source"), load_dataset(tmp_path / "data" / "target")
+    assert set(source.train.labels.tolist()) == {0, 1, 2, 3, 4} and set(target.train.labels.tolist()) == {5, 6, 7, 8, 9}
+    assert set(target.test.labels.tolist()) == {5, 6, 7, 8, 9}  # disjoint classes, test split too
+    digits = load_dataset("digits")
+    assert len(source.train) + len(target.train) == len(digits.train)
+    # The pretrained regimes started from the source run; the frozen one kept its trunk exactly.
+    shipped = load_weights(tmp_path / "runs" / "source-s0" / "last.safetensors").state_dict()
+    frozen = load_weights(tmp_path / "runs" / "frozen---new-head--cached--1-s1" / "last.safetensors").state_dict()
+    assert torch.equal(frozen["stages.0.0.conv1.conv.weight"], shipped["stages.0.0.conv1.conv.weight"])
+    assert frozen["head.fc.weight"].shape[0] == 10 and shipped["head.fc.weight"].shape[0] == 5  # a new head
+    assert set(data["accuracy"]) == {f"{r}-{n}" for r in ("scratch", "frozen---new-head--cached-", "fine-tune-all")
+                                     for n in (1, 5)}
+    assert all(set(v) == {"0", "1"} for v in data["accuracy"].values())  # by seed (JSON keys)
+    assert len(result.verdicts) == 3 and all(v["difference"]["n"] == 2 for v in result.verdicts)

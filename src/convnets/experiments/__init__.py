@@ -186,7 +186,8 @@ class Setting:
         for r in runs:
             arms.setdefault(r.arm, []).append(r)
         todo = sum(steps[n] for n in steps if n not in done)
-        header = (f"{title} --budget {self.budget}: {len(arms)} arms x {self.seeds} seed(s) = {len(runs)} runs, "
+        seeds = len({r.seed for r in runs})
+        header = (f"{title} --budget {self.budget}: {len(arms)} arm(s) x {seeds} seed(s) = {len(runs)} runs, "
                   f"{sum(steps.values()):,} steps ({todo:,} to train); {machine_line()}")
         print(header, flush=True)
         per_step: dict[str, tuple[float, float]] = {}
@@ -494,8 +495,8 @@ def run_experiment(name: str, budget: str = "small", out: str | Path | None = No
 
 
 # The order of docs/RESULTS.md: cost-only experiments first (seconds), then the training ones.
-ORDER = ("one-by-one", "depthwise", "bottleneck", "degradation", "scaling", "transfer", "augmentation", "ensemble",
-         "classic")
+ORDER = ("one-by-one", "depthwise", "bottleneck", "degradation", "scaling", "transfer", "transfer-split",
+         "augmentation", "ensemble", "classic")
 
 
 def run_all(budget: str = "small", out: str | Path = "docs/results", report: str | Path | None = None, *,

@@ -14,6 +14,7 @@ import itertools
 import math
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -103,7 +104,7 @@ TRANSFER_REGIMES: dict[str, dict[str, Any]] = {
 
 def _transfer_schedule(n_train: int, steps: int, min_epochs: int) -> tuple[int, int]:
     """Batch size and epochs for about ``steps`` optimizer steps on ``n_train`` images."""
-    batch = min(32, max(8, n_train // 4))
+    batch = min(n_train, 32, max(8, n_train // 4))  # the whole set when it holds fewer than 8 images
     return batch, min(200, max(min_epochs, math.ceil(steps / (n_train // batch))))
 
 
@@ -196,6 +197,129 @@ def transfer(setting: Setting) -> Result:
                   "lot, fine-tune everything or train from scratch", table,
                   {"model": model, "weights": weights, "target": target, "steps": steps, "seeds": list(seeds),
                    "summary": summary, "runs": rows}, figure, notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# transfer between disjoint classes of one dataset
+
+SPLIT_REGIMES = ("scratch", "frozen + new head (cached)", "fine-tune all")
+
+
+def split_folders(setting: Setting) -> tuple[Path, Path, list[str], list[str]]:
+    """The dataset cut into two disjoint halves of its classes, written as IDX folders under ``out/data``.
+
+    Source: the first half of the classes (Fashion-MNIST: T-shirt/top, trouser, pullover, dress,
+    coat), labels 0.. as they are. Target: the other half (sandal, shirt, sneaker, bag, ankle boot),
+    keeping their labels, so that a target classifier has every label's output and the
+    source's five-way classifier never fits it: each transfer run gets a new, seeded head (the
+    outputs of the absent source labels are trained towards zero alike in every regime).
+    """
+    from convnets.data.idx import write_idx
+
+    dataset = load_dataset(setting.data, data_dir=setting.data_dir)
+    half = dataset.num_classes // 2
+    folders = (setting.out / "data" / "source", setting.out / "data" / "target")
+    for folder, keep in zip(folders, (range(half), range(half, dataset.num_classes)), strict=True):
+        if (folder / "t10k-labels-idx1-ubyte").exists():
+            continue  # written by an earlier (interrupted) run of the experiment: the same bytes
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, prefix in ((dataset.train, "train"), (dataset.test, "t10k")):
+            mask = torch.isin(split.labels, torch.tensor(list(keep)))
+            images = split.images[mask]
+            images = images[:, 0] if images.shape[1] == 1 else images.permute(0, 2, 3, 1)
+            write_idx(folder / f"{prefix}-images-idx3-ubyte", images.contiguous().numpy())
+            # Labels last: their presence marks a complete folder.
+            write_idx(folder / f"{prefix}-labels-idx1-ubyte", split.labels[mask].to(torch.uint8).numpy())
+    names = list(dataset.classes)
+    return folders[0], folders[1], names[:half], names[half:]
+
+
+@experiment("transfer-split", "pretrain on half of Fashion-MNIST's classes, transfer to the other half with 1-100 "
+            "images per class: scratch, frozen trunk, fine-tune all")
+def transfer_split(setting: Setting) -> Result:
+    model = "resnet20"
+    source, target, source_names, target_names = split_folders(setting)
+    sizes = setting.pick((1, 5), (1, 10, 100), (1, 3, 10, 30, 100))
+    steps = setting.pick(4, 150, 1000)  # about this many optimizer steps per transfer run
+    pretrain = setting.pick(dict(epochs=1, batch_size=16, train_per_class=10, test_per_class=5),
+                            dict(epochs=3, test_per_class=200), dict(epochs=30))
+    (source_run,) = setting.run_all([Run("source", 0, model, dict(data=str(source), seed=0, **pretrain))],
+                                    "transfer-split pretraining").values()
+    weights = str(source_run.out / "last.safetensors")
+    planned = []
+    for per_class in sizes:
+        n_train = per_class * len(target_names)
+        batch, epochs = _transfer_schedule(n_train, steps, 1)
+        for regime in SPLIT_REGIMES:
+            extra = {**TRANSFER_REGIMES[regime], **({"weights": weights} if regime != "scratch" else {})}
+            planned += [Run(f"{_slug(regime)}-{per_class}", seed, model,
+                            dict(data=str(target), batch_size=batch, epochs=epochs, train_per_class=per_class,
+                                 test_per_class=setting.pick(2, 20, 100), augment="standard", seed=seed,
+                                 cache_dir=str(setting.out / "runs" / "features"), **extra))
+                        for seed in setting.seed_list]
+    runs = setting.run_all(planned, "transfer-split")
+    # Each run on every target test image, prepared as it trained (pretrained runs normalise by the source's
+    # statistics, runs from scratch by the target's own).
+    acc: dict[str, dict[int, float]] = {}
+    for (arm, seed), run in runs.items():
+        (member,), batches = _members_and_test_set(setting, [run], setting.pick(5, None, None))
+        labels = _labels(batches)
+        acc.setdefault(arm, {})[seed] = scores(_probabilities(member, batches, "none"), labels).accuracy
+    slugs = {regime: _slug(regime) for regime in SPLIT_REGIMES}
+    table = markdown_table(
+        ["images per class", *[f"{r} (accuracy, %)" for r in SPLIT_REGIMES], "frozen - scratch (paired)",
+         "frozen - fine-tune all (paired)"],
+        [[str(n), *[arm_interval(acc[f"{slugs[r]}-{n}"]) for r in SPLIT_REGIMES],
+          arm_interval(_paired(acc, f"{slugs[SPLIT_REGIMES[1]]}-{n}", f"{slugs['scratch']}-{n}")),
+          arm_interval(_paired(acc, f"{slugs[SPLIT_REGIMES[1]]}-{n}", f"{slugs['fine-tune all']}-{n}"))]
+         for n in sizes])
+    frozen, tuned, scratch = (slugs[SPLIT_REGIMES[1]], slugs["fine-tune all"], slugs["scratch"])
+    low, high = sizes[0], sizes[-1]
+    verdicts = [
+        compare(acc, f"{frozen}-{low}", f"{scratch}-{low}", f"at {low} image(s) per class the frozen trunk beats "
+                "training from scratch"),
+        compare(acc, f"{frozen}-{low}", f"{tuned}-{low}", f"at {low} image(s) per class the frozen trunk beats "
+                "fine-tuning everything"),
+        compare(acc, f"{tuned}-{high}", f"{frozen}-{high}", f"at {high} images per class fine-tuning everything "
+                "beats the frozen trunk"),
+    ]
+
+    def draw(ax) -> None:
+        for regime in SPLIT_REGIMES:
+            ivs = [mean_interval(list(acc[f"{slugs[regime]}-{n}"].values())) for n in sizes]
+            ax.errorbar(sizes, [i.mean for i in ivs], yerr=[i.half_width if math.isfinite(i.half_width) else 0
+                                                            for i in ivs], marker="o", capsize=3, label=regime)
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(list(sizes), [str(n) for n in sizes])
+        ax.set(xlabel="labelled target images per class", ylabel="test accuracy (mean, 95% interval)",
+               title=f"{model}: pretrained on {len(source_names)} classes, transferred to the other "
+               f"{len(target_names)}")
+        ax.legend(fontsize=8)
+
+    figure = plot(setting.out / "transfer-split.png", draw)
+    first = next(iter(runs.values()))
+    notes = [
+        f"source classes: {', '.join(source_names)} ({source_run.config['epochs']} epochs, source test accuracy "
+        f"{source_run.test_accuracy:.4f}, one pretraining seed); target classes: {', '.join(target_names)}",
+        f"about {steps} optimizer steps per transfer run, SGD at the recipe's lr 0.1 (pretrained layers that still "
+        f"train at 0.01), augment standard; accuracy of the last weights on "
+        f"{'all' if setting.budget != 'tiny' else 'a few'} target test images; mean [95% interval] over "
+        f"{setting.seeds} seed(s), a seed drawing the labelled images, the head's initialisation and the order",
+        f"the target keeps its labels ({', '.join(map(str, range(len(source_names), 2 * len(source_names))))}), so "
+        "every regime has a new classifier; its outputs for the absent source labels are a handicap shared by all",
+        f"batch {first.config['batch_size']} at the smallest size; the frozen regime trains the head on cached "
+        "features of the unaugmented images",
+    ]
+    return Result("transfer-split", "features learnt on some classes transfer to new classes of the same domain: "
+                  "with very few labelled images a frozen trunk and a new head win; with more, fine-tuning wins",
+                  table, {"model": model, "sizes": list(sizes), "steps": steps, "accuracy": acc,
+                          "source_classes": source_names, "target_classes": target_names,
+                          "source_accuracy": source_run.test_accuracy}, figure, notes, verdicts=verdicts)
+
+
+def _paired(acc: dict[str, dict[int, float]], arm: str, reference: str) -> dict[int, float]:
+    return {seed: acc[arm][seed] - acc[reference][seed] for seed in acc[reference] if seed in acc[arm]}
 
 
 # ---------------------------------------------------------------------------------------------
