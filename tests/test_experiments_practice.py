@@ -25,12 +25,14 @@ def check_files(result: Result, out: Path, name: str) -> dict:
     return data["data"]
 
 
+@pytest.mark.slow
 def test_transfer_trains_every_regime_and_freezes_what_it_says(tmp_path: Path) -> None:
-    result = run_experiment("transfer", "tiny", tmp_path, threads=1)
+    result = run_experiment("transfer", "tiny", tmp_path, threads=1, seeds=2, progress=False)
     data = check_files(result, tmp_path, "transfer")
     assert data["target"] == "digits"
     sizes = {r["per_class"] for r in data["runs"]}
-    assert len(data["runs"]) == len(sizes) * len(TRANSFER_REGIMES) and len(data["summary"]) == len(sizes)
+    assert len(data["runs"]) == 2 * len(sizes) * len(TRANSFER_REGIMES) and len(data["summary"]) == len(sizes)
+    assert {r["seed"] for r in data["runs"]} == {0, 1} and len(result.verdicts) == 2
     assert all(set(s["accuracy"]) == set(TRANSFER_REGIMES) for s in data["summary"])
     # The frozen regime kept the shipped trunk exactly; fine-tuning everything moved it.
     shipped = convnets.create_model("resnet20", weights="fashion-mnist").state_dict()

@@ -120,24 +120,40 @@ def transfer(setting: Setting) -> Result:
     sizes: tuple[int | None, ...] = setting.pick((5, 10), (10, 30, None), (1, 3, 10, 30, None))
     steps = setting.pick(4, 300, 1000)  # about this many optimizer steps per run
     min_epochs = setting.pick(1, 10, 10)
-    seeds = setting.pick((0,), (0,), (0, 1, 2, 3, 4))  # a seed also picks the training subset
+    seeds = setting.seed_list  # a seed also picks the training subset
     test_per_class = setting.pick(5, None, None)
     num_stages = len(create_model(model, num_classes=10, in_chans=1).stage_info)
     n_test = len(load_dataset(target).test) if test_per_class is None else None
     counts, num_classes = _train_sizes(target, None, sizes)
-    rows = []
+    planned, plan = [], {}
     for per_class, n_train in zip(sizes, counts, strict=True):
         batch, epochs = _transfer_schedule(n_train, steps, min_epochs)
+        plan[_size_label(per_class)] = (n_train, batch, epochs)
         for regime, extra in TRANSFER_REGIMES.items():
-            for seed in seeds:
-                pretrained = {"weights": weights} if regime != "scratch" else {}
-                run = setting.train(f"{_slug(regime)}-{_size_label(per_class)}-s{seed}", model, data=target,
-                                    image_size=28, batch_size=batch, epochs=epochs, train_per_class=per_class,
-                                    test_per_class=test_per_class, augment="light", seed=seed,
-                                    cache_dir=str(setting.out / "runs" / "features"), **pretrained, **extra)
-                rows.append({"per_class": _size_label(per_class), "examples_per_class": n_train / num_classes,
-                             "n_train": n_train, "regime": regime, "seed": seed, "test_accuracy": run.test_accuracy,
-                             "epochs": epochs, "batch_size": batch, "steps": run.steps, "seconds": run.seconds})
+            pretrained = {"weights": weights} if regime != "scratch" else {}
+            planned += [Run(f"{_slug(regime)}-{_size_label(per_class)}", seed, model,
+                            dict(data=target, image_size=28, batch_size=batch, epochs=epochs,
+                                 train_per_class=per_class, test_per_class=test_per_class, augment="light", seed=seed,
+                                 cache_dir=str(setting.out / "runs" / "features"), **pretrained, **extra))
+                        for seed in seeds]
+    runs = setting.run_all(planned, "transfer")
+    regime_of = {_slug(regime): regime for regime in TRANSFER_REGIMES}
+    rows = []
+    for (arm, seed), run in runs.items():
+        slug, label = arm.rsplit("-", 1)
+        n_train, batch, epochs = plan[label]
+        rows.append({"per_class": label, "examples_per_class": n_train / num_classes, "n_train": n_train,
+                     "regime": regime_of[slug], "seed": seed, "test_accuracy": run.test_accuracy, "epochs": epochs,
+                     "batch_size": batch, "steps": run.steps, "seconds": run.seconds})
+    acc = seed_values(runs)
+    low, high = _size_label(sizes[0]), _size_label(sizes[-1])
+    frozen_slug, tuned_slug = _slug("frozen + new head (cached)"), _slug("fine-tune all")
+    verdicts = [
+        compare(acc, f"{frozen_slug}-{low}", f"scratch-{low}", f"at {low} digits per class the frozen clothing "
+                "trunk beats training from scratch"),
+        compare(acc, f"{tuned_slug}-{high}", f"{frozen_slug}-{high}", f"with {high} digits per class fine-tuning "
+                "everything beats the frozen trunk"),
+    ]
 
     def mean(label: str, regime: str) -> float:
         return statistics.fmean(r["test_accuracy"] for r in rows if r["per_class"] == label and r["regime"] == regime)
@@ -189,14 +205,14 @@ def transfer(setting: Setting) -> Result:
         f"the advice's regime was the measured best at {matches} of {len(summary)} sizes; the frozen trunk + new "
         f"head stayed behind the best regime by {gaps} points (by size, smallest first)",
         f"regimes closer than two standard errors of the best accuracy on {n_eval} test images ({ties} points by "
-        f"size, {len(seeds)} seed(s)) are a tie at this budget",
+        f"size, {len(seeds)} seed(s)) are a tie at this budget; the verdicts pair the regimes seed by seed",
         "--freeze auto would freeze the stem and the first stage for 100-1000 examples per class; the nearest "
         "regime here, fine-tune last stage, freezes two of the three stages",
     ]
     return Result("transfer", "with little data freeze all but the head; with more, fine-tune more layers; with a "
                   "lot, fine-tune everything or train from scratch", table,
                   {"model": model, "weights": weights, "target": target, "steps": steps, "seeds": list(seeds),
-                   "summary": summary, "runs": rows}, figure, notes)
+                   "summary": summary, "runs": rows}, figure, notes, verdicts=verdicts)
 
 
 # ---------------------------------------------------------------------------------------------
