@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 import convnets
 from convnets.experiments import run_experiment
 from convnets.experiments.architecture import _pixels
@@ -35,9 +37,12 @@ def test_bottleneck_counts_the_course_figures_and_trains_both_nets(tmp_path: Pat
     assert convnets.list_models() == before  # the experiment's net was registered for its runs only
 
 
+@pytest.mark.slow
 def test_scaling_matches_single_coefficients_to_the_compound_macs(tmp_path: Path) -> None:
     # digits loads in a fraction of Fashion-MNIST's time; the pipeline is the same.
-    run_experiment("scaling", "tiny", tmp_path, data="digits", threads=1)
+    result = run_experiment("scaling", "tiny", tmp_path, data="digits", threads=1, seeds=2, progress=False)
+    assert [v["reference"] for v in result.verdicts] == ["depth-phi1", "width-phi1", "resolution-phi1"]
+    assert all(v["arm"] == "compound-phi1" and v["difference"]["n"] == 2 for v in result.verdicts)
     rows = _check_files("scaling", tmp_path, "scaling.png")["rows"]
     base = rows[0]
     assert base["rule"] == "base" and [r["rule"] for r in rows[1:]] == ["compound", "depth", "width", "resolution"]
