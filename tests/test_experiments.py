@@ -31,6 +31,15 @@ def test_depthwise_counted_ratio_is_the_formula(tmp_path: Path) -> None:
         assert row["counted_ratio"] == pytest.approx(1 / row["c_out"] + 1 / row["f"] ** 2, rel=1e-12)
 
 
+def test_depthwise_times_mobilenets_real_layer_shapes(tmp_path: Path) -> None:
+    result = run_experiment("depthwise", "tiny", tmp_path)
+    layers = {(r["side"], r["c_in"]): r for r in result.data["mobilenet_layers"]}
+    r = layers[(14, 512)]  # 14x14x512 -> 512: 14*14*512*9*512 standard; 14*14*512*9 + 14*14*512*512 separable
+    assert r["normal_macs"] == 462_422_016 and r["separable_macs"] == 903_168 + 51_380_224
+    assert r["normal_ms"] > 0 and r["separable_ms"] > 0
+    assert "| 7x7x1024 -> 1024 |" in result.table
+
+
 def test_cli_lists_and_refuses_unknown_experiments(capsys) -> None:
     assert cli_main(["experiment"]) == 0
     listed = capsys.readouterr().out
