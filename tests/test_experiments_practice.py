@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -66,19 +65,37 @@ def test_augmentation_gives_every_run_the_same_number_of_steps_and_pairs_the_pre
     assert "standard - none (paired, points)" in result.table
 
 
-def test_ensemble_costs_are_models_times_views(tmp_path: Path) -> None:
-    result = run_experiment("ensemble", "tiny", tmp_path, threads=1)
+@pytest.mark.slow
+def test_ensemble_costs_are_models_times_views_and_replicates_share_no_model(tmp_path: Path) -> None:
+    result = run_experiment("ensemble", "tiny", tmp_path, threads=1, seeds=2, progress=False)
     data = check_files(result, tmp_path, "ensemble")
     assert data["macs_one_model"] == LENET5_MACS_32
-    views = {"none": 1, "mirror": 2, "ten-crop": 10}
+    views = {"none": 1, "mirror": 2, "ten-crop": 10, "ten-crop 1px": 10}
     for r in data["rows"]:
         assert r["n_views"] == views[r["views"]] and r["cost"] == r["models"] * r["n_views"]
         assert r["macs_per_image"] == r["cost"] * LENET5_MACS_32
-        assert r["min_accuracy"] <= r["accuracy"] <= r["max_accuracy"]
-    subsets = {r["models"]: r["subsets"] for r in data["rows"]}
-    assert subsets and all(n == math.comb(data["models"], k) for k, n in subsets.items())  # every subset of k
+        assert set(r["by_replicate"]) == {"0", "1"}
     assert [(r["models"], r["views"]) for r in data["rows"]][0] == (1, "none")
+    # Two replicates of a pool of 3: six models, each trained with its own seed.
+    seeds = {json.loads((tmp_path / "runs" / f"member{i}-s{rep}" / "config.json").read_text())["seed"]
+             for i in range(3) for rep in range(2)}
+    assert data["models"] == 6 and seeds == set(range(6))
+    assert len(data["single_views"]) == 10
+    assert [v["reference"] for v in result.verdicts] == ["1 x none"] * 3
 
+
+def test_ten_crop_1px_shifts_by_one_pixel() -> None:
+    from convnets.data.views import ten_crop_views
+    from convnets.evaluate import Member
+    from convnets.experiments.practice import _view_args
+
+    member = Member("m", torch.nn.Identity(), ["a", "b"], (1, 28, 28), (0.5,), (0.25,), "test")
+    name, kwargs = _view_args("ten-crop 1px", member)
+    assert name == "ten-crop" and kwargs["pad"] == 1 and kwargs["fill"] == [-2.0]
+    x = torch.arange(28 * 28, dtype=torch.float32).view(1, 1, 28, 28)
+    views = ten_crop_views(x, **kwargs)
+    assert torch.equal(views[1, 0, 0, 1:, 1:], x[0, 0, :27, :27])  # top-left corner: the image moved by 1 px
+    assert _view_args("ten-crop", member)[1]["pad"] == 3  # the library's 1/8 of 28
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ and timed as one :class:`~convnets.evaluate.Ensemble`, MACs counted by :func:`co
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ from convnets.experiments import (
     seed_values,
     standard_error,
 )
-from convnets.experiments.stats import mean_interval
+from convnets.experiments.stats import Interval, mean_interval
 from convnets.export import median_latency_ms
 from convnets.registry import create_model
 from convnets.training.config import AUGMENT_PRESETS
@@ -458,7 +457,16 @@ def augmentation(setting: Setting) -> Result:
 # ---------------------------------------------------------------------------------------------
 # ensembles and multi-crop
 
-VIEWS = ("none", "mirror", "ten-crop")
+# The test-time views compared: the library's three, and ten-crop with 1-pixel shifts (see the ensemble notes).
+VIEWS = ("none", "mirror", "ten-crop", "ten-crop 1px")
+
+
+def _view_args(view: str, member: Member) -> tuple[str, dict[str, Any]]:
+    """The library's view name and keyword arguments of ``view`` for ``member``'s images."""
+    h = member.input_size[1]
+    if view == "ten-crop 1px":
+        return "ten-crop", {**view_kwargs("ten-crop", h, member.mean, member.std), "pad": 1}
+    return view, view_kwargs(view, h, member.mean, member.std)
 
 
 def _models(k: int) -> str:
@@ -468,52 +476,78 @@ def _models(k: int) -> str:
 @experiment("ensemble", "1, 3 and 5 averaged models and 1, 2 and 10 test-time views against their inference cost")
 def ensemble(setting: Setting) -> Result:
     model = setting.pick("lenet5", "lenet5", "resnet20")
-    n_models = setting.pick(3, 5, 5)
     sizes = setting.pick((1, 3), (1, 3, 5), (1, 3, 5))
+    pool = max(sizes)  # models per replicate: replicate s ensembles its own first k, so replicates share no model
     # Trained with pad-and-crop and mirrors (augment=standard), so that the test-time views are ones
     # the models saw in training; the recipe (epochs, optimizer) otherwise.
     budget = setting.pick(dict(epochs=1, batch_size=32, train_per_class=20, test_per_class=5),
                           dict(test_per_class=100), dict())
     final = setting.pick(5, None, None)
     rounds = setting.pick(2, 7, 10)  # timing rounds, every configuration once per round
-    if setting.threads:
-        torch.set_num_threads(setting.threads)  # reused runs skip the training that would set it
-    runs = [setting.train(f"seed{seed}", model, augment="standard", seed=seed, **budget) for seed in range(n_models)]
-    members, batches = _members_and_test_set(setting, runs, final)
+    planned = [Run(f"member{i}", rep, model, dict(augment="standard", seed=rep * pool + i, **budget))
+               for rep in setting.seed_list for i in range(pool)]
+    runs = setting.run_all(planned, "ensemble")
+    members, batches = _members_and_test_set(setting, list(runs.values()), final)
+    member = dict(zip(runs, members, strict=True))
     labels = _labels(batches)
-    probs = {(i, v): _probabilities(m, batches, v) for i, m in enumerate(members) for v in VIEWS}
+    probs = {(key, v): torch.cat([tta(m.model, x, *_view_args(v, m)[:1], **_view_args(v, m)[1]) for x, _ in batches])
+             for key, m in member.items() for v in VIEWS}
     first = members[0]
     c, h, _ = first.input_size
     macs = count(first.model, first.input_size).macs
+    # acc["k x view"][replicate]: replicate s averages the probabilities of its members 0..k-1.
+    acc: dict[str, dict[int, float]] = {}
+    for k in sizes:
+        for v in VIEWS:
+            for rep in setting.seed_list:
+                logp = [probs[(f"member{i}", rep), v].clamp_min(1e-12).log() for i in range(k)]
+                acc.setdefault(f"{k} x {v}", {})[rep] = scores(combine_outputs(logp, "prob", torch.full((k,), 1 / k)),
+                                                               labels).accuracy
+    # Each of the ten views alone (one model, the library's ten-crop): which crops lose accuracy.
+    single_views = {}
+    for rep in setting.seed_list:
+        m = member["member0", rep]
+        name, kwargs = _view_args("ten-crop", m)
+        stacked = [tta_views(x, name, **kwargs) for x, _ in batches]
+        with torch.no_grad():
+            for j in range(10):
+                pred = torch.cat([m.model(views[j]).argmax(1) for views in stacked])
+                single_views.setdefault(j, {})[rep] = (pred == labels).float().mean().item()
+
     x = batches[0][0][:256]  # the timing batch
-    configs = [(k, v, view_kwargs(v, h, first.mean, first.std)) for k in sizes for v in VIEWS]
-    # Timing only: averaging logits or probabilities costs nothing next to the k x views forward passes.
-    nets = {k: Ensemble([m.model for m in members[:k]], combine="logit").eval() for k in sizes}
-    times: dict[tuple[int, str], list[float]] = {(k, v): [] for k, v, _ in configs}
+    nets = {k: Ensemble([member[f"member{i}", 0].model for i in range(k)], combine="logit").eval() for k in sizes}
+    configs = [(k, v) for k in sizes for v in VIEWS]
+    times: dict[tuple[int, str], list[float]] = {cfg: [] for cfg in configs}
     for _ in range(rounds):  # interleaved, so that load from other processes falls on every configuration alike
-        for k, v, kwargs in configs:
-            times[k, v].append(median_latency_ms(lambda k=k, v=v, kwargs=kwargs: tta(nets[k], x, v, **kwargs),
+        for k, v in configs:
+            name, kwargs = _view_args(v, first)
+            times[k, v].append(median_latency_ms(lambda k=k, name=name, kwargs=kwargs: tta(nets[k], x, name, **kwargs),
                                                  repeats=3, warmup=1))
     rows = []
-    for k, v, kwargs in configs:
-        n_views = tta_views(x[:1], v, **kwargs).shape[0]
-        accs = [scores(combine_outputs([probs[i, v].clamp_min(1e-12).log() for i in subset], "prob",
-                                       torch.full((k,), 1 / k)), labels).accuracy
-                for subset in itertools.combinations(range(n_models), k)]
+    for k, v in configs:
+        name, kwargs = _view_args(v, first)
+        n_views = tta_views(x[:1], name, **kwargs).shape[0]
+        iv = mean_interval(list(acc[f"{k} x {v}"].values()))
         rows.append({"models": k, "views": v, "n_views": n_views, "cost": k * n_views,
                      "macs_per_image": k * n_views * macs, "ms_per_image": statistics.median(times[k, v]) / len(x),
-                     "accuracy": statistics.fmean(accs), "min_accuracy": min(accs), "max_accuracy": max(accs),
-                     "subsets": len(accs)})
+                     "accuracy": iv.mean, "interval": iv.to_dict(), "by_replicate": acc[f"{k} x {v}"]})
     base = rows[0]
     for r in rows:
         r["gain_points"] = 100 * (r["accuracy"] - base["accuracy"])
         r["measured_cost"] = r["ms_per_image"] / base["ms_per_image"]
     table = markdown_table(
         ["models", "test-time views", "cost (models x views)", "MACs per image", "ms per image (measured)",
-         "accuracy", "gain (points)"],
+         "accuracy (%, mean [95% CI])", "gain (points, paired)"],
         [[r["models"], r["views"], f"{r['cost']}x", f"{r['macs_per_image'] / 1e6:.2f}M",
-          f"{r['ms_per_image']:.4f} ({r['measured_cost']:.1f}x)", f"{r['accuracy']:.4f}", f"{r['gain_points']:+.2f}"]
-         for r in rows])
+          f"{r['ms_per_image']:.4f} ({r['measured_cost']:.1f}x)", Interval(**r["interval"]).format(100),
+          arm_interval({s: acc[f"{r['models']} x {r['views']}"][s] - acc["1 x none"][s] for s in setting.seed_list})
+          if r is not base else ""] for r in rows])
+    most = max(sizes)
+    verdicts = [
+        compare(acc, f"{most} x none", "1 x none", f"an ensemble of {most} beats one model"),
+        compare(acc, "1 x mirror", "1 x none", "mirror views help one model"),
+        compare(acc, "1 x ten-crop", "1 x none", "ten-crop views help one model"),
+    ]
 
     def draw(axes) -> None:
         for ax, key, xlabel in ((axes[0], "cost", "inference cost: models x views (counted MACs, relative)"),
@@ -524,7 +558,7 @@ def ensemble(setting: Setting) -> Result:
                 for r in sel:  # the colour says how many models; the label which views
                     ax.annotate(r["views"], (r[key], r["accuracy"]), fontsize=7, xytext=(3, -9),
                                 textcoords="offset points")
-            ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy")
+            ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy (mean over replicates)")
             ax.minorticks_off()
             ax.legend(fontsize=8)
         costs = sorted({r["cost"] for r in rows})
@@ -532,40 +566,33 @@ def ensemble(setting: Setting) -> Result:
         axes[0].set_title(f"{model} on {setting.data}: ensembles and test-time views")
 
     figure = plot(setting.out / "ensemble.png", draw, panels=2, size=(6, 4.4))
-    singles = [r for r in rows if r["models"] == 1 and r["views"] == "none"][0]
-    top = max(rows, key=lambda r: r["accuracy"])
-    per_cost = max(rows[1:], key=lambda r: r["gain_points"] / (r["cost"] - 1))
     pad = view_kwargs("ten-crop", h, first.mean, first.std)["pad"]
     shift = round(get_preset("standard").pad_crop * h)  # the training's largest shift, as the Augmenter rounds it
-    by_views = {(r["models"], r["views"]): r["accuracy"] for r in rows}
-    crop_vs_mirror = ", ".join(f"{_models(k)} {100 * (by_views[k, 'ten-crop'] - by_views[k, 'mirror']):+.2f}"
-                               for k in sizes)
-    ratio = {f"{_models(r['models'])} x {r['views']}": r["measured_cost"] / r["cost"] for r in rows[1:]}
-    low, high = min(ratio, key=ratio.get), max(ratio, key=ratio.get)
+    names = ["centre", "top-left", "top-right", "bottom-left", "bottom-right"]
+    view_acc = {j: statistics.fmean(single_views[j].values()) for j in range(10)}
+    centre, corners = view_acc[0], statistics.fmean(view_acc[j] for j in (1, 2, 3, 4))
+    crop_gap = mean_interval([acc["1 x ten-crop 1px"][s] - acc["1 x ten-crop"][s] for s in setting.seed_list])
     notes = [
-        f"{n_models} {model} models trained alike (augment=standard: mirrors and pad-and-crop) but for the seed "
-        f"(initialisation, data order, augmentation); one {model} costs {macs:,} MACs per {c}x{h}x{h} image. The "
-        "augmentation is there so that the test-time views are ones the models trained on; it costs a small "
-        "model some accuracy (see the augmentation experiment)",
-        f"ten-crop on {h}x{h} images (evaluate.view_kwargs): each image is padded by {pad} px of black (1/8 of the "
-        f"side) and cropped back to {h}x{h} at the centre and the four corners, then mirrored: shifts within the "
-        f"standard augmentation's pad-and-crop (up to {shift} px), views the models saw in training, not AlexNet's "
-        "224-of-256 crops",
-        f"accuracy: members' view-averaged probabilities, averaged across members (combine_outputs 'prob'); for "
-        f"fewer models than {n_models} the mean over every subset of that size (single models: "
-        f"{singles['min_accuracy']:.4f} to {singles['max_accuracy']:.4f}); on {len(labels):,} test images",
+        f"{len(planned)} {model} models trained alike (augment=standard: mirrors and pad-and-crop) but for the seed: "
+        f"{setting.seeds} replicate(s) of {pool}, each replicate's k-model ensemble its own first k members (no "
+        f"model shared between replicates); one {model} costs {macs:,} MACs per {c}x{h}x{h} image",
+        f"accuracy: members' view-averaged probabilities, averaged across members (combine_outputs 'prob'), on "
+        f"{len(labels):,} test images; mean [95% interval] over the replicates; gains paired by replicate",
+        f"ten-crop (evaluate.view_kwargs) pads {h}x{h} images by {pad} px of black (1/8 of the side) and crops back "
+        f"at the centre and the corners: each corner moves the object {pad} px on both axes, a shift the training's "
+        f"pad-and-crop (up to {shift} px per axis) drew for that corner once in {(2 * shift + 1) ** 2} images",
+        "each view alone (one model, mean over replicates): "
+        + ", ".join(f"{n} {100 * view_acc[j]:.2f}%" for j, n in enumerate(names))
+        + f"; the corners average {100 * (corners - centre):+.2f} points against the centre: "
+        + ("the loss is the shifted corners" if corners < centre else "the corners do not lose against the centre"),
+        f"the same ten views with 1-pixel shifts ('ten-crop 1px') against the 1/8-pad ten-crop: "
+        f"{crop_gap.format(100)} points (paired); the view that helps most one model here: "
+        f"{max(VIEWS[1:], key=lambda v: statistics.fmean(acc[f'1 x {v}'].values()))}",
         f"ms per image: one Ensemble forward over all the views of a batch of {len(x)}, the median of {rounds} "
-        f"interleaved rounds, {torch.get_num_threads()} thread(s) on a shared machine; measured over counted cost "
-        f"ranges from {ratio[low]:.2f} ({low}) to {ratio[high]:.2f} ({high})",
-        f"most accurate: {_models(top['models'])} x {top['views']} at {top['cost']}x the MACs, "
-        f"{top['gain_points']:+.2f} points over one model and one view; most points per extra unit of cost: "
-        f"{_models(per_cost['models'])} x {per_cost['views']} ({per_cost['gain_points']:+.2f} points for "
-        f"{per_cost['cost']}x)",
-        f"ten-crop against the mirror alone, same models: {crop_vs_mirror} points. The four corners are shifts "
-        f"by {pad} px on both axes, which the training's pad-and-crop drew for each corner only once in "
-        f"{(2 * shift + 1) ** 2} images: rare views, the likely reason they add errors rather than remove them",
+        f"interleaved rounds, {torch.get_num_threads()} thread(s)",
     ]
     return Result("ensemble", "ensembles and multi-crop buy a little accuracy for a multiplied inference cost: "
                   "worth it in benchmarks and competitions, rarely in production", table,
-                  {"model": model, "data": setting.data, "models": n_models, "macs_one_model": macs, "rows": rows},
-                  figure, notes)
+                  {"model": model, "data": setting.data, "models": len(planned), "pool": pool,
+                   "macs_one_model": macs, "rows": rows, "single_views": single_views}, figure, notes,
+                  verdicts=verdicts)
