@@ -20,9 +20,12 @@ def _check_files(name: str, out: Path, figure: str) -> dict:
     return data["data"]
 
 
+@pytest.mark.slow
 def test_bottleneck_counts_the_course_figures_and_trains_both_nets(tmp_path: Path) -> None:
     before = convnets.list_models()
-    run_experiment("bottleneck", "tiny", tmp_path, threads=1)
+    result = run_experiment("bottleneck", "tiny", tmp_path, threads=1, seeds=2, progress=False)
+    (verdict,) = result.verdicts
+    assert (verdict["arm"], verdict["reference"], verdict["difference"]["n"]) == ("bottleneck", "naive", 2)
     data = _check_files("bottleneck", tmp_path, "bottleneck.png")
     costs = {(r["part"], r["kind"]): r for r in data["costs"]}
     assert costs[("5x5 branch", "naive")]["macs"] == 120_422_400  # 28 x 28 x 32 x 5 x 5 x 192
