@@ -204,3 +204,46 @@ def test_write_report_collects_every_section_verdict_and_wall_time(tmp_path: Pat
     assert "| alpha | reproduced | new beats old: 41.00 [38.52, 43.48] points | 2.1 min |" in text
     assert "| beta | inconclusive |" in text  # 0.0, 0.1, -0.1: the interval holds zero
     assert "Machine: " in text
+
+
+def test_run_all_after_a_stop_keeps_the_finished_runs_and_trains_the_rest(tmp_path: Path, monkeypatch) -> None:
+    from convnets.experiments import Run, Setting
+
+    setting = Setting("tiny", tmp_path, data="digits", threads=1, seeds=2, progress=False)
+    runs = [Run("lenet", seed, "lenet5", dict(epochs=2, batch_size=32, train_per_class=20, seed=seed))
+            for seed in (0, 1)]
+    train = Setting.train
+
+    def stopped_at_the_second(self: Setting, name: str, model: str, **config):
+        if name == "lenet-s1":
+            raise KeyboardInterrupt
+        return train(self, name, model, **config)
+
+    monkeypatch.setattr(Setting, "train", stopped_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        setting.run_all(runs, "demo")
+    monkeypatch.setattr(Setting, "train", train)
+    first = tmp_path / "runs" / "lenet-s0" / "last.safetensors"
+    stamp = first.stat().st_mtime_ns
+    done = setting.run_all(runs, "demo")
+    assert first.stat().st_mtime_ns == stamp  # read back, not trained again
+    assert done[("lenet", 1)].steps == done[("lenet", 0)].steps == 2 * (200 // 32)
+    assert json.loads((tmp_path / "runs" / "lenet-s1" / "config.json").read_text())["seed"] == 1
+
+
+def test_experiment_all_runs_every_experiment_and_writes_the_report(tmp_path: Path, monkeypatch, capsys) -> None:
+    import convnets.experiments as experiments
+
+    experiments.register_all()
+    only = {name: experiments.EXPERIMENTS[name] for name in ("one-by-one", "depthwise")}
+    monkeypatch.setattr(experiments, "EXPERIMENTS", only)
+    monkeypatch.setattr("convnets.cli.experiment.EXPERIMENTS", only)
+    status = cli_main(["experiment", "all", "--budget", "tiny", "--out", str(tmp_path / "results"), "--report",
+                       str(tmp_path / "R.md")])
+    assert status == 0
+    report = (tmp_path / "R.md").read_text()
+    assert report.index("## one-by-one") < report.index("## depthwise") < report.index("## Closing note")
+    assert "](results/depthwise/depthwise.png)" in report  # figures linked from the report's folder
+    assert "Machine: " in report and "torch " in report
+    assert "| one-by-one | cost only (exact counts) |" in report
+    assert (tmp_path / "results" / "one-by-one" / "results.json").exists()
