@@ -1,9 +1,12 @@
-"""The case studies' claims as runnable experiments: ``convnets experiment NAME [--budget] [--out]``.
+"""The case studies' claims as runnable experiments: ``convnets experiment NAME|all [--budget] [--seeds] [--out]``.
 
 Each experiment writes a figure (PNG), its raw results (JSON) and a short markdown table to its
-output directory, and states the claim it tests. ``small`` budgets fit a 2-core CPU; ``full`` is
-the paper-scale setting. Whatever comes out is reported: a claim that does not reproduce at a
-small budget is a finding.
+output directory, and states the claim it tests. A training experiment plans its runs as arms x
+seeds (:class:`Run`), prints the plan with an estimate timed on each arm's first steps, trains them
+under one progress bar (:meth:`Setting.run_all`; finished runs are read back, interrupted ones
+resume), and states its verdict by the rule of :mod:`convnets.experiments.stats` from paired
+differences over seeds. ``small`` budgets are for a CPU; ``full`` is the paper-scale setting.
+Whatever comes out is reported: a claim that does not reproduce at a small budget is a finding.
 """
 
 from __future__ import annotations

@@ -586,7 +586,7 @@ def ensemble(setting: Setting) -> Result:
         + f"; the corners average {100 * (corners - centre):+.2f} points against the centre: "
         + ("the loss is the shifted corners" if corners < centre else "the corners do not lose against the centre"),
         f"the same ten views with 1-pixel shifts ('ten-crop 1px') against the 1/8-pad ten-crop: "
-        f"{crop_gap.format(100)} points (paired); the view that helps most one model here: "
+        f"{crop_gap.format(100)} points (paired); the most accurate views for one model here: "
         f"{max(VIEWS[1:], key=lambda v: statistics.fmean(acc[f'1 x {v}'].values()))}",
         f"ms per image: one Ensemble forward over all the views of a batch of {len(x)}, the median of {rounds} "
         f"interleaved rounds, {torch.get_num_threads()} thread(s)",
