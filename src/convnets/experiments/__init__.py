@@ -483,11 +483,14 @@ def run_experiment(name: str, budget: str = "small", out: str | Path | None = No
                 torch.set_num_threads(threads)
             result = EXPERIMENTS[name][1](Setting(budget, out, data, data_dir, threads, seeds, progress))
         except BaseException as err:
-            if {p.name for p in out.iterdir()} <= {MARKER, SETTING_FILE}:  # refused before any run: leave nothing
-                (out / SETTING_FILE).unlink()
+            plans = list(out.glob("plan-*.json"))  # a plan printed before any run trained is no work to keep
+            if {p.name for p in out.iterdir()} - {p.name for p in plans} <= {MARKER, SETTING_FILE}:
+                for path in [out / SETTING_FILE, *plans]:  # refused or stopped before any run: leave nothing
+                    path.unlink()
             elif isinstance(err, KeyboardInterrupt):
                 again = f"convnets experiment {name} --budget {budget}" + (
-                    f" --data {data}" if data != "fashion-mnist" else "") + f" --out {out}"
+                    f" --data {data}" if data != "fashion-mnist" else "") + (
+                    f" --seeds {seeds}" if seeds != DEFAULT_SEEDS else "") + f" --out {out}"
                 print(f"experiment stopped; `{again}` continues it (finished runs are reused)", flush=True)
             raise
         # Wall time of this invocation: runs read back from an earlier one are not counted again.
