@@ -561,10 +561,10 @@ def test_torchrun_resumes_mid_epoch_with_whole_epoch_metrics_and_refuses_a_held_
 
 @pytest.mark.slow
 def test_an_experiment_with_a_damaged_record_checks_its_run_again(tmp_path, capsys) -> None:
-    first = run_experiment("classic", "tiny", tmp_path / "exp", threads=1)
-    record = tmp_path / "exp" / "runs" / "lenet5" / "trained.json"
+    first = run_experiment("classic", "tiny", tmp_path / "exp", threads=1, seeds=1)
+    record = tmp_path / "exp" / "runs" / "lenet5-s0" / "trained.json"
     record.write_text(record.read_text()[:50])  # killed while writing it (before writes were atomic)
-    second = run_experiment("classic", "tiny", tmp_path / "exp", threads=1)
+    second = run_experiment("classic", "tiny", tmp_path / "exp", threads=1, seeds=1)
     assert f"{record}: damaged (" in capsys.readouterr().out
     assert json.loads(record.read_text())["steps"] > 0
     assert [r["test_accuracy"] for r in second.data["rows"]] == [r["test_accuracy"] for r in first.data["rows"]]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 import convnets
 from convnets.experiments import run_experiment
 from convnets.experiments.architecture import _pixels
@@ -18,9 +20,12 @@ def _check_files(name: str, out: Path, figure: str) -> dict:
     return data["data"]
 
 
+@pytest.mark.slow
 def test_bottleneck_counts_the_course_figures_and_trains_both_nets(tmp_path: Path) -> None:
     before = convnets.list_models()
-    run_experiment("bottleneck", "tiny", tmp_path, threads=1)
+    result = run_experiment("bottleneck", "tiny", tmp_path, threads=1, seeds=2, progress=False)
+    (verdict,) = result.verdicts
+    assert (verdict["arm"], verdict["reference"], verdict["difference"]["n"]) == ("bottleneck", "naive", 2)
     data = _check_files("bottleneck", tmp_path, "bottleneck.png")
     costs = {(r["part"], r["kind"]): r for r in data["costs"]}
     assert costs[("5x5 branch", "naive")]["macs"] == 120_422_400  # 28 x 28 x 32 x 5 x 5 x 192
@@ -35,9 +40,12 @@ def test_bottleneck_counts_the_course_figures_and_trains_both_nets(tmp_path: Pat
     assert convnets.list_models() == before  # the experiment's net was registered for its runs only
 
 
+@pytest.mark.slow
 def test_scaling_matches_single_coefficients_to_the_compound_macs(tmp_path: Path) -> None:
     # digits loads in a fraction of Fashion-MNIST's time; the pipeline is the same.
-    run_experiment("scaling", "tiny", tmp_path, data="digits", threads=1)
+    result = run_experiment("scaling", "tiny", tmp_path, data="digits", threads=1, seeds=2, progress=False)
+    assert [v["reference"] for v in result.verdicts] == ["depth-phi1", "width-phi1", "resolution-phi1"]
+    assert all(v["arm"] == "compound-phi1" and v["difference"]["n"] == 2 for v in result.verdicts)
     rows = _check_files("scaling", tmp_path, "scaling.png")["rows"]
     base = rows[0]
     assert base["rule"] == "base" and [r["rule"] for r in rows[1:]] == ["compound", "depth", "width", "resolution"]

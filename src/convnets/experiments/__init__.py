@@ -1,16 +1,23 @@
-"""The case studies' claims as runnable experiments: ``convnets experiment NAME [--budget] [--out]``.
+"""The case studies' claims as runnable experiments: ``convnets experiment NAME|all [--budget] [--seeds] [--out]``.
 
 Each experiment writes a figure (PNG), its raw results (JSON) and a short markdown table to its
-output directory, and states the claim it tests. ``small`` budgets fit a 2-core CPU; ``full`` is
-the paper-scale setting. Whatever comes out is reported: a claim that does not reproduce at a
-small budget is a finding.
+output directory, and states the claim it tests. A training experiment plans its runs as arms x
+seeds (:class:`Run`), prints the plan with an estimate timed on each arm's first steps, trains them
+under one progress bar (:meth:`Setting.run_all`; finished runs are read back, interrupted ones
+resume), and states its verdict by the rule of :mod:`convnets.experiments.stats` from paired
+differences over seeds. ``small`` budgets are for a CPU; ``full`` is the paper-scale setting.
+Whatever comes out is reported: a claim that does not reproduce at a small budget is a finding.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Callable
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,19 +50,66 @@ class Trained:
         return load_weights(self.out / "last.safetensors").eval()
 
 
+DEFAULT_SEEDS = 3  # every arm of a training experiment runs at least this many seeds (--seeds)
+PROBE_STEPS = {"tiny": 1, "small": 20, "full": 50}  # steps of each arm timed before the plan's estimate
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run an experiment plans: one arm of a comparison at one seed.
+
+    The seed sets the initialisation, the training subset, the data order and the augmentation
+    draws (``TrainConfig.seed``), so two arms at the same seed see the same images in the same
+    order: their difference is a paired measurement (see :mod:`convnets.experiments.stats`).
+    """
+
+    arm: str
+    seed: int
+    model: str
+    config: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm}-s{self.seed}"
+
+
 @dataclass
 class Setting:
-    """Where and how an experiment runs: its budget, output directory, data and CPU threads."""
+    """Where and how an experiment runs: its budget, output directory, data, CPU threads and seeds."""
 
     budget: str
     out: Path
     data: str = "fashion-mnist"
     data_dir: str | None = None
     threads: int | None = None
+    seeds: int = DEFAULT_SEEDS
+    progress: bool = True
 
     def pick(self, tiny: Any, small: Any, full: Any) -> Any:
         """The value for this budget."""
         return {"tiny": tiny, "small": small, "full": full}[self.budget]
+
+    @property
+    def seed_list(self) -> tuple[int, ...]:
+        return tuple(range(self.seeds))
+
+    def _request(self, name: str, model: str, config: dict[str, Any]) -> dict[str, Any]:
+        """The full TrainConfig (as a dict) of the run ``name``: what its record must match to be reused."""
+        from convnets.training import TrainConfig
+
+        out = self.out / "runs" / name
+        return TrainConfig(**{"data": self.data, "data_dir": self.data_dir, "threads": self.threads,
+                              "progress": False, **config, "model": model, "out": str(out)}).to_dict()
+
+    def finished(self, name: str, model: str, **config: Any) -> Trained | None:
+        """The run ``name`` read back when it finished with this configuration, else None."""
+        request = self._request(name, model, config)
+        out = Path(request["out"])
+        saved = _read_record(out / "trained.json")
+        if saved is None or saved["request"] != request:
+            return None
+        return Trained(name, out, saved["config"], saved["rows"], saved["test_accuracy"], saved["seconds"],
+                       saved["steps"])
 
     def train(self, name: str, model: str, **config: Any) -> Trained:
         """Train ``model`` into ``out/runs/name`` with :func:`convnets.train`.
@@ -65,26 +119,174 @@ class Setting:
         a stop only does the work that is left.
         """
         from convnets.training import TrainConfig, train
-        from convnets.training.loop import STATE_FILE
         from convnets.training.report import write_text
 
-        out = self.out / "runs" / name
-        config = TrainConfig(**{"data": self.data, "data_dir": self.data_dir, "threads": self.threads,
-                                "progress": False, **config, "model": model, "out": str(out)}).to_dict()
-        done = out / "trained.json"
-        saved = _read_record(done)
-        if saved is not None and saved["request"] == config:
-            return Trained(name, out, saved["config"], saved["rows"], saved["test_accuracy"], saved["seconds"],
-                           saved["steps"])
-        resume = (out / STATE_FILE).exists() and (out / "config.json").exists()
+        done = self.finished(name, model, **config)
+        if done is not None:
+            return done
+        config = self._request(name, model, config)
+        out = Path(config["out"])
+        resume = _started(out)
         result = train(TrainConfig(**{**config, "resume": resume}))
         resolved = json.loads((out / "config.json").read_text())
         metrics = out / "metrics.jsonl"  # absent when max_steps ends the run inside its first epoch
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line] if metrics.exists() else []
         record = {"request": config, "config": resolved, "rows": rows, "test_accuracy": result.test_accuracy,
                   "seconds": result.seconds, "steps": result.steps}
-        write_text(done, json.dumps(record, indent=1) + "\n")
+        write_text(out / "trained.json", json.dumps(record, indent=1) + "\n")
         return Trained(name, out, resolved, rows, result.test_accuracy, result.seconds, result.steps)
+
+    def probe(self, run: Run, steps: int) -> tuple[float, float]:
+        """Train the first ``steps`` steps of ``run`` (kept: the run later resumes from them).
+
+        Returns:
+            The seconds per step the training loop measured, and the seconds of everything else in the
+            call (reading the data, building the model), which every run pays once.
+        """
+        from convnets.training import TrainConfig, train
+
+        config = self._request(run.name, run.model, run.config)
+        start = time.perf_counter()
+        result = train(TrainConfig(**{**config, "max_steps": steps, "resume": _started(Path(config["out"]))}))
+        wall = time.perf_counter() - start
+        return result.seconds / max(result.steps, 1), max(0.0, wall - result.seconds)
+
+    def run_all(self, runs: Sequence[Run], title: str) -> dict[tuple[str, int], Trained]:
+        """Train every run of an experiment, after printing the plan and its estimated time.
+
+        The estimate times the first steps of each arm (:data:`PROBE_STEPS`; those steps are kept, the
+        run resumes from them) and multiplies by the steps planned; a progress bar then follows the
+        whole experiment. Finished runs are read back, interrupted ones resume (see :meth:`train`).
+
+        Returns:
+            ``{(arm, seed): Trained}``.
+        """
+        names = [r.name for r in runs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{title}: runs planned twice: {sorted({n for n in names if names.count(n) > 1})}")
+        plan = self.plan(runs, title)
+        from tqdm import tqdm
+
+        results = {}
+        with tqdm(total=plan["steps"], unit="step", desc=title, disable=not self.progress, smoothing=0.05) as bar:
+            bar.update(plan["steps_done"])
+            for run in runs:
+                bar.set_postfix_str(run.name)
+                was_done = self.finished(run.name, run.model, **run.config) is not None
+                trained = self.train(run.name, run.model, **run.config)
+                results[run.arm, run.seed] = trained
+                if not was_done:
+                    bar.update(plan["by_run"][run.name])
+        return results
+
+    def plan(self, runs: Sequence[Run], title: str) -> dict[str, Any]:
+        """Print the planned runs, their steps and the time they are estimated to take; write ``plan.json``."""
+        from convnets.training.report import write_text
+
+        steps = {r.name: self.planned_steps(r) for r in runs}
+        done = {r.name for r in runs if self.finished(r.name, r.model, **r.config) is not None}
+        arms: dict[str, list[Run]] = {}
+        for r in runs:
+            arms.setdefault(r.arm, []).append(r)
+        todo = sum(steps[n] for n in steps if n not in done)
+        seeds = len({r.seed for r in runs})
+        header = (f"{title} --budget {self.budget}: {len(arms)} arm(s) x {seeds} seed(s) = {len(runs)} runs, "
+                  f"{sum(steps.values()):,} steps ({todo:,} to train); {machine_line()}")
+        print(header, flush=True)
+        per_step: dict[str, tuple[float, float]] = {}
+        for arm, members in arms.items():
+            todo_arm = [r for r in members if r.name not in done]
+            if not todo_arm:
+                continue
+            first = todo_arm[0]
+            probe = min(PROBE_STEPS[self.budget], steps[first.name] - 1)
+            if probe >= 1:
+                per_step[arm] = self.probe(first, probe)
+        rows, total = [], 0.0
+        for arm, members in arms.items():
+            left = sum(steps[r.name] for r in members if r.name not in done)
+            rate, setup = per_step.get(arm, (0.0, 0.0))
+            seconds = left * rate + setup * sum(r.name not in done for r in members)
+            total += seconds
+            rows.append({"arm": arm, "model": members[0].model, "runs": len(members),
+                         "steps_per_run": steps[members[0].name], "steps_left": left,
+                         "seconds_per_step": rate or None, "setup_s": setup, "estimate_s": seconds})
+        width = max(len(a) for a in arms)
+        for row in rows:
+            rate = f"{row['seconds_per_step']:.3f} s/step" if row["seconds_per_step"] else "done or too short to time"
+            print(f"  {row['arm']:<{width}}  {row['runs']} x {row['steps_per_run']:,} steps  {rate}  "
+                  f"~{row['estimate_s'] / 60:.1f} min", flush=True)
+        print(f"  estimated {total / 60:.1f} min: measured steps and set-up; the evaluation after each epoch comes "
+              "on top", flush=True)
+        record = {"title": title, "budget": self.budget, "seeds": self.seeds, "runs": len(runs),
+                  "steps": sum(steps.values()), "estimate_s": total, "arms": rows, "machine": machine()}
+        write_text(self.out / f"plan-{_slug(title)}.json", json.dumps(record, indent=1) + "\n")
+        return {"steps": sum(steps.values()), "steps_done": sum(steps[n] for n in done), "by_run": steps,
+                "estimate_s": total, "arms": rows}
+
+    def planned_steps(self, run: Run) -> int:
+        """The optimizer steps ``run`` takes: epochs x (training images // batch), or its ``max_steps``."""
+        from convnets.training import TrainConfig
+        from convnets.training.config import resolve
+        from convnets.training.loop import fit_batch
+
+        cfg = resolve(TrainConfig(**self._request(run.name, run.model, run.config)))
+        images = _training_images(cfg.data, cfg.data_dir, cfg.train_per_class)
+        steps = cfg.epochs * (images // fit_batch(cfg.batch_size, images))
+        return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text)
+
+
+def _started(out: Path) -> bool:
+    """Whether ``out`` holds an interrupted run to resume (a checkpoint and its config)."""
+    from convnets.training.loop import STATE_FILE
+
+    return (out / STATE_FILE).exists() and (out / "config.json").exists()
+
+
+@functools.lru_cache(maxsize=32)
+def _training_images(data: str, data_dir: str | None, per_class: int | None) -> int:
+    """How many training images a run on ``data`` with ``per_class`` per class sees (the count is the same for
+    every seed)."""
+    from convnets.data.datasets import load_dataset, subsample_per_class
+
+    dataset = load_dataset(data, data_dir=data_dir)
+    return len((subsample_per_class(dataset, per_class) if per_class else dataset).train)
+
+
+def machine() -> dict[str, Any]:
+    """The machine an experiment ran on: CPU model and its bf16/AVX-512 flags, threads, torch, GPU."""
+    import torch
+
+    from convnets.training.loop import cpu_has_native_bf16
+
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and cpu in ("", platform.machine(), platform.processor()):
+            cpu = value.strip()
+        if key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags],
+            "native_bf16": cpu_has_native_bf16(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def machine_line(m: dict[str, Any] | None = None) -> str:
+    """The machine in one line, for plans, tables and docs/RESULTS.md."""
+    m = m or machine()
+    flags = ", ".join(m["flags"]) or "no AVX2/AVX-512"
+    bf16 = "bf16 autocast by default" if m["native_bf16"] else "fp32 (no native bf16)"
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    return f"{m['cpu']} ({m['cores']} cores; {flags}; {bf16}), {m['threads']} thread(s), torch {m['torch']}{gpu}"
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
@@ -103,7 +305,12 @@ def _read_record(path: Path) -> dict[str, Any] | None:
 
 @dataclass
 class Result:
-    """What an experiment found: the claim, a markdown table, raw numbers and the figure."""
+    """What an experiment found: the claim, a markdown table, raw numbers, the figure and the verdicts.
+
+    ``verdicts`` holds one entry per claimed comparison: ``{"claim", "verdict", "difference"}`` with the
+    paired 95% interval (:mod:`convnets.experiments.stats`) in the unit its ``unit`` names; cost-only
+    experiments have exact counts and no verdict from seeds.
+    """
 
     name: str
     claim: str
@@ -112,17 +319,76 @@ class Result:
     figure: Path | None = None
     notes: list[str] = field(default_factory=list)
     out: Path | None = None
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float | None = None
+    machine: dict[str, Any] | None = None
+
+    @property
+    def verdict(self) -> str | None:
+        """The experiment's verdict from its comparisons (see :func:`~convnets.experiments.stats.overall`)."""
+        from convnets.experiments.stats import overall
+
+        return overall([v["verdict"] for v in self.verdicts]) if self.verdicts else None
+
+    def verdict_lines(self) -> list[str]:
+        from convnets.experiments.stats import Interval
+
+        lines = []
+        for v in self.verdicts:
+            diff = Interval(**v["difference"])
+            lines.append(f"**{v['verdict']}**: {v['claim']}: {diff.format(v.get('scale', 100))} "
+                         f"{v.get('unit', 'points')} (paired 95% interval over {diff.n} seed(s))")
+        return lines
 
     def write(self, out: Path, budget: str) -> None:
         from convnets.training.report import write_text
 
-        write_text(out / "results.json", json.dumps({"name": self.name, "budget": budget, "claim": self.claim,
-                                                     "data": self.data}, indent=2, default=str) + "\n")
-        lines = [f"# {self.name}", "", f"Claim: {self.claim}", "", f"Budget: {budget}", "", self.table, ""]
+        write_text(out / "results.json", json.dumps({
+            "name": self.name, "budget": budget, "claim": self.claim, "verdict": self.verdict,
+            "verdicts": self.verdicts, "seconds": self.seconds, "machine": self.machine, "data": self.data},
+            indent=2, default=str) + "\n")
+        lines = [f"# {self.name}", "", f"Claim: {self.claim}", "", f"Budget: {budget}", ""]
+        if self.verdicts:
+            lines += [f"Verdict: {self.verdict}", "", *[f"- {line}" for line in self.verdict_lines()], ""]
+        lines += [self.table, ""]
         lines += [f"- {n}" for n in self.notes]
+        if self.machine:
+            lines += ["", f"Machine: {machine_line(self.machine)}; wall time {_minutes(self.seconds)}."]
         if self.figure:
             lines += ["", f"![{self.name}]({self.figure.name})"]
         write_text(out / "results.md", "\n".join(lines) + "\n")
+
+
+def _minutes(seconds: float | None) -> str:
+    if seconds is None:
+        return "not measured"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def seed_values(runs: dict[tuple[str, int], Trained], value: Callable[[Trained], float] | None = None
+                ) -> dict[str, dict[int, float]]:
+    """``{arm: {seed: value}}`` from :meth:`Setting.run_all`'s runs (default value: the final test accuracy)."""
+    out: dict[str, dict[int, float]] = {}
+    for (arm, seed), run in runs.items():
+        out.setdefault(arm, {})[seed] = value(run) if value else run.test_accuracy
+    return out
+
+
+def compare(by_seed: dict[str, dict[int, float]], arm: str, reference: str, claim: str, claimed: int = 1,
+            unit: str = "points", scale: float = 100) -> dict[str, Any]:
+    """A verdict entry: the paired interval of ``arm - reference`` and the rule's verdict for the claimed sign."""
+    from convnets.experiments.stats import paired_difference, verdict
+
+    diff = paired_difference(by_seed[reference], by_seed[arm])
+    return {"claim": claim, "arm": arm, "reference": reference, "claimed": claimed, "verdict": verdict(diff, claimed),
+            "difference": diff.to_dict(), "unit": unit, "scale": scale}
+
+
+def arm_interval(values: dict[int, float], scale: float = 100, digits: int = 2) -> str:
+    """An arm's mean and 95% interval over seeds, as text (``82.00 [77.03, 86.97]``)."""
+    from convnets.experiments.stats import mean_interval
+
+    return mean_interval(list(values.values())).format(scale, digits)
 
 
 def markdown_table(header: list[str], rows: list[list[Any]], align: str | None = None) -> str:
@@ -184,16 +450,20 @@ def register_all() -> None:
 
 
 def run_experiment(name: str, budget: str = "small", out: str | Path | None = None, *, data: str = "fashion-mnist",
-                   data_dir: str | None = None, threads: int | None = None) -> Result:
+                   data_dir: str | None = None, threads: int | None = None, seeds: int = DEFAULT_SEEDS,
+                   progress: bool = True) -> Result:
     """Run one experiment and write its files to ``out`` (default ``runs/experiments/NAME``).
 
-    ``data`` is the dataset of the experiments that train (``fashion-mnist``, ``cifar10``...).
+    ``data`` is the dataset of the experiments that train (``fashion-mnist``, ``cifar10``...);
+    ``seeds`` how many seeds each arm of a training experiment runs (1 gives no interval, so no verdict).
     """
     register_all()
     if name not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {name!r}; known: {', '.join(sorted(EXPERIMENTS))}")
     if budget not in BUDGETS:
         raise ConfigError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= 100:
+        raise ConfigError(f"--seeds must be a whole number from 1 to 100, got {seeds!r}")
     from convnets.training.rundir import MARKER, RunDirectory
 
     check_threads(threads)  # before any work: not every experiment trains, where TrainConfig would check it
@@ -205,19 +475,95 @@ def run_experiment(name: str, budget: str = "small", out: str | Path | None = No
         setting = {"name": name, "budget": budget, "data": str(data)}
         _check_same_setting(out, setting)
         write_text(out / SETTING_FILE, json.dumps(setting, indent=1) + "\n")
+        start = time.perf_counter()
         try:
-            result = EXPERIMENTS[name][1](Setting(budget, out, data, data_dir, threads))
+            if threads:  # timings and training alike obey --threads, also where every run is read back
+                import torch
+
+                torch.set_num_threads(threads)
+            result = EXPERIMENTS[name][1](Setting(budget, out, data, data_dir, threads, seeds, progress))
         except BaseException as err:
-            if {p.name for p in out.iterdir()} <= {MARKER, SETTING_FILE}:  # refused before any run: leave nothing
-                (out / SETTING_FILE).unlink()
+            plans = list(out.glob("plan-*.json"))  # a plan printed before any run trained is no work to keep
+            if {p.name for p in out.iterdir()} - {p.name for p in plans} <= {MARKER, SETTING_FILE}:
+                for path in [out / SETTING_FILE, *plans]:  # refused or stopped before any run: leave nothing
+                    path.unlink()
             elif isinstance(err, KeyboardInterrupt):
                 again = f"convnets experiment {name} --budget {budget}" + (
-                    f" --data {data}" if data != "fashion-mnist" else "") + f" --out {out}"
+                    f" --data {data}" if data != "fashion-mnist" else "") + (
+                    f" --seeds {seeds}" if seeds != DEFAULT_SEEDS else "") + f" --out {out}"
                 print(f"experiment stopped; `{again}` continues it (finished runs are reused)", flush=True)
             raise
+        # Wall time of this invocation: runs read back from an earlier one are not counted again.
+        result.seconds, result.machine = time.perf_counter() - start, machine()
         result.write(out, budget)
     result.out = out
     return result
+
+
+# The order of docs/RESULTS.md: cost-only experiments first (seconds), then the training ones.
+ORDER = ("one-by-one", "depthwise", "bottleneck", "degradation", "scaling", "transfer", "transfer-split",
+         "augmentation", "ensemble", "classic")
+
+
+def run_all(budget: str = "small", out: str | Path = "docs/results", report: str | Path | None = None, *,
+            data: str = "fashion-mnist", data_dir: str | None = None, threads: int | None = None,
+            seeds: int = DEFAULT_SEEDS, progress: bool = True) -> list[Result]:
+    """Run every experiment into ``out/NAME`` and write the report (default ``out/../RESULTS.md``)."""
+    register_all()
+    out = Path(out)
+    names = [n for n in ORDER if n in EXPERIMENTS] + sorted(set(EXPERIMENTS) - set(ORDER))
+    results = [run_experiment(n, budget, out / n, data=data, data_dir=data_dir, threads=threads, seeds=seeds,
+                              progress=progress) for n in names]
+    write_report(results, Path(report) if report else out.parent / "RESULTS.md", budget)
+    return results
+
+
+VERDICT_RULE = """\
+Every training experiment runs each arm with several seeds (`--seeds`, default 3). A seed fixes the
+initialisation, the training subset, the data order and the augmentation draws, so two arms at the same
+seed see the same images in the same order and their difference is a paired measurement. Each arm is
+reported as its mean and 95% t interval over seeds; each claimed comparison as the mean of the per-seed
+differences and its 95% t interval (`convnets.experiments.stats`). The verdict follows from those numbers
+by one rule, never from prose:
+
+- **reproduced**: the claimed direction holds and the paired 95% interval excludes zero;
+- **contradicted**: the opposite direction holds and the paired 95% interval excludes zero;
+- **inconclusive**: otherwise (the interval holds zero, or one seed gave no interval).
+
+A claim made of several comparisons is reproduced only when all of them are, contradicted when any is.
+The cost-only experiments (one-by-one, depthwise, the bottleneck's MACs) report exact counts; their
+measured times are medians on the machine named below and carry no verdict.
+"""
+
+
+def write_report(results: Sequence[Result], path: Path, budget: str) -> Path:
+    """docs/RESULTS.md from the experiments' results: the rule, the machine, every section and a closing note."""
+    from convnets.training.report import write_text
+
+    m = next((r.machine for r in results if r.machine), machine())
+    lines = ["# Results: the case studies' claims, tested", "",
+             f"Generated by `convnets experiment all --budget {budget}`; every number below comes from that run.", "",
+             f"Machine: {machine_line(m)}.", "", "## The verdict rule", "", VERDICT_RULE]
+    for r in results:
+        assert r.out is not None
+        body = (r.out / "results.md").read_text().splitlines()
+        rel = os.path.relpath(r.out, path.parent)
+        body = [line.replace(f"]({r.figure.name})", f"]({rel}/{r.figure.name})") if r.figure else line
+                for line in body]
+        lines += ["## " + body[0].removeprefix("# "), "", *body[1:], ""]
+    lines += ["## Closing note", "", markdown_table(
+        ["experiment", "verdict", "paired 95% interval(s)", "wall time"],
+        [[r.name, r.verdict or "cost only (exact counts)", "; ".join(
+            f"{v['claim']}: {_interval_text(v)}" for v in r.verdicts) or "", _minutes(r.seconds)] for r in results],
+        align="llll"), ""]
+    write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _interval_text(v: dict[str, Any]) -> str:
+    from convnets.experiments.stats import Interval
+
+    return f"{Interval(**v['difference']).format(v.get('scale', 100))} {v.get('unit', 'points')}"
 
 
 # What an experiment's directory was made with; its runs are reused only by a run with the same.

@@ -20,7 +20,19 @@ from torch import nn
 from convnets import registry
 from convnets.analysis import count
 from convnets.data.datasets import Dataset, load_dataset
-from convnets.experiments import Result, Setting, Trained, experiment, markdown_table, plot, standard_error
+from convnets.experiments import (
+    Result,
+    Run,
+    Setting,
+    Trained,
+    compare,
+    experiment,
+    markdown_table,
+    plot,
+    seed_values,
+    standard_error,
+)
+from convnets.experiments.stats import Interval, mean_interval
 from convnets.export import median_latency_ms
 from convnets.layers import ClassifierHead, ConvBNAct
 from convnets.models.base import ConvNet, StageInfo
@@ -30,7 +42,8 @@ from convnets.models.inception import GOOGLENET_STAGES, InceptionModule, Incepti
 
 @contextmanager
 def _registered(builder: Callable[..., ConvNet], family: str, input_size: tuple[int, int, int]) -> Iterator[str]:
-    """``builder`` registered under its function name while the block runs.
+    """``builder`` registered under its function name while the block runs (the one place experiments touch
+    the registry; to go when :class:`Setting` passes builders to ``train(config, model=...)``).
 
     :meth:`Setting.train` (like :func:`convnets.train`) trains registered models only, and the
     networks compared here are variants the library does not offer as models: they are registered
@@ -176,29 +189,33 @@ def _cost_rows(setting: Setting) -> list[dict[str, Any]]:
     return rows
 
 
-def _train_inception(setting: Setting) -> dict[str, Trained]:
+def _train_inception(setting: Setting) -> dict[tuple[str, int], Trained]:
     recipe = _recipe(setting, epochs=setting.pick(1, 2, 20), train_per_class=3000, test_per_class=None,
                      label_smoothing=0.0)
     with _registered(small_inception, "inception", (1, 28, 28)) as name:
-        return {kind: setting.train(f"inception-{kind}", name, model_kwargs={"bottleneck": kind == "bottleneck"},
-                                    **recipe)
-                for kind in ("naive", "bottleneck")}
+        return setting.run_all([Run(f"inception-{kind}", seed, name, {
+            **recipe, "seed": seed, "model_kwargs": {"bottleneck": kind == "bottleneck"}})
+            for kind in ("naive", "bottleneck") for seed in setting.seed_list], "bottleneck")
 
 
 @experiment("bottleneck", "the inception 5x5 branch with a 1x1 bottleneck: ~10x fewer MACs, no accuracy lost")
 def bottleneck(setting: Setting) -> Result:
     _set_threads(setting)
     costs = _cost_rows(setting)
-    trained = _train_inception(setting)
+    runs = _train_inception(setting)
+    acc = {arm.removeprefix("inception-"): values for arm, values in seed_values(runs).items()}
+    trained = {arm.removeprefix("inception-"): run for (arm, seed), run in runs.items() if seed == 0}
     nets = []
     for kind, run in trained.items():
         net = small_inception(10, 1, bottleneck=kind == "bottleneck")
         c = count(net, (1, 28, 28))
         widths = [m.out_channels for m in net.modules() if isinstance(m, InceptionModule)]
+        mine = [r for (arm, _), r in runs.items() if arm == f"inception-{kind}"]
         nets.append({"kind": kind, "params": c.params, "macs": c.macs, "module_widths": widths,
-                     "test_accuracy": run.test_accuracy,
-                     "train_seconds": run.seconds, "steps": run.steps, "elapsed": [r["elapsed"] for r in run.rows],
-                     "test_acc_curve": [r["test_acc"] for r in run.rows]})
+                     "test_accuracy": statistics.fmean(acc[kind].values()), "by_seed": acc[kind],
+                     "interval": mean_interval(list(acc[kind].values())).to_dict(),
+                     "train_seconds": statistics.fmean(r.seconds for r in mine), "steps": run.steps,
+                     "elapsed": [r["elapsed"] for r in run.rows], "test_acc_curve": [r["test_acc"] for r in run.rows]})
     by = {(r["part"], r["kind"]): r for r in costs}
     cost_table = markdown_table(
         ["28x28x192 input", "kind", "MACs", "params", "out channels", f"ms (batch {costs[0]['batch']})",
@@ -207,9 +224,10 @@ def bottleneck(setting: Setting) -> Result:
           f"{by[(r['part'], 'naive')]['macs'] / r['macs']:.2f}x" if r["kind"] == "bottleneck" else ""]
          for r in costs])
     net_table = markdown_table(
-        ["small inception net (28x28x1)", "params", "MACs", "test accuracy", "training seconds", "steps"],
-        [[n["kind"], f"{n['params']:,}", f"{n['macs']:,}", f"{n['test_accuracy']:.4f}", f"{n['train_seconds']:.0f}",
-          n["steps"]] for n in nets])
+        ["small inception net (28x28x1)", "params", "MACs", "test accuracy (%, mean [95% CI])",
+         "training seconds (mean)", "steps"],
+        [[n["kind"], f"{n['params']:,}", f"{n['macs']:,}", Interval(**n["interval"]).format(100),
+          f"{n['train_seconds']:.0f}", n["steps"]] for n in nets])
 
     def draw(axes) -> None:
         ax = axes[0]
@@ -244,8 +262,9 @@ def bottleneck(setting: Setting) -> Result:
         f"MACs, {module_time:.2f}x faster (the naive module also passes all {COURSE_INPUT[0]} input channels "
         f"through its pool branch, so its output is wider: {by[('module 3a', 'naive')]['out_channels']} channels "
         f"against {by[('module 3a', 'bottleneck')]['out_channels']})",
-        f"trained with the same budget and seed: bottleneck net {neck['test_accuracy']:.4f} vs naive "
-        f"{naive['test_accuracy']:.4f} test accuracy ({gap * 100:+.2f} points; one standard error of the test "
+        f"trained with the same budget, {setting.seeds} seed(s) each, paired: bottleneck net "
+        f"{neck['test_accuracy']:.4f} vs naive {naive['test_accuracy']:.4f} mean test accuracy ({gap * 100:+.2f} "
+        "points; one standard error of the test "
         f"accuracy is {noise * 100:.2f} points) with {naive['macs'] / neck['macs']:.1f}x fewer MACs, "
         f"{naive['params'] / neck['params']:.1f}x fewer parameters and "
         f"{naive['train_seconds'] / max(neck['train_seconds'], 1e-9):.1f}x less training time",
@@ -254,9 +273,13 @@ def bottleneck(setting: Setting) -> Result:
         f"{' -> '.join(map(str, neck['module_widths']))} with the pool projection): part of the naive net's extra "
         "cost is this growth, not the 5x5 convolutions alone",
     ]
+    notes.append("the verdict reads the paired accuracy difference by the common rule: 'no accuracy lost' predicts "
+                 "a tie (inconclusive) or a gain (reproduced); only a loss whose interval excludes zero contradicts it")
+    verdicts = [compare(acc, "bottleneck", "naive", "the bottleneck net is more accurate than the naive one "
+                        "(the claim only needs it not to be less)")]
     return Result("bottleneck", "a 1x1 bottleneck before the inception module's 5x5 convolution cuts its cost about "
                   "10x (120,422,400 -> 12,443,648 MACs at 28x28x192 -> 32) without losing accuracy",
-                  cost_table + "\n\n" + net_table, {"costs": costs, "nets": nets}, figure, notes)
+                  cost_table + "\n\n" + net_table, {"costs": costs, "nets": nets}, figure, notes, verdicts=verdicts)
 
 
 # ------------------------------------------------------------------------------------------ scaling
@@ -353,13 +376,14 @@ def _variants(base: Scaling, phis: tuple[float, ...], native: int,
 def scaling(setting: Setting) -> Result:
     data = _dataset(setting)
     native, in_chans, classes = data.image_size[0], data.channels, data.num_classes
-    # A CPU-sized base: B0's stages at reduced width and depth, stride-1 stem, small images.
-    # small: phi=1 and 2 would be the obvious targets (~1.7x and ~3.1x the base), but at phi=1 no
-    # whole image side reaches the compound net's MACs by resolution alone: 28 gives 15% less, 36
-    # (29-35 would be zero-padded, see _pixels) 50% more; phi=1.5 and 2.5 (~2.6x, ~3.6x) match within 5%.
-    # full: B0's own width and depth on 36-pixel images, above the padded sides, for phi = 1, 2, 3.
-    base = setting.pick(Scaling(0.25, 0.25, 16, 0.2), Scaling(0.5, 0.5, 20, 0.2), Scaling(1.0, 1.0, 36, 0.2))
-    phis = setting.pick((1.0,), (1.5, 2.5), (1.0, 2.0, 3.0))
+    # A CPU-sized base: B0's stages at reduced width and depth, stride-1 stem, and images below the
+    # data's resolution (28x28 Fashion-MNIST downsampled to 16x16, the smallest side these nets take),
+    # so that scaling the resolution up adds real pixels instead of upsampled ones. One phi: at phi=1
+    # the compound net has 3.6x the base's MACs (channels round up to multiples of 8 and layers to
+    # whole layers, which jump at these sizes), and resolution alone reaches 3.5x at 28 px, the data's
+    # own side; beyond it, it could only invent pixels. (phi=0.5 gives 3.3x: no new point.)
+    base = setting.pick(Scaling(0.25, 0.25, 16, 0.2), Scaling(0.5, 0.5, 16, 0.2), Scaling(1.0, 1.0, 16, 0.2))
+    phis = (1.0,)
     recipe = _recipe(setting, epochs=setting.pick(1, 2, 30), train_per_class=1000, test_per_class=200,
                      label_smoothing=0.1)
     cache: dict[Any, _Net] = {}
@@ -368,26 +392,35 @@ def scaling(setting: Setting) -> Result:
         return _net(s, in_chans, classes, cache)
 
     variants = _variants(base, phis, native, lambda s: net(s).macs)
-    rows = []
+    arms = {f"{rule}-phi{phi:g}": (rule, phi, s) for rule, phi, s in variants}
     with _registered(efficientnet_variant, "efficientnet", (in_chans, base.resolution, base.resolution)) as name:
-        for rule, phi, s in variants:
-            run = setting.train(
-                f"{rule}-phi{phi:g}", name, image_size=s.resolution, **recipe,
-                model_kwargs={"width": s.width, "depth": s.depth, "resolution": s.resolution, "dropout": s.dropout})
-            n = net(s)
-            rows.append({"rule": rule, "phi": phi, "width": s.width, "depth": s.depth, "resolution": s.resolution,
-                         "blocks": n.blocks, "macs": n.macs, "params": n.params, "test_accuracy": run.test_accuracy,
-                         "train_accuracy": run.rows[-1]["train_acc"], "train_seconds": run.seconds,
-                         "steps": run.steps})
+        runs = setting.run_all([
+            Run(arm, seed, name, dict(image_size=s.resolution, **{**recipe, "seed": seed}, model_kwargs={
+                "width": s.width, "depth": s.depth, "resolution": s.resolution, "dropout": s.dropout}))
+            for arm, (_, _, s) in arms.items() for seed in setting.seed_list], "scaling")
+    acc = seed_values(runs)
+    rows = []
+    for arm, (rule, phi, s) in arms.items():
+        n = net(s)
+        mine = [run for (a, _), run in runs.items() if a == arm]
+        rows.append({"rule": rule, "phi": phi, "width": s.width, "depth": s.depth, "resolution": s.resolution,
+                     "blocks": n.blocks, "macs": n.macs, "params": n.params,
+                     "test_accuracy": statistics.fmean(acc[arm].values()), "by_seed": acc[arm],
+                     "interval": mean_interval(list(acc[arm].values())).to_dict(),
+                     "train_accuracy": statistics.fmean(r.rows[-1]["train_acc"] for r in mine),
+                     "train_seconds": statistics.fmean(r.seconds for r in mine), "steps": mine[0].steps})
+    top = max(phis)
+    verdicts = [compare(acc, f"compound-phi{top:g}", f"{rule}-phi{top:g}", f"at phi={top:g} compound scaling beats "
+                        f"{rule}-only scaling at matched MACs") for rule in RULES[1:]]
     base_macs = rows[0]["macs"]
     targets = {r["phi"]: r["macs"] for r in rows if r["rule"] == "compound"}
     table = markdown_table(
         ["phi", "rule", "width (B0 = 1)", "depth (B0 = 1)", "blocks", "image", "MACs", "x base", "vs compound",
-         "params", "test accuracy", "training s"],
+         "params", "test accuracy (%, mean [95% CI])", "training s"],
         [[f"{r['phi']:g}", r["rule"], f"{r['width']:.3f}", f"{r['depth']:.3f}", r["blocks"], r["resolution"],
           f"{r['macs']:,}", f"{r['macs'] / base_macs:.2f}", f"{r['macs'] / targets[r['phi']] - 1:+.1%}"
-          if r["phi"] in targets else "", f"{r['params']:,}", f"{r['test_accuracy']:.4f}", f"{r['train_seconds']:.0f}"]
-         for r in rows])
+          if r["phi"] in targets else "", f"{r['params']:,}", Interval(**r["interval"]).format(100),
+          f"{r['train_seconds']:.0f}"] for r in rows])
 
     def line(rule: str) -> list[dict[str, Any]]:
         return [rows[0], *[r for r in rows if r["rule"] == rule]]
@@ -423,15 +456,17 @@ def scaling(setting: Setting) -> Result:
                  f"{fits[0]['train_accuracy']:.4f} ({fits[0]['rule']}, phi={fits[0]['phi']:g}) to "
                  f"{fits[-1]['train_accuracy']:.4f} ({fits[-1]['rule']}, phi={fits[-1]['phi']:g}): where all still "
                  "underfit, the ranking measures how fast a net learns as much as what it can hold")
-    top = max(phis)
     seconds = {r["rule"]: r["train_seconds"] for r in rows if r["phi"] == top}
     notes.append(f"training time at phi={top:g} for the same steps and matched MACs, relative to compound: "
                  + ", ".join(f"{rule} {seconds[rule] / seconds['compound']:.2f}x" for rule in RULES[1:]))
-    notes.append(f"image sides {native + 1} to {int(native * 1.25)} are never used: the data loader would reach them "
-                 f"by zero-padding the {native}x{native} images, which adds MACs but no resolution")
+    notes.append(f"the base sees the {native}x{native} images downsampled to {base.resolution}x{base.resolution}: "
+                 f"scaling resolution up to {native} adds pixels the data really has; sides {native + 1} to "
+                 f"{int(native * 1.25)} are never used (the loader would zero-pad to them: MACs without resolution)")
+    notes.append(f"accuracies: mean [95% interval] over {setting.seeds} seed(s); the verdicts pair the rules seed by "
+                 "seed (same training subset and order)")
     notes.append(f"compound: depth x alpha^phi, width x beta^phi, resolution x gamma^phi with alpha={ALPHA}, "
                  f"beta={BETA}, gamma={GAMMA}, from a base of width {base.width}, depth {base.depth} and "
                  f"{base.resolution}x{base.resolution} images (native {native}x{native})")
     return Result("scaling", "scaling depth, width and resolution together (EfficientNet's compound scaling) "
                   "reaches a higher accuracy than scaling any one of them to the same MACs",
-                  table, {"base": vars(base), "phis": list(phis), "rows": rows}, figure, notes)
+                  table, {"base": vars(base), "phis": list(phis), "rows": rows}, figure, notes, verdicts=verdicts)
