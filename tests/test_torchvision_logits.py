@@ -114,3 +114,18 @@ def test_fixture_covers_every_torchvision_family() -> None:
     assert {kind(f"torchvision:{f.builder}") for f in fixtures.FIXTURES.values()} == claimed
     eps = {LAYOUTS[f"torchvision:{f.builder}"].bn_eps for f in fixtures.FIXTURES.values()}
     assert eps == {None, 1e-3}
+
+
+@pytest.mark.parametrize("name", ["googlenet", "efficientnet_b5"])
+def test_torchvision_batchnorm_eps_is_not_cosmetic(name: str, tmp_path: Path) -> None:
+    # torchvision builds GoogLeNet and EfficientNet-B5 to B7 with BatchNorm eps 1e-3; the load sets it,
+    # and the same weights with PyTorch's default 1e-5 are off by far more than the tolerance (GoogLeNet 9.9e-3).
+    path, model_name = weights_file(name, tmp_path)
+    fixture = fixtures.FIXTURES[name]
+    model = convnets.create_model(model_name, weights=str(path))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and {m.eps for m in norms} == {1e-3}
+    for m in norms:
+        m.eps = 1e-5
+    x = fixtures.fixed_input(fixture.input)
+    assert relative(logits(model, x, fixture.dtype), torchvision_outputs()[name]) > 10 * TOLERANCE
