@@ -49,13 +49,19 @@ KEYS_ONLY = [
 ]
 
 
-def _uniform(seed: int, n: int) -> torch.Tensor:
-    """``n`` values in [-1, 1), float64, from integer hashing: the same bits on every machine and torch version."""
-    x = (torch.arange(n, dtype=torch.int64) * 2654435761 + seed) % 2**32
-    for _ in range(3):  # a multiply-xorshift mixer; every product stays below 2**63
-        x = x ^ (x >> 16)
-        x = (x * 0x45D9F3B) % 2**32
-    return x.double() / 2**31 - 1
+def _uniform(seed: int, n: int, chunk: int = 1 << 16) -> torch.Tensor:
+    """``n`` values in [-1, 1), float64, from integer hashing: the same bits on every machine and torch version.
+
+    Hashed ``chunk`` values at a time, in place: VGG's 133 million weights take a second instead of ten.
+    """
+    out = torch.empty(n, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        x = torch.arange(start, min(start + chunk, n), dtype=torch.int64)
+        x.mul_(2654435761).add_(seed).bitwise_and_(2**32 - 1)  # below 2**63 for n < 2**31
+        for _ in range(3):  # a multiply-xorshift mixer; every product stays below 2**63
+            x.bitwise_xor_(x >> 16).mul_(0x45D9F3B).bitwise_and_(2**32 - 1)
+        out[start:start + len(x)] = x
+    return out.div_(2**31).sub_(1)
 
 
 def _seed(name: str) -> int:

@@ -348,8 +348,9 @@ def _layouts() -> dict[str, PeerLayout]:
     out += [PeerLayout(f"torchvision:resnet{d}", f"resnet{d}", RESNET_RULES) for d in (18, 34)]
     # torchvision's bottleneck puts the stride on the 3x3 ("v1.5"): our *_torchvision builds.
     out += [PeerLayout(f"torchvision:resnet{d}", f"resnet{d}_torchvision", RESNET_RULES) for d in (50, 101, 152)]
-    out.append(PeerLayout("torchvision:googlenet", "googlenet_torchvision", GOOGLENET_RULES, note=_GOOGLENET_NOTE,
-                          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+    # torchvision's BasicConv2d builds its BatchNorm with eps 1e-3.
+    out.append(PeerLayout("torchvision:googlenet", "googlenet_torchvision", GOOGLENET_RULES, 1e-3,
+                          note=_GOOGLENET_NOTE, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
     out.append(PeerLayout("torchvision:mobilenet_v2", "mobilenet_v2", MOBILENET_V2_RULES))
     for i, (_, _, resize, crop) in TORCHVISION_EFFICIENTNET.items():
         # B5-B7 are ports of the TensorFlow weights, built by torchvision with BatchNorm eps 1e-3.
