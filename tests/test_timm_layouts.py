@@ -8,7 +8,6 @@ logits timm gave for the state dict that :func:`make_timm_fixtures.fill_state` r
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,19 +17,13 @@ from safetensors.torch import load_file, save_file
 
 import convnets
 from convnets.weights import LAYOUTS, LayoutError, WeightsMismatchError, convert_state_dict, detect_layout, load
+from fixture_scripts import fixture_script
 
 DATA = Path(__file__).resolve().parent / "data"
 TOLERANCE = 1e-4
 
 
-def _fixtures_module():
-    spec = importlib.util.spec_from_file_location("make_timm_fixtures", DATA / "make_timm_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fixtures = _fixtures_module()
+fixtures = fixture_script("make_timm_fixtures")
 
 
 @functools.cache

@@ -8,7 +8,6 @@ for the state dict that ``fill_state`` rebuilds from the keys and shapes of ``pe
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
 from pathlib import Path
 
@@ -19,20 +18,14 @@ from safetensors.torch import load_file, save_file
 
 import convnets
 from convnets.weights import IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, load, weights_preprocessing
+from fixture_scripts import fixture_script
 
 DATA = Path(__file__).resolve().parent / "data"
 OUTPUTS = DATA / "torchvision_outputs.safetensors"
 TOLERANCE = 1e-4
 
 
-def _fixtures_module():
-    spec = importlib.util.spec_from_file_location("make_torchvision_fixtures", DATA / "make_torchvision_fixtures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fixtures = _fixtures_module()
+fixtures = fixture_script("make_torchvision_fixtures")
 
 
 @functools.cache
