@@ -18,6 +18,7 @@ import hashlib
 import http.server
 import json
 import logging
+import signal
 import subprocess
 import sys
 import threading
@@ -514,11 +515,17 @@ def test_a_damaged_cached_copy_is_downloaded_again(tmp_path: Path, caplog) -> No
 
 def test_ctrl_c_during_a_download_leaves_nothing(tmp_path: Path) -> None:
     served(tmp_path)
-    timer = threading.Timer(0.5, _thread.interrupt_main)
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        cached_download(url("/drip/lenet5.safetensors"), cache_dir=tmp_path / "cache", deadline=60)
-    timer.join()
+    # Python's own Ctrl-C handler, whatever the test runner inherited: a shell starts a background job
+    # with SIGINT ignored, and then interrupt_main does nothing.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        timer = threading.Timer(0.5, _thread.interrupt_main)
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            cached_download(url("/drip/lenet5.safetensors"), cache_dir=tmp_path / "cache", deadline=60)
+        timer.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert list((tmp_path / "cache").rglob("*")) == []
 
 
