@@ -96,7 +96,7 @@ CASES = [
     C("weights-name-unknown-tag", 3, ["predict", "resnet20:imagenet", IMG],
       r"no 'imagenet' weights for resnet20; known for it: fashion-mnist", setup=an_image),
     C("weights-name-unknown-model", 3, ["predict", "resnet21:fashion-mnist", IMG],
-      r"no 'fashion-mnist' weights for resnet21", setup=an_image),
+      r"no 'fashion-mnist' weights for resnet21: it has none; models with weights: .*resnet20", setup=an_image),
     C("run-without-weights", 9, ["predict", "{tmp}/run", IMG], r"run.*without best\.safetensors.*not a convnets run",
       setup=lambda tmp: (an_image(tmp), (tmp / "run").mkdir())),
     C("weights-not-safetensors", 9, ["predict", "{tmp}/w.safetensors", IMG], r"w\.safetensors",

@@ -426,10 +426,9 @@ def _test_data(member: Member, data: str, data_dir: str | None, given: bool) -> 
     c, h, w = member.input_size
     try:
         # Only the test split: normalisation comes from the weights' metadata, not from training images.
-        if member.preprocessing is not None:
-            dataset = load_dataset(data, data_dir=data_dir, preprocessing=member.preprocessing, splits=("test",))
-        else:
-            dataset = load_dataset(data, data_dir=data_dir, image_size=(h, w), channels=c, splits=("test",))
+        # A recipe, where the weights have one, sets the size and channels itself.
+        dataset = load_dataset(data, data_dir=data_dir, image_size=(h, w), channels=c,
+                               preprocessing=member.preprocessing, splits=("test",))
     except FileNotFoundError as err:
         if given:
             raise

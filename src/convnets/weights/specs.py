@@ -161,7 +161,10 @@ def get_weights(model: str, tag: str) -> WeightSpec:
     for spec in WEIGHTS:
         if spec.model == model and spec.tag == tag:
             return spec
-    known = ", ".join(w.tag for w in list_weights(model)) or "none"
+    known = ", ".join(w.tag for w in list_weights(model))
+    if not known:  # a typo in the model's name, or a model without weights: name the ones that have some
+        having = ", ".join(sorted({w.model for w in WEIGHTS}))
+        raise WeightsError(f"no {tag!r} weights for {model}: it has none; models with weights: {having}")
     raise WeightsError(f"no {tag!r} weights for {model}; known for it: {known}")
 
 
