@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def test_full_budget_runs_the_first_steps_of_every_arm(name: str, tmp_path: Path
 
     from convnets import count, create_model
     from convnets.experiments import Setting
-    from convnets.training.config import TrainConfig, resolve
+    from convnets.training.config import TrainConfig, model_source, resolve
 
     arms: dict[str, dict] = {}
     original = Setting.run_all
@@ -150,9 +151,11 @@ def test_full_budget_runs_the_first_steps_of_every_arm(name: str, tmp_path: Path
         for arm, run in firsts.items():
             capped = dataclasses.replace(run, config={**run.config, "max_steps": 1, "batch_size": 2,
                                                       "train_per_class": 1, "test_per_class": 1})
-            cfg = resolve(TrainConfig(**self._request(run.name, run.model, run.config)))
+            cfg = resolve(TrainConfig(**self._request(run.name, run.model, run.config)),
+                          model_source(run.model, run.builder))
             with torch.device("meta"):
-                net = create_model(run.model, num_classes=10, in_chans=1, **cfg.model_kwargs)
+                build = run.builder or functools.partial(create_model, run.model)
+                net = build(num_classes=10, in_chans=1, **cfg.model_kwargs)
             if sum(p.numel() for p in net.parameters()) > 20_000_000:
                 side = cfg.image_size or (net.fixed_input_size or (28, 28))[0]
                 arms[arm] = {"steps": 1 if count(net, (1, side, side)).macs > 0 else 0, "epochs": cfg.epochs}
@@ -217,10 +220,10 @@ def test_run_all_after_a_stop_keeps_the_finished_runs_and_trains_the_rest(tmp_pa
             for seed in (0, 1)]
     train = Setting.train
 
-    def stopped_at_the_second(self: Setting, name: str, model: str, **config):
+    def stopped_at_the_second(self: Setting, name: str, model: str, builder=None, **config):
         if name == "lenet-s1":
             raise KeyboardInterrupt
-        return train(self, name, model, **config)
+        return train(self, name, model, builder, **config)
 
     monkeypatch.setattr(Setting, "train", stopped_at_the_second)
     with pytest.raises(KeyboardInterrupt):

@@ -67,6 +67,10 @@ class Run:
     seed: int
     model: str
     config: dict[str, Any]
+    # The network when it is not the registered ``model``: a builder that ``convnets.train(config,
+    # model=builder)`` calls with the data's classes and channels and ``config["model_kwargs"]``;
+    # ``model`` then only names the run (its recipe is the one whose pattern matches the name).
+    builder: Callable[..., nn.Module] | None = None
 
     @property
     def name(self) -> str:
@@ -111,7 +115,7 @@ class Setting:
         return Trained(name, out, saved["config"], saved["rows"], saved["test_accuracy"], saved["seconds"],
                        saved["steps"])
 
-    def train(self, name: str, model: str, **config: Any) -> Trained:
+    def train(self, name: str, model: str, builder: Callable[..., nn.Module] | None = None, **config: Any) -> Trained:
         """Train ``model`` into ``out/runs/name`` with :func:`convnets.train`.
 
         A run already finished with the same configuration is read back instead of trained again,
@@ -127,7 +131,7 @@ class Setting:
         config = self._request(name, model, config)
         out = Path(config["out"])
         resume = _started(out)
-        result = train(TrainConfig(**{**config, "resume": resume}))
+        result = train(TrainConfig(**{**config, "resume": resume}), model=builder)
         resolved = json.loads((out / "config.json").read_text())
         metrics = out / "metrics.jsonl"  # absent when max_steps ends the run inside its first epoch
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line] if metrics.exists() else []
@@ -147,7 +151,8 @@ class Setting:
 
         config = self._request(run.name, run.model, run.config)
         start = time.perf_counter()
-        result = train(TrainConfig(**{**config, "max_steps": steps, "resume": _started(Path(config["out"]))}))
+        result = train(TrainConfig(**{**config, "max_steps": steps, "resume": _started(Path(config["out"]))}),
+                       model=run.builder)
         wall = time.perf_counter() - start
         return result.seconds / max(result.steps, 1), max(0.0, wall - result.seconds)
 
@@ -173,7 +178,7 @@ class Setting:
             for run in runs:
                 bar.set_postfix_str(run.name)
                 was_done = self.finished(run.name, run.model, **run.config) is not None
-                trained = self.train(run.name, run.model, **run.config)
+                trained = self.train(run.name, run.model, run.builder, **run.config)
                 results[run.arm, run.seed] = trained
                 if not was_done:
                     bar.update(plan["by_run"][run.name])
@@ -227,10 +232,11 @@ class Setting:
     def planned_steps(self, run: Run) -> int:
         """The optimizer steps ``run`` takes: epochs x (training images // batch), or its ``max_steps``."""
         from convnets.training import TrainConfig
-        from convnets.training.config import resolve
+        from convnets.training.config import model_source, resolve
         from convnets.training.loop import fit_batch
 
-        cfg = resolve(TrainConfig(**self._request(run.name, run.model, run.config)))
+        cfg = resolve(TrainConfig(**self._request(run.name, run.model, run.config)),
+                      model_source(run.model, run.builder))
         images = _training_images(cfg.data, cfg.data_dir, cfg.train_per_class)
         steps = cfg.epochs * (images // fit_batch(cfg.batch_size, images))
         return min(steps, cfg.max_steps) if cfg.max_steps else steps
