@@ -1,38 +1,56 @@
-"""Training throughput and time-to-accuracy: convnets' training path against a straightforward baseline loop.
+"""Training throughput and time-to-accuracy: convnets' training path against a hand-tuned loop, a
+straightforward baseline loop and the 3x3-convolution ceiling.
 
 For lenet5 and resnet20 on Fashion-MNIST, in one process, on the CPU:
 
 1. Matmul peak: the best float32 ``torch.mm`` GFLOP/s over a few sizes, for scale.
-2. Throughput (images/s) of training steps, interleaved A, B, B, A, ... so that load from other
-   processes and clock drift fall on both sides alike:
+2. Throughput (images/s) of training steps, in chunks interleaved A, B, C, D, D, C, B, A, ... so
+   that load from other processes and clock drift fall on every side alike:
 
-   - convnets: ``make_loader`` over the in-memory uint8 tensors (batched indexing, batched
-     augmentation, one fused normalisation) feeding the model;
-   - baseline: a ``torch.utils.data.Dataset`` returning one Pillow image at a time, per-image
-     transforms (lenet5: pad 28 -> 32 with ``ImageOps.expand``; resnet20: the ``standard`` preset,
-     i.e. mirror, 4-pixel pad-and-crop, +-20 grey shift and PCA colour, all per image), then
-     to-tensor and normalisation in numpy, through ``torch.utils.data.DataLoader(num_workers=N)``.
+   - convnets: the ``Trainer`` that ``convnets train MODEL`` runs, built from the same
+     configuration (the recipe, the default precision and layout: bf16 autocast where the CPU
+     computes bf16 natively, channels-last; ``make_loader`` over the in-memory uint8 tensors),
+     its own epoch loop making every step (a chunk stops it at ``max_steps``; the next continues
+     the epoch; an epoch's end is passed over without its evaluation);
+   - tuned: the hand-tuned loop, the straightforward best one writes by hand: the training images
+     as one normalised float tensor, batches indexed from it, the recipe's mirror-and-shift
+     augmentation with the same batched gather convnets uses (``flip_shift``), channels-last
+     model and input, ``torch.autocast("cpu", torch.bfloat16)`` where the CPU has native bf16
+     (fp32 elsewhere, as convnets), the recipe's optimizer and label smoothing,
+     ``zero_grad(set_to_none=True)``, no look at the loss between steps, no schedule;
+   - baseline: the plain loop: a ``torch.utils.data.Dataset`` returning one Pillow image at a
+     time, per-image transforms (lenet5: pad 28 -> 32 with ``ImageOps.expand``; resnet20: the
+     recipe's preset per image: mirror and pad-and-crop), then to-tensor and normalisation in
+     numpy, through ``torch.utils.data.DataLoader(num_workers=N)``; eager fp32 NCHW, the
+     recipe's optimizer, a plain zero_grad / forward / cross-entropy / backward / step;
+   - ceiling (models with 3x3 convolutions): what the model would train at if its step cost only
+     its 3x3 convolutions: the forward and backward (weight gradient, and input gradient where
+     the step needs one: not for the first layer) of every ``nn.Conv2d`` of kernel 3x3, found
+     by forward hooks at the input shapes of a real training batch, channels-last, in the tuned
+     loop's precision; ceiling images/s = batch / (the summed seconds of those per batch).
 
-   Both sides train the same model (same initial weights), eager fp32, the same batch size and
-   the recipe's optimizer (``convnets.training.config.RECIPES``), with a plain
-   zero_grad / forward / cross-entropy / backward / step. Achieved GFLOP/s is
-   ``3 * 2 * MACs * images/s``: a training step is taken as 3 forward passes (forward, plus a
-   backward that costs about twice the forward: gradients of activations and of weights).
+   Every side starts from the same initial weights, with the same batch size. The ratios
+   convnets / tuned (goal >= 1) and convnets / ceiling (goal >= 0.6) are the medians of the
+   per-round ratios. Achieved GFLOP/s is ``3 * 2 * MACs * images/s``: a training step is taken
+   as 3 forward passes (forward, plus a backward that costs about twice the forward: gradients
+   of activations and of weights).
 3. Time to accuracy with ``convnets.training.train`` and the recipe: lenet5 to 0.90 (default budget),
-   resnet20 to 0.93 (``--full``: the 30-epoch recipe, 1-1.5 hours on 2 cores; by default a short run
-   of ``--resnet-epochs`` with the recipe's schedule compressed to it).
-
-    python benchmarks/bench_train.py                         # default budget: ~10 minutes on 2 idle cores
-    python benchmarks/bench_train.py --threads 1             # on a machine shared with other jobs
-    python benchmarks/bench_train.py --full --out runs/bench_train.json   # the resnet20 recipe too
-    python benchmarks/bench_train.py --skip-accuracy --rounds 8           # throughput only
-    python benchmarks/bench_train.py --compile-only --threads 2          # 4. alone
-
+   resnet20 to 0.93 (``--full``: the whole recipe; by default a short run of ``--resnet-epochs``
+   with the recipe's schedule compressed to it).
 4. ``--compile`` end to end: ``convnets.train`` of resnet20 for ``--compile-epochs`` (1) with the
    defaults, once plain and once with ``compile="inductor"``, one after the other in this process
    (plain first: the compiled run then finds no warmer caches than the plain one had), timing the
    whole call: data, setup, compilation, training, evaluation and the run directory. The ratio
-   plain/compiled above 1 means compiling pays for itself within the run.
+   plain/compiled above 1 means compiling pays for itself within the run. Beside them, the
+   baseline loop of 2. in ``--rounds`` chunks, half before the runs and half after; each run's
+   training images over its whole call, as images/s, over the baseline's (goal, compiled: >= 2.5).
+
+    python benchmarks/bench_train.py                         # default budget: ~10 minutes on 2 idle cores
+    python benchmarks/bench_train.py --threads 1             # on a machine shared with other jobs
+    python benchmarks/bench_train.py --full --out runs/bench_train.json   # the resnet20 recipe too
+    python benchmarks/bench_train.py --skip-accuracy --rounds 8           # 1. and 2. only
+    python benchmarks/bench_train.py --tuned-only --rounds 12 --steps 16  # 1. and 2., resnet20: ~3-4 minutes
+    python benchmarks/bench_train.py --compile-only                       # 4. alone: ~5-6 minutes
 """
 
 from __future__ import annotations
@@ -441,12 +459,14 @@ class ConvLayer:
         name: Its module path.
         conv: A copy of the module (its weight, stride, padding, dilation, groups).
         input_shape: (N, C, H, W) of its input in the step.
+        input_dtype: Of its input in the step (under autocast, the stem's is the data's fp32, the others' bf16).
         input_grad: Whether the step computes its input's gradient (not for the first layer: the data needs none).
     """
 
     name: str
     conv: nn.Conv2d
     input_shape: tuple[int, ...]
+    input_dtype: torch.dtype
     input_grad: bool
 
 
@@ -462,7 +482,8 @@ def conv3x3_layers(model: nn.Module, input_size: tuple[int, ...], batch_size: in
     found: list[ConvLayer] = []
 
     def record(name: str, module: nn.Conv2d, args: tuple[torch.Tensor, ...]) -> None:
-        found.append(ConvLayer(name, copy.deepcopy(module), tuple(args[0].shape), args[0].requires_grad))
+        x = args[0]
+        found.append(ConvLayer(name, copy.deepcopy(module), tuple(x.shape), x.dtype, x.requires_grad))
 
     hooks = [m.register_forward_pre_hook(functools.partial(record, name)) for name, m in net.named_modules()
              if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
@@ -527,7 +548,8 @@ class ConvCeiling(Side):
     def summary(self) -> dict[str, Any]:
         steps = self.images // self.batch_size
         return {**super().summary(), "layers": [
-            {"name": layer.name, "input": list(layer.input_shape), "out_channels": layer.conv.out_channels,
+            {"name": layer.name, "input": list(layer.input_shape), "input_dtype": str(layer.input_dtype),
+             "out_channels": layer.conv.out_channels,
              "stride": list(layer.conv.stride), "input_grad": layer.input_grad,
              "ms_per_batch": round(1000 * seconds / steps, 3)}
             for layer, seconds in zip(self.layers, self.layer_seconds, strict=True)]}

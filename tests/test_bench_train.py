@@ -57,6 +57,9 @@ def test_conv3x3_layers_are_resnet20s_19_at_their_shapes(bench):
     assert all(la.conv.kernel_size == (3, 3) for la in layers)
     # Recorded on a copy: the model's BatchNorm statistics did not move.
     assert int(model.stem.bn.num_batches_tracked) == 0
+    # Under bf16 autocast the convolutions after the stem take the bf16 their predecessors give.
+    under_autocast = bench.conv3x3_layers(model, (1, 28, 28), 2, torch.bfloat16)
+    assert [la.input_dtype for la in under_autocast] == [torch.float32] + [torch.bfloat16] * 18
 
 
 def test_conv3x3_layers_of_a_net_without_them(bench):
