@@ -800,10 +800,12 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {t['model']} | {label} | {s['images_per_s']:,.0f} | {s['data_wait_fraction']:.0%} | "
                          f"{flops} | {vs} |")
     for t in results["throughput"]:
-        goals = [f"convnets / hand-tuned {t['convnets_over_tuned']['median']:.2f}x (goal >= 1.0)"]
+        goal = t["model"] == "resnet20"  # issue 13's goals are resnet20's
+        goals = [f"convnets / hand-tuned {t['convnets_over_tuned']['median']:.2f}x"
+                 + (" (goal >= 1.0)" if goal else "")]
         if "convnets_over_ceiling" in t:
-            goals.append(f"convnets / 3x3-convolution ceiling {t['convnets_over_ceiling']['median']:.2f}x "
-                         "(goal >= 0.60)")
+            goals.append(f"convnets / 3x3-convolution ceiling {t['convnets_over_ceiling']['median']:.2f}x"
+                         + (" (goal >= 0.60)" if goal else ""))
         lines += ["", f"{t['model']}: " + "; ".join(goals)]
     if results.get("accuracy"):
         lines += ["", "| model | goal | reached at (train s / with eval) | epoch | epochs run | final acc | "
