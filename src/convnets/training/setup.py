@@ -99,7 +99,9 @@ class WeightAverage:
     ``0.999 ** n`` of them after ``n`` steps (2% after 3,750, a short run's length), so that it
     scores near chance; with it the first step keeps 10%, and the cap ``decay`` holds from step
     ``n = (10 * decay - 1) / (1 - decay)`` on (8,990 for 0.999). The step count is the run's, restored
-    from a checkpoint, so a resumed run averages as an unbroken one.
+    from a checkpoint, so a resumed run averages as an unbroken one. (Keras 3's ``use_ema`` and timm's
+    ``ModelEmaV3`` by default copy the weights at the first step and then keep ``decay``, which leaves a
+    short run's average mostly that step's weights; timm's optional warm-up is ``1 - (1 + n) ** -power``.)
 
     Kept as a second copy of the network, so that it evaluates as one and its ``state_dict`` has the
     network's keys (it is saved as weights and restored from a checkpoint as they are). An in-place
