@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -47,6 +48,11 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True)
 
 
+def interval(values: dict) -> dict:
+    """An interval as JSON: the unbounded ends of a single seed's are null (JSON has no infinity)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
+
+
 def first_epoch(rows: list[dict], key: str, target: float) -> int | None:
     return next((r["epoch"] for r in rows if r[key] >= target), None)
 
@@ -77,10 +83,16 @@ def main() -> None:
         ema = {s: v["ema"] for s, v in seeds.items()}
         report["arms"][name] = {
             "target": target, "seeds": seeds,
-            "raw_mean": mean_interval(list(raw.values())).to_dict(),
-            "ema_mean": mean_interval(list(ema.values())).to_dict(),
-            "ema_minus_raw": paired_difference(raw, ema).to_dict(),
+            "raw_mean": interval(mean_interval(list(raw.values())).to_dict()),
+            "ema_mean": interval(mean_interval(list(ema.values())).to_dict()),
+            "ema_minus_raw": interval(paired_difference(raw, ema).to_dict()),
         }
+        reached = {s: v for s, v in seeds.items()
+                   if v["raw_first_epoch_at_target"] is not None and v["ema_first_epoch_at_target"] is not None}
+        if reached:  # epochs to the target, paired over the seeds where both reach it
+            report["arms"][name]["first_epoch_ema_minus_raw"] = interval(paired_difference(
+                {s: v["raw_first_epoch_at_target"] for s, v in reached.items()},
+                {s: v["ema_first_epoch_at_target"] for s, v in reached.items()}).to_dict())
         print(name, "average - weights:", paired_difference(raw, ema).format(scale=100), "points", flush=True)
     # The average must not change the run: the weights of a plain run equal those of the --ema run.
     model, extra, _ = ARMS["lenet5-8-epochs"]
@@ -93,7 +105,7 @@ def main() -> None:
         report["plain_run_check"] = {"command": shlex.join(cmd),
                                      "weights_equal_to_ema_run": a.keys() == b.keys() and all(
                                          a[k].equal(b[k]) for k in a)}
-    RESULT.write_text(json.dumps(report, indent=1) + "\n")
+    RESULT.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
     print("wrote", RESULT, file=sys.stderr)
 
 
