@@ -57,6 +57,25 @@ def first_epoch(rows: list[dict], key: str, target: float) -> int | None:
     return next((r["epoch"] for r in rows if r[key] >= target), None)
 
 
+def no_warmup(out: Path) -> dict:
+    """Seed 0 of the lenet5 recipe with the average as it was before the warm-up: a fixed decay from the
+    initial weights (``WeightAverage.decay_at`` replaced for this run only)."""
+    from convnets.training import TrainConfig, train
+    from convnets.training.setup import WeightAverage
+
+    if not finished(out):
+        warmed_up = WeightAverage.decay_at
+        WeightAverage.decay_at = lambda self, step: self.decay
+        try:
+            train(TrainConfig(model="lenet5", data="fashion-mnist", seed=0, threads=1, progress=False, ema=DECAY,
+                              out=str(out)))
+        finally:
+            WeightAverage.decay_at = warmed_up
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"what": "seed 0, 8 epochs, fixed decay 0.999 from the initial weights (no warm-up), in-process",
+            "raw_by_epoch": [r["test_acc"] for r in rows], "ema_by_epoch": [r["ema_test_acc"] for r in rows]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-root", type=Path, required=True, help="where the run directories go")
@@ -105,6 +124,8 @@ def main() -> None:
         report["plain_run_check"] = {"command": shlex.join(cmd),
                                      "weights_equal_to_ema_run": a.keys() == b.keys() and all(
                                          a[k].equal(b[k]) for k in a)}
+    if "lenet5-8-epochs" in args.arms:
+        report["no_warmup_check"] = no_warmup(args.out_root / "lenet5-8-epochs-nowarmup-s0")
     RESULT.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
     print("wrote", RESULT, file=sys.stderr)
 
