@@ -71,7 +71,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for the model (default: one per core)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.add_argument("--ema", type=float, metavar="DECAY",
-                   help="also keep, evaluate and save a moving average of the weights with this decay (0.999)")
+                   help="also keep, evaluate and save a moving average of the weights with this decay (0.999), "
+                   "warmed up as TensorFlow's: step n uses min(DECAY, (1+n)/(10+n))")
     p.add_argument("--accumulate", type=int, metavar="N",
                    help="make one optimizer step per N batches (effective batch = batch size x N)")
     p.add_argument("--sync-every", type=int, metavar="N",

@@ -103,7 +103,10 @@ class TrainConfig:
             shared with other work, 1 avoids the stalls of a thread team waiting for a busy core.
         ema: keep an exponential moving average of the weights with this decay (0.999: each step
             moves it 0.1% of the way to the weights), evaluated every epoch and saved as
-            ``last-ema.safetensors`` (None: none).
+            ``last-ema.safetensors`` (None: none). Warmed up as TensorFlow's
+            ``ExponentialMovingAverage(num_updates=n)``: step ``n`` (from 0) uses
+            ``min(ema, (1 + n) / (10 + n))``, so that the average leaves the random initial weights
+            within a short run (0.999 holds from step 8,990 on).
         accumulate: micro-batches of ``batch_size`` whose gradients make one optimizer step (the
             effective batch is ``batch_size * accumulate``; schedules count optimizer steps).
         sync_every: optimizer steps between two looks of the host at the device: the non-finite

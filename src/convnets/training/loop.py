@@ -500,7 +500,7 @@ class Trainer:
         setup.scaler.update()
         setup.scheduler.step()
         if setup.ema is not None:
-            setup.ema.update()
+            setup.ema.update(self.step)  # the run's step count, restored on resume
         self.step += 1
 
     def _note_finite(self, loss: torch.Tensor) -> None:

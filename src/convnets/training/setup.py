@@ -89,10 +89,19 @@ class TrainingOutputs(nn.Module):
 
 
 class WeightAverage:
-    """An exponential moving average of a network's weights: after every optimizer step,
-    ``average += (1 - decay) * (weights - average)`` for every parameter and floating-point buffer
-    (BatchNorm's running statistics included, as timm's ``ModelEmaV3``); integer buffers (BatchNorm's
-    batch count) are copied.
+    """An exponential moving average of a network's weights: after optimizer step ``n`` (from 0),
+    ``average += (1 - d) * (weights - average)`` with ``d = min(decay, (1 + n) / (10 + n))`` for every
+    parameter and floating-point buffer (BatchNorm's running statistics included, as timm's
+    ``ModelEmaV3``); integer buffers (BatchNorm's batch count) are copied.
+
+    The warm-up ``(1 + n) / (10 + n)`` is TensorFlow's ``ExponentialMovingAverage(num_updates=n)``: the
+    average starts from the initial weights, and without it a decay of 0.999 keeps about
+    ``0.999 ** n`` of them after ``n`` steps (2% after 3,750, a short run's length), so that it
+    scores near chance; with it the first step keeps 10%, and the cap ``decay`` holds from step
+    ``n = (10 * decay - 1) / (1 - decay)`` on (8,990 for 0.999). The step count is the run's, restored
+    from a checkpoint, so a resumed run averages as an unbroken one. (Keras 3's ``use_ema`` and timm's
+    ``ModelEmaV3`` by default copy the weights at the first step and then keep ``decay``, which leaves a
+    short run's average mostly that step's weights; timm's optional warm-up is ``1 - (1 + n) ** -power``.)
 
     Kept as a second copy of the network, so that it evaluates as one and its ``state_dict`` has the
     network's keys (it is saved as weights and restored from a checkpoint as they are). An in-place
@@ -116,12 +125,17 @@ class WeightAverage:
         return ([averaged[k].data for k in floats], [source[k].data for k in floats],
                 [averaged[k].data for k in others], [source[k].data for k in others])
 
+    def decay_at(self, step: int) -> float:
+        """The decay of the update after optimizer step ``step`` (0 for the first): the warm-up, capped."""
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self) -> None:
-        """Move the average towards the network's current weights (no host-device synchronisation)."""
+    def update(self, step: int) -> None:
+        """Move the average towards the network's current weights after optimizer step ``step`` (0 for
+        the first; no host-device synchronisation)."""
         average, current, counts, current_counts = self._pairs
         if average:
-            torch._foreach_lerp_(average, current, 1.0 - self.decay)
+            torch._foreach_lerp_(average, current, 1.0 - self.decay_at(step))
         for a, b in zip(counts, current_counts, strict=True):
             a.copy_(b)
 
