@@ -26,6 +26,8 @@ from convnets.evaluate import Ensemble, evaluate
 from convnets.export import export_onnx, median_latency_ms, quantize_int8
 from convnets.fit import fit_device
 from convnets.training import TrainConfig, train
+from convnets.weights import cache_root
+from convnets.weights.specs import PACKAGE_DIR
 
 TRAINED: dict[str, Path] = {}  # filled once per module by the fixture below
 
@@ -122,6 +124,13 @@ def nothing_but(*names: str) -> Callable[[Path], None]:
     return after
 
 
+def never_made(path: Path) -> Callable[[Path], None]:
+    def after(tmp: Path) -> None:
+        assert not path.exists(), f"{path} was made"
+
+    return after
+
+
 def no_eval_written(tmp: Path) -> None:
     assert not (tmp / "run" / "eval").exists(), "the report was written although the command failed"
 
@@ -202,6 +211,12 @@ CASES = [
     Case("evaluate-out-has-their-json", 2, ["evaluate", RUN, "--out", "{tmp}/mine"], r"evaluation\.json exists",
          both(a_run(), file_with("mine/evaluation.json", '{"mine": 1}')),
          after=unchanged("mine/evaluation.json", '{"mine": 1}')),
+    # A report never goes into convnets' installed package (where the shipped weights are) or the weights cache.
+    Case("evaluate-out-inside-the-package", 2, ["evaluate", RUN, "--out", str(PACKAGE_DIR / "eval")],
+         r"pretrained/eval is inside convnets' installed package .*--out", a_run(),
+         after=never_made(PACKAGE_DIR / "eval")),
+    Case("evaluate-out-inside-the-weights-cache", 2, ["evaluate", RUN, "--out", str(cache_root() / "eval")],
+         r"eval is inside the weights download cache", a_run(), after=never_made(cache_root() / "eval")),
     # ---- export
     # Calibrating on no image made an int8 model 23 points worse, reported as a result (10).
     Case("export-calibration-zero", 10, ["export", "lenet5", "--int8", "--calibration-images", "0", "--out", "{tmp}"],

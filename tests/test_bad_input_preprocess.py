@@ -20,8 +20,7 @@ from convnets.data.datasets import load_dataset
 from convnets.data.preprocess import Preprocessing
 from convnets.weights import save_weights
 
-GOOD = dict(size=[32, 32], resize=36, interpolation="bilinear", antialias=True, channels=1, mean=[0.3], std=[0.3],
-            draft=False)
+GOOD = dict(size=[32, 32], resize=36, interpolation="bilinear", antialias=True, channels=1, mean=[0.3], std=[0.3])
 LENET_META = dict(model="lenet5", num_classes=10, in_chans=1, input_size=[1, 32, 32], mean=[0.3], std=[0.3],
                   classes=[str(i) for i in range(10)], dataset="digits")
 
@@ -71,6 +70,8 @@ CASES = [
          expect=r"size must be \(height, width\)"),
     Case("metadata-unknown-field", 3, call=lambda tmp: Preprocessing.from_dict(recipe(crop_pct=0.875)),
          expect=r"unknown field\(s\) crop_pct; known: antialias, channels"),
+    Case("metadata-draft-a-string", 3, call=lambda tmp: Preprocessing.from_dict(recipe(draft="no")),
+         expect=r"draft must be true or false; got 'no'"),
     Case("metadata-without-size", 3,
          call=lambda tmp: Preprocessing.from_dict({k: v for k, v in GOOD.items() if k != "size"}),
          expect=r"lacks its size"),

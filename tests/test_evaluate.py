@@ -241,3 +241,46 @@ def test_shipped_weights_keep_their_recorded_accuracy(model: str) -> None:
     spec = get_weights(model, "fashion-mnist")
     report = evaluate([PACKAGE_DIR / spec.source], device="cpu")
     assert round(report.members[0].scores.accuracy, 4) == spec.accuracy
+
+
+# ---------------------------------------------------------------- where the report goes
+
+
+def test_the_default_report_goes_under_the_working_directory(two_runs: list[Path], tmp_path: Path) -> None:
+    from convnets.evaluate import default_report_dir
+    from convnets.weights.specs import PACKAGE_DIR
+
+    evaluate_dir = Path("runs", "evaluate")
+    assert default_report_dir(two_runs[0]) == evaluate_dir / "seed0"
+    assert default_report_dir([two_runs[0] / "best.safetensors"]) == evaluate_dir / "seed0"
+    assert default_report_dir([two_runs[0] / "last.safetensors"]) == evaluate_dir / "seed0-last"
+    assert default_report_dir(two_runs) == evaluate_dir / "seed0+seed1"
+    assert default_report_dir("resnet20:fashion-mnist") == evaluate_dir / "resnet20-fashion-mnist"
+    shipped = PACKAGE_DIR / "lenet5-fashion-mnist.safetensors"
+    assert default_report_dir([shipped]) == evaluate_dir / "lenet5-fashion-mnist"
+
+
+@pytest.mark.slow
+def test_evaluating_shipped_weights_writes_nothing_into_the_package(tmp_path: Path, monkeypatch, capsys) -> None:
+    """It wrote its report to convnets/pretrained/eval, inside the installed package."""
+    from convnets.weights.specs import PACKAGE_DIR
+
+    before = sorted(PACKAGE_DIR.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["evaluate", str(PACKAGE_DIR / "lenet5-fashion-mnist.safetensors"), "--batch-size", "1000"]) == 0
+    assert sorted(PACKAGE_DIR.rglob("*")) == before
+    report = tmp_path / "runs" / "evaluate" / "lenet5-fashion-mnist"
+    assert sorted(p.name for p in report.iterdir()) == ["confusion.png", "evaluation.json", "evaluation.txt"]
+    assert f"wrote {Path('runs', 'evaluate', 'lenet5-fashion-mnist')}/evaluation.txt" in capsys.readouterr().out
+
+
+def test_force_replaces_a_file_of_the_report_s_names(two_runs: list[Path], tmp_path: Path, capsys) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "evaluation.txt").write_text("my notes")
+    argv = ["evaluate", str(two_runs[0]), "--out", str(tmp_path / "mine")]
+    assert cli_main(argv) == 2
+    assert "pass --force to replace it" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "evaluation.txt").read_text() == "my notes"
+    assert cli_main([*argv, "--force"]) == 0
+    assert json.loads((tmp_path / "mine" / "evaluation.json").read_text())["results"]
+    assert (tmp_path / "mine" / "evaluation.txt").read_text() != "my notes"

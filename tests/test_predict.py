@@ -115,6 +115,54 @@ def test_pil_images_and_tensors_give_what_their_file_gives(member, tmp_path, pho
         assert r.probabilities == pytest.approx(results[0].probabilities, abs=1e-6)
 
 
+def test_a_jpeg_gives_what_its_pil_image_and_its_pixels_give(member):
+    """scikit-learn's flower.jpg as shipped, opened by Pillow, and as load_sample_image's array: one answer.
+
+    The file used to be decoded at 1/8 scale (Pillow's JPEG draft), which a decoded image cannot be:
+    Bag 0.496 from the file, 0.399 from its pixels.
+    """
+    import sklearn.datasets
+
+    path = Path(sklearn.datasets.__file__).parent / "images" / "flower.jpg"
+    pixels = sklearn.datasets.load_sample_image("flower.jpg")
+    with Image.open(path) as opened:
+        results = predict(member, [path, opened, Image.fromarray(pixels),
+                                   torch.from_numpy(pixels.copy()).permute(2, 0, 1)],
+                          top_k=10, device="cpu")
+    for r in results[1:]:
+        assert r.indices == results[0].indices
+        assert r.probabilities == pytest.approx(results[0].probabilities, abs=1e-6)
+
+
+def test_a_pil_image_is_turned_by_its_exif_orientation_as_its_file_is(member, tmp_path, photos):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: the viewer turns it clockwise
+    Image.open(photos["china.jpg"]).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.jpg", exif=exif)
+    with Image.open(tmp_path / "phone.jpg") as opened:
+        from_file, from_pil = predict(member, [tmp_path / "phone.jpg", opened], top_k=10, device="cpu")
+    assert from_pil.indices == from_file.indices
+    assert from_pil.probabilities == pytest.approx(from_file.probabilities, abs=1e-6)
+
+
+def test_pil_images_of_any_mode_are_classified_and_a_damaged_one_is_reported(member, tmp_path, photos):
+    """PIL images are decoded as files are: CMYK and 16-bit ones (which PNG cannot hold) give what their file
+    gives; one whose file is truncated gets its reason and the rest are still classified."""
+    china = Image.open(photos["china.jpg"])
+    china.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    deep = (np.asarray(china.convert("L"), np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    (tmp_path / "cut.jpg").write_bytes(photos["china.jpg"].read_bytes()[:2000])
+    files = [tmp_path / "cmyk.jpg", tmp_path / "deep.png"]
+    opened = [Image.open(path) for path in [*files, tmp_path / "cut.jpg"]]  # lazily: nothing decoded yet
+    assert [image.mode for image in opened[:2]] == ["CMYK", "I;16"]
+    by_file = predict(member, files, top_k=10, device="cpu")
+    by_image = predict(member, opened, top_k=10, device="cpu")
+    for file, image in zip(by_file, by_image[:2], strict=True):
+        assert image.indices == file.indices
+        assert image.probabilities == pytest.approx(file.probabilities, abs=1e-6)
+    assert by_image[2].path == "<image 2>" and by_image[2].error.startswith("OSError")
+
+
 def test_a_bare_model_with_its_classes_and_normalisation(member, photos):
     bare = predict(member.model, photos["china.jpg"], classes=member.classes, mean=member.mean, std=member.std,
                    input_size=member.input_size, device="cpu")[0]

@@ -169,3 +169,55 @@ def test_truncated_timm_state_dict_lists_the_missing_keys() -> None:
     del head["pre_logits.fc2.weight"]
     with pytest.raises(WeightsMismatchError, match=r"(?s)missing.*head\.hidden\.1\.fc\.weight"):
         load(head)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line: --layout names what the keys cannot tell
+# ---------------------------------------------------------------------------------------------
+
+
+def transfer_tf_b0(tmp_path: Path, *layout: str) -> Path:
+    """``convnets transfer efficientnet_b0`` from the tf_efficientnet_b0 fixture as a file, on four tiny photos."""
+    import numpy as np
+    from PIL import Image
+
+    from convnets.cli import main
+
+    save_file(fixtures.fill_state(keys_of("tf_efficientnet_b0")), tmp_path / "tf_b0.safetensors")
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(2):
+            (tmp_path / "photos" / split / f"c{c}").mkdir(parents=True, exist_ok=True)
+            for i in range(2):
+                pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "photos" / split / f"c{c}" / f"{i}.png")
+    run = tmp_path / ("run" + "".join(layout).replace(":", "-"))
+    assert main(["transfer", "efficientnet_b0", "--weights", str(tmp_path / "tf_b0.safetensors"), *layout,
+                 "--data", str(tmp_path / "photos"), "--image-size", "64", "--epochs", "1", "--cache-features",
+                 "--cache-dir", str(tmp_path / "cache"), "--batch-size", "4", "--workers", "0", "--device", "cpu",
+                 "--no-progress", "--out", str(run)]) == 0
+    return run / "best.safetensors"
+
+
+def logits_with_timm_head(trained: Path) -> torch.Tensor:
+    """The fine-tuned trunk with the fixture's 1000-class head put back: timm's logits if the trunk is timm's."""
+    from convnets.weights import load_weights
+
+    model = load_weights(trained)
+    head = {k: v for k, v in load(fixtures.fill_state(keys_of("tf_efficientnet_b0")),
+                                  layout="timm:tf_efficientnet_b0").state_dict().items() if k.startswith("head.fc.")}
+    model.reset_classifier(1000)
+    model.load_state_dict({**model.state_dict(), **head})
+    with torch.no_grad():
+        return model.eval()(fixtures.fixed_input(tuple(timm_layouts()["tf_efficientnet_b0"]["input"])))
+
+
+@pytest.mark.slow
+def test_cli_layout_gives_the_publisher_s_logits_and_without_it_the_warning_names_it(tmp_path: Path, caplog) -> None:
+    reference = timm_outputs()["tf_efficientnet_b0"]
+    named = transfer_tf_b0(tmp_path, "--layout", "timm:tf_efficientnet_b0")
+    assert relative(logits_with_timm_head(named), reference) <= TOLERANCE
+    caplog.clear()
+    guessed = transfer_tf_b0(tmp_path)  # detected as timm:efficientnet_b0: same keys, other padding and eps
+    assert relative(logits_with_timm_head(guessed), reference) > 1e-2
+    assert "load them with layout='timm:tf_efficientnet_bN' (--layout on the command line)" in caplog.text

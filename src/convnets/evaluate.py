@@ -8,6 +8,7 @@ accuracy gained beside the inference time multiplied.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -526,25 +527,68 @@ def _is_our_report(directory: Path) -> bool:
     return isinstance(payload, dict) and {"views", "combine", "classes", "results"} <= payload.keys()
 
 
-def check_report_dir(out: str | Path) -> Path:
-    """``out`` if :func:`write_report` may write there: it only replaces its own earlier report.
+def default_report_dir(sources: str | Path | Sequence[str | Path]) -> Path:
+    """``runs/evaluate/NAME`` in the working directory, as training writes to ``runs/``: a folder of the user's.
+
+    Never beside the weights, which may be in convnets' installed package or the download cache. NAME is
+    the run directory's name, the weights file's name without its suffix (a run's ``best.safetensors``:
+    the run's name; ``last.safetensors``: the run's name and ``-last``), or ``MODEL-TAG`` for registered
+    weights; an ensemble's names are joined with ``+``.
+    """
+    one = isinstance(sources, str | os.PathLike)
+    return Path("runs", "evaluate", "+".join(_report_name(s) for s in ([sources] if one else sources)))
+
+
+def _report_name(source: str | Path) -> str:
+    path = Path(source)
+    if path.is_dir():
+        return path.resolve().name or "root"
+    if path.is_file():
+        run = path.resolve().parent.name
+        return {"best": run, "last": f"{run}-last"}.get(path.stem, path.stem)
+    return os.fspath(source).replace(":", "-")  # MODEL:TAG (":" cannot be in a Windows file name)
+
+
+def _protected_folders() -> list[tuple[str, Path]]:
+    """Folders a report never goes into: convnets' installed package and the weights download cache."""
+    import convnets
+    from convnets.weights import cache_root
+
+    folders = [("convnets' installed package", Path(convnets.__file__).resolve().parent)]
+    with contextlib.suppress(ConfigError):  # $CONVNETS_CACHE names no usable folder: nothing is cached there
+        folders.append(("the weights download cache", cache_root().resolve()))
+    return folders
+
+
+def check_report_dir(out: str | Path, force: bool = False) -> Path:
+    """``out`` if :func:`write_report` may write there: it only replaces its own earlier report (or, with
+    ``force``, any file of the report's names), and never writes into convnets' package or the weights cache.
 
     Raises:
-        RunDirectoryError: ``out`` is a file, or holds a file of the report's names not written by convnets.
+        RunDirectoryError: ``out`` is a file, is inside convnets' package or the weights cache, or holds a
+            file of the report's names not written by convnets (unless ``force``).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RunDirectoryError(f"{out}: the report directory (--out) is a file")
+    for what, folder in _protected_folders():
+        if out.resolve().is_relative_to(folder):
+            raise RunDirectoryError(f"{out} is inside {what} ({folder}); write the report to a folder of yours "
+                                    "with --out")
     taken = [name for name in REPORT_FILES if (out / name).exists()]
-    if taken and not _is_our_report(out):
+    if taken and not force and not _is_our_report(out):
         raise RunDirectoryError(f"{out / taken[0]} exists and is not an evaluation report of convnets; "
-                                "choose another --out or move it")
+                                "choose another --out, move it, or pass --force to replace it")
     return out
 
 
-def write_report(report: EvalReport, out: str | Path) -> Path:
-    """``evaluation.txt``, ``evaluation.json`` and ``confusion.png`` in ``out``, each written whole or not at all."""
-    out = check_report_dir(out)
+def write_report(report: EvalReport, out: str | Path, force: bool = False) -> Path:
+    """``evaluation.txt``, ``evaluation.json`` and ``confusion.png`` in ``out``, each written whole or not at all.
+
+    Only an earlier report of convnets is replaced, or with ``force`` any file of those names
+    (:func:`check_report_dir`).
+    """
+    out = check_report_dir(out, force)
     out.mkdir(parents=True, exist_ok=True)
     result = report.ensemble or report.members[0]
     # The JSON first: it vouches for the other two as ours, so a run stopped between the files

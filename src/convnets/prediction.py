@@ -146,29 +146,26 @@ def _check_tensor(image: torch.Tensor, i: int) -> None:
         raise ConfigError(f"tensor image {i} is {image.dtype}; give uint8 pixels (0..255) or floats (0..1)")
 
 
-def _as_file(image: Image.Image | torch.Tensor) -> io.BytesIO:
-    """An in-memory image as a PNG file (lossless), so that it is decoded exactly as a file on disk is."""
-    if isinstance(image, torch.Tensor):
-        pixels = image.detach().cpu()
-        if pixels.is_floating_point():
-            pixels = (pixels.float().nan_to_num(0.0).clamp(0, 1) * 255).round().to(torch.uint8)
-        array = pixels.numpy() if pixels.ndim == 2 else pixels.permute(1, 2, 0).numpy()
-        image = Image.fromarray(np.ascontiguousarray(array.squeeze(-1) if array.ndim == 3 and array.shape[2] == 1
-                                                     else array))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    buffer.seek(0)
-    return buffer
+def _as_pil(image: torch.Tensor) -> Image.Image:
+    """A tensor image (uint8 pixels, or floats in 0..1) as the Pillow image of those pixels."""
+    pixels = image.detach().cpu()
+    if pixels.is_floating_point():
+        pixels = (pixels.float().nan_to_num(0.0).clamp(0, 1) * 255).round().to(torch.uint8)
+    array = pixels.numpy() if pixels.ndim == 2 else pixels.permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(array.squeeze(-1) if array.ndim == 3 and array.shape[2] == 1
+                                                else array))
 
 
 def _prepare(member: Member, image: str | Image.Image | torch.Tensor) -> torch.Tensor:
     """One image as the model's input: decoded, fitted to its size and normalised as its weights were trained.
 
+    Files, Pillow images and tensors go through the same decoding (:func:`convnets.data.images.upright_image`),
+    so a photo gives the same input whichever of them it comes as.
+
     Raises:
         One of DECODE_ERRORS: a file that is not a readable image.
     """
-    source = _as_file(image) if isinstance(image, Image.Image | torch.Tensor) else image
-    return preprocessing_of(member)(source)
+    return preprocessing_of(member)(_as_pil(image) if isinstance(image, torch.Tensor) else image)
 
 
 def preprocessing_of(member: Member) -> Preprocessing:

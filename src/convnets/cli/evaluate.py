@@ -7,7 +7,7 @@ from pathlib import Path
 
 from convnets.cli.options import number
 from convnets.device import DEVICE_HELP
-from convnets.evaluate import COMBINE, check_report_dir, evaluate, write_report
+from convnets.evaluate import COMBINE, check_report_dir, default_report_dir, evaluate, write_report
 
 
 def weights_type(text: str) -> list[float]:
@@ -38,18 +38,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=number(int, 1), default=5, help="k of the top-k accuracy (default 5)")
     p.add_argument("--batch-size", type=number(int, 1), default=256)
     p.add_argument("--device", help=DEVICE_HELP)
-    p.add_argument("--out", help="directory for evaluation.txt/.json and confusion.png (default: RUN/eval); only "
-                   "an earlier report there is replaced")
+    p.add_argument("--out", help="directory for evaluation.txt/.json and confusion.png (default: "
+                   "runs/evaluate/NAME in the working directory, NAME the run's, file's or MODEL-TAG); only an "
+                   "earlier report there is replaced")
+    p.add_argument("--force", action="store_true",
+                   help="replace files of the report's names in --out that are not an earlier report of convnets")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    first = Path(args.sources[0])
-    out = check_report_dir(Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "eval")
+    out = check_report_dir(Path(args.out) if args.out else default_report_dir(args.sources), args.force)
     report = evaluate(args.sources, args.data, data_dir=args.data_dir, views=args.tta, combine=args.combine,
                       weights=args.ensemble_weights, batch_size=args.batch_size, top_k=args.top_k,
                       device=args.device)
-    write_report(report, out)  # before printing: output piped into `head` stops at the first print it closes
+    # Before printing: output piped into `head` stops at the first print it closes.
+    write_report(report, out, args.force)
     print(report.table())
     print()
     print(report.confusion_text())

@@ -77,3 +77,20 @@ def size_type(n: int, order: str) -> Callable[[str], tuple[int, ...]]:
             raise argparse.ArgumentTypeError(str(err)) from None
 
     return parse
+
+
+def layout_type(text: str) -> str:
+    """An argparse type: a layout :func:`convnets.weights.load` takes (``timm:tf_efficientnet_b0``, ``keras:vgg16``)."""
+    from convnets.weights import LAYOUT_NAMES
+
+    if text not in LAYOUT_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown layout {text!r}; known: {', '.join(LAYOUT_NAMES)}")
+    return text
+
+
+def add_layout_option(p: argparse.ArgumentParser, dest: str = "layout") -> None:
+    """``--layout NAME``: the peer layout of a weights file whose keys cannot tell it (timm's tf_efficientnet_bN
+    has the keys of its efficientnet_bN); detected from the keys when not given."""
+    p.add_argument("--layout", dest=dest, type=layout_type, metavar="NAME",
+                   help="the peer layout of the weights file when its keys cannot tell it, e.g. "
+                   "timm:tf_efficientnet_b0 (same keys as timm:efficientnet_b0); default: detected from the keys")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from convnets.cli.options import parse_model_args
+from convnets.cli.options import add_layout_option, parse_model_args
 from convnets.device import DEVICE_HELP
 from convnets.training.config import AUGMENT_PRESETS, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, read_config_file
 
@@ -28,6 +28,7 @@ def add_transfer_arguments(p: argparse.ArgumentParser, *, weights_required: bool
 
     p.add_argument("--weights", required=weights_required,
                    help="a registered tag (fashion-mnist, imagenet), a weights file (.safetensors/.pth) or a URL")
+    add_layout_option(p, dest="weights_layout")
     p.add_argument("--freeze", help=FREEZE_HELP)
     p.add_argument("--pretrained-lr-scale", type=float,
                    help="learning-rate multiplier of the pretrained layers that still train (transfer: 0.1)")

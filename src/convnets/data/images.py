@@ -15,7 +15,7 @@ import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
@@ -104,47 +104,52 @@ def to_mode(image: Image.Image, channels: int) -> Image.Image:
 
 
 @contextlib.contextmanager
-def upright_image(path: str | Path, channels: int, draft: int | None = None) -> Iterator[Image.Image]:
-    """Open an image file as a viewer shows it (EXIF orientation applied), in mode ``L`` (1 channel) or ``RGB`` (3).
+def upright_image(source: str | Path | BinaryIO | Image.Image, channels: int) -> Iterator[Image.Image]:
+    """An image file, or a Pillow image, as a viewer shows it (EXIF orientation applied), in mode ``L`` or ``RGB``.
 
-    16-bit and float images are scaled to 8 bits and transparency is composited on black
-    (:func:`to_mode`). Images over Pillow's ``MAX_IMAGE_PIXELS`` are refused as decompression bombs.
+    Every pixel is decoded: a JPEG is never decoded at a reduced scale (Pillow's ``draft``), which an image
+    already in memory cannot be, so a photo gives the same pixels as a path, as an open file and as a Pillow
+    image or array of it (torchvision's and timm's loaders also decode in full). 16-bit and float images are
+    scaled to 8 bits and transparency is composited on black (:func:`to_mode`). Files over Pillow's
+    ``MAX_IMAGE_PIXELS`` are refused as decompression bombs.
 
     Args:
-        path: the file.
+        source: a path, a binary file object, or a Pillow image (left as it is; its EXIF orientation, as
+            ``Image.open`` leaves it, is applied like a file's).
         channels: 1 or 3.
-        draft: let a JPEG be decoded at a reduced scale (1/2, 1/4, 1/8: Pillow's ``draft``) that still
-            covers ``draft`` pixels on each side; None decodes every pixel.
 
     Raises:
         One of DECODE_ERRORS: The file is not a readable image.
     """
+    if isinstance(source, Image.Image):
+        yield _upright(source, channels)
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
-            if draft is not None:
-                image.draft("RGB" if channels == 3 else "L", (draft, draft))
-            turn = _ORIENTATION_TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
-            if turn is not None:
-                image = image.transpose(turn)
-            yield to_mode(image, channels)
+        with Image.open(source) as image:
+            yield _upright(image, channels)
 
 
-def decode_image(path: str | Path, size: tuple[int, int], channels: int = 3) -> torch.Tensor:
-    """Decode one image file to a uint8 tensor (C, H, W) of the given (height, width).
+def _upright(image: Image.Image, channels: int) -> Image.Image:
+    turn = _ORIENTATION_TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    if turn is not None:
+        image = image.transpose(turn)
+    return to_mode(image, channels)
 
-    EXIF orientation is applied first (as phones and viewers do), then the image is scaled so its
-    shorter side fits and centre-cropped to the target's aspect. JPEGs are decoded directly at a
-    reduced scale when the target is much smaller (Pillow's ``draft``), which is most of the speed of
-    loading large photos. Images over Pillow's ``MAX_IMAGE_PIXELS`` are refused as decompression bombs.
-    Weights with a published recipe are fed by :class:`convnets.data.preprocess.Preprocessing` instead.
+
+def decode_image(source: str | Path | BinaryIO | Image.Image, size: tuple[int, int], channels: int = 3
+                 ) -> torch.Tensor:
+    """Decode one image to a uint8 tensor (C, H, W) of the given (height, width).
+
+    The image is decoded in full with its EXIF orientation applied (:func:`upright_image`), then scaled
+    so its shorter side fits and centre-cropped to the target's aspect (bilinear). Weights with a
+    published recipe are fed by :class:`convnets.data.preprocess.Preprocessing` instead.
 
     Raises:
         One of DECODE_ERRORS: The file is not a readable image (the loader catches these).
     """
     h, w = size
-    # The draft must cover the target in either orientation: EXIF may turn the image by 90 degrees.
-    with upright_image(path, channels, draft=max(h, w)) as image:
+    with upright_image(source, channels) as image:
         array = np.asarray(ImageOps.fit(image, (w, h), method=Image.Resampling.BILINEAR), dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]

@@ -24,7 +24,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -80,10 +80,10 @@ class Preprocessing:
         channels: 1 (grey) or 3 (RGB).
         mean: per-channel mean subtracted from pixels scaled to 0..1.
         std: per-channel standard deviation they are divided by.
-        draft: with a ``resize``, let a large JPEG be decoded at 1/2, 1/4 or 1/8 scale where that still
-            covers twice the resize (faster; pixels differ slightly, see ``benchmarks/bench_preprocess.py``);
-            False decodes every pixel, as the publishers' pipelines do. Without a ``resize`` the JPEG draft
-            of :func:`~convnets.data.images.decode_image` always applies, so files decode as they always have.
+
+    Every image is decoded in full (:func:`~convnets.data.images.upright_image`), so a photo gives the same
+    input from its file as from a Pillow image of it. Recipes written before carry a ``draft`` field (JPEG
+    decoding at a reduced scale), which :meth:`from_dict` still reads and drops.
     """
 
     size: tuple[int, int]
@@ -93,7 +93,6 @@ class Preprocessing:
     channels: int = 3
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
-    draft: bool = False
 
     def __post_init__(self) -> None:
         size = self.size
@@ -114,9 +113,8 @@ class Preprocessing:
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(f"preprocessing interpolation must be one of {', '.join(INTERPOLATIONS)}; "
                               f"got {self.interpolation!r}")
-        for name in ("antialias", "draft"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"preprocessing {name} must be true or false; got {getattr(self, name)!r}")
+        if not isinstance(self.antialias, bool):
+            raise ConfigError(f"preprocessing antialias must be true or false; got {self.antialias!r}")
         if not (_is_int(self.channels) and self.channels in (1, 3)):
             raise ConfigError(f"preprocessing channels must be 1 (grey) or 3 (RGB); got {self.channels!r}")
         for name in ("mean", "std"):
@@ -142,7 +140,7 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Preprocessing:
-        """Read back what :meth:`to_dict` wrote.
+        """Read back what :meth:`to_dict` wrote, or an earlier version of it (a ``draft`` field is dropped).
 
         Raises:
             ConfigError: not a mapping, a missing or unknown field, or a value of the wrong type or range.
@@ -150,12 +148,17 @@ class Preprocessing:
         if not isinstance(values, Mapping):
             raise ConfigError(f"preprocessing must be a JSON object of its fields; got {values!r}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known - {"draft"})
         if unknown:
             raise ConfigError(f"preprocessing has unknown field(s) {', '.join(map(str, unknown))}; "
                               f"known: {', '.join(sorted(known))}")
         if "size" not in values:
             raise ConfigError("preprocessing lacks its size (height, width)")
+        values = dict(values)
+        # Written by convnets before every image was decoded in full; images are decoded in full whatever it says.
+        draft = values.pop("draft", False)
+        if not isinstance(draft, bool):
+            raise ConfigError(f"preprocessing draft must be true or false; got {draft!r}")
         return cls(**values)
 
     @classmethod
@@ -212,11 +215,6 @@ class Preprocessing:
 
     # ---- applying it
 
-    def _draft_side(self) -> int | None:
-        if self.resize is None:  # convnets' own fit-and-crop: exactly what decode_image does, draft included
-            return max(self.size)
-        return 2 * self.resize if self.draft else None
-
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         """The geometry alone, on a Pillow image already in this recipe's mode."""
         h, w = self.size
@@ -239,13 +237,13 @@ class Preprocessing:
         left = int(round((new_size[0] - w) / 2.0))
         return image.crop((left, top, left + w, top + h))
 
-    def load(self, path: str | Path) -> torch.Tensor:
-        """Decode one image file to uint8 (C, H, W): EXIF orientation, mode, resize and centre crop.
+    def load(self, source: str | Path | BinaryIO | Image.Image) -> torch.Tensor:
+        """Decode one image (a file, or a Pillow image) to uint8 (C, H, W): EXIF orientation, mode, resize, crop.
 
         Raises:
             One of convnets.data.images.DECODE_ERRORS: the file is not a readable image.
         """
-        with upright_image(path, self.channels, self._draft_side()) as image:
+        with upright_image(source, self.channels) as image:
             array = np.asarray(self.resize_and_crop(image), dtype=np.uint8)
         if array.ndim == 2:
             array = array[:, :, None]
@@ -279,9 +277,9 @@ class Preprocessing:
         std = torch.tensor(self.std, dtype=torch.float32, device=images.device).view(shape)
         return torch.addcmul(-mean / std, images.float(), 1 / (255 * std))
 
-    def __call__(self, path: str | Path) -> torch.Tensor:
-        """The model's input for one image file: normalised float32 (C, H, W)."""
-        return self.normalize(self.load(path))
+    def __call__(self, source: str | Path | BinaryIO | Image.Image) -> torch.Tensor:
+        """The model's input for one image (a file, or a Pillow image): normalised float32 (C, H, W)."""
+        return self.normalize(self.load(source))
 
 
 def _resize_without_antialias(image: Image.Image, size: tuple[int, int], interpolation: str) -> Image.Image:

@@ -20,6 +20,8 @@ from convnets.device import check_threads, resolve_device
 from convnets.errors import ConfigError, ConfigMismatchError
 from convnets.training.schedules import SCHEDULES as SCHEDULE_TABLE
 from convnets.transfer import FREEZE_HELP
+from convnets.weights.load import LAYOUT_NAMES
+from convnets.weights.specs import is_tag
 
 if TYPE_CHECKING:
     from convnets.models.base import ConvNet
@@ -89,6 +91,9 @@ class TrainConfig:
         weights: pretrained weights to start from: a registered tag (``fashion-mnist``,
             ``imagenet``), a file (ours or a torchvision/timm checkpoint) or a URL. The
             preprocessing (input size, channels, mean/std) then comes from the weights.
+        weights_layout: the peer layout of a ``weights`` file (:data:`convnets.weights.LAYOUT_NAMES`), for
+            checkpoints whose keys cannot tell it (timm's ``tf_efficientnet_bN`` has the keys of its
+            ``efficientnet_bN``); detected from the keys when None.
         freeze: what to freeze (see :data:`convnets.transfer.FREEZE_HELP`); ``auto`` follows the
             case studies' advice for the number of examples per class.
         pretrained_lr_scale: learning-rate multiplier of the pretrained layers that still train.
@@ -146,6 +151,7 @@ class TrainConfig:
     device: str | None = None
     progress: bool = True
     weights: str | None = None
+    weights_layout: str | None = None
     freeze: str | None = None
     pretrained_lr_scale: float = 1.0
     cache_features: bool = False
@@ -263,6 +269,7 @@ FIELDS: dict[str, Rule] = {
     "device": TEXT.or_none("CUDA when present, else cpu"),
     "progress": FLAG,
     "weights": pathlike("a registered tag, a weights file or a URL").or_none("train from scratch"),
+    "weights_layout": choice(*LAYOUT_NAMES).or_none("detected from the keys"),
     "freeze": Rule(lambda v: isinstance(v, str), "a string (" + FREEZE_HELP + ")").or_none("nothing frozen"),
     "pretrained_lr_scale": number(gt=0, le=1e6),
     "cache_features": FLAG,
@@ -519,6 +526,10 @@ def _validate(c: TrainConfig, source: ModelSource) -> None:
         if c.compile not in backends:
             raise ConfigError(f"compile {c.compile!r} is not a torch.compile backend; known: {', '.join(backends)} "
                               "(--compile alone means inductor)")
+    if c.weights_layout is not None and (c.weights is None or is_tag(c.weights)):
+        raise ConfigMismatchError(f"weights_layout {c.weights_layout!r} (--layout) is the layout of a weights file; "
+                                  + ("give the file with --weights" if c.weights is None else
+                                     f"registered weights ({c.weights!r}) have their own"))
     if c.cache_features and c.freeze not in (*HEAD_ONLY, "auto"):
         raise ConfigMismatchError(f"cache_features needs everything but the classifier frozen (--freeze "
                                   f"all-but-head, or auto on little data); got freeze={c.freeze!r}")

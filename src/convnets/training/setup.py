@@ -149,7 +149,7 @@ class WeightAverage:
 def build(cfg: TrainConfig, ctx: distributed.Context, source: ModelSource, say: Say) -> Setup:
     """The data, model, loaders, optimizer and schedule of the run ``cfg`` (already resolved)."""
     # Pretrained weights fix the preprocessing: input size, channels and normalisation.
-    preprocessing = weights_preprocessing(cfg.weights, cfg.model) if cfg.weights else None
+    preprocessing = weights_preprocessing(cfg.weights, cfg.model, cfg.weights_layout) if cfg.weights else None
     # Saved with the weights: the options pretrained weights need (a Keras file's tf_same) rebuild the same network.
     model_kwargs = {**(preprocessing or {}).get("model_kwargs", {}), **cfg.model_kwargs}
     probe = source.probe(model_kwargs)
@@ -241,7 +241,7 @@ def _model(cfg: TrainConfig, source: ModelSource, model_kwargs: dict[str, Any], 
     """The network for the data, with its pretrained weights (on a new run) and its frozen parts."""
     model = source.build(dataset.num_classes, dataset.channels, model_kwargs)
     if cfg.weights and not cfg.resume:
-        load_pretrained(model, cfg.weights)
+        load_pretrained(model, cfg.weights, layout=cfg.weights_layout)
         trained_on = preprocessing.get("classes")
         if trained_on and list(trained_on) != list(dataset.classes) and len(trained_on) == dataset.num_classes:
             # Same number of classes, other classes: the old classifier would only mislead.

@@ -35,6 +35,7 @@ from convnets.weights.layouts import (
     strip_wrapper_prefixes,
 )
 from convnets.weights.load import (
+    LAYOUT_NAMES,
     load,
     load_peer_weights,
     load_pretrained,
@@ -81,6 +82,7 @@ __all__ = [
     "get_weights",
     "is_tag",
     "list_weights",
+    "LAYOUT_NAMES",
     "load",
     "load_peer_weights",
     "load_pretrained",

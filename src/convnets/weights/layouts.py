@@ -330,7 +330,7 @@ _TIMM_VGG_NOTE = (
 )
 _TIMM_EFFICIENTNET_NOTE = (
     "timm's tf_efficientnet_* checkpoints have the same keys as its efficientnet_* but need TensorFlow's "
-    "padding and BatchNorm eps 1e-3: load them with layout='timm:tf_efficientnet_bN'"
+    "padding and BatchNorm eps 1e-3: load them with layout='timm:tf_efficientnet_bN' (--layout on the command line)"
 )
 _TIMM_TF_NOTE = "the .ap_in1k weights of timm's tf_efficientnet_* take mean = std = 0.5, the others ImageNet's"
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from convnets.errors import ConfigError, ConvnetsError, WeightsError, WeightsMismatchError
+from convnets.errors import ConfigError, ConvnetsError, LayoutError, WeightsError, WeightsMismatchError
 from convnets.weights import keras, specs
 from convnets.weights.files import (
     check_state_dict,
@@ -39,6 +39,7 @@ from convnets.weights.files import (
 )
 from convnets.weights.io import cached_download, discard, expected_sha256, hash_matches, is_url, sha256_of
 from convnets.weights.layouts import (
+    LAYOUTS,
     PeerLayout,
     convert,
     detect_layout,
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("convnets.weights")
 
 Source = str | os.PathLike[str] | Mapping[str, torch.Tensor]
+# Every name the ``layout`` of load() takes: state-dict layouts (torchvision, timm) and Keras files' variants.
+LAYOUT_NAMES = (*LAYOUTS, *keras.KERAS_LAYOUTS)
 
 # Our classifier layers: the main head's final layer and GoogLeNet's auxiliary ones. A model for
 # another number of classes keeps its own, freshly initialised.
@@ -222,6 +225,9 @@ def open_checkpoint(source: Source, *, model_name: str | None = None, layout: st
         name = detect_layout(state)
     if name is None:
         return Checkpoint(state, label if isinstance(source, Mapping) else f"weights file {label}", None, spec, meta)
+    if name in keras.KERAS_LAYOUTS:
+        raise LayoutError(f"{name} is a layout of Keras weights files; {label} is a PyTorch state dict, whose layouts "
+                          f"are {', '.join(LAYOUTS)}")
     peer, state = convert(state, name)
     if peer.model_kwargs:  # what the layout needs beside the shapes (timm's tf_ EfficientNets: tf_same)
         meta = {**meta, "model_kwargs": {**peer.model_kwargs, **meta.get("model_kwargs", {})}}
@@ -412,15 +418,17 @@ def load_weights(path: str | Path, model: nn.Module | None = None, **model_kwarg
     return load(path, model, new_head=False, **model_kwargs)
 
 
-def load_pretrained(model: nn.Module, weights: str | Path, cache_dir: str | Path | None = None) -> WeightSpec | None:
+def load_pretrained(model: nn.Module, weights: str | Path, cache_dir: str | Path | None = None,
+                    layout: str | None = None) -> WeightSpec | None:
     """Load ``weights`` into ``model``: a registered tag (``"fashion-mnist"``), a file, run directory or URL.
 
-    A classifier for another number of classes is replaced, with a logged line.
+    A classifier for another number of classes is replaced, with a logged line. ``layout`` names a peer
+    file's layout (detected from its keys when None).
 
     Returns:
         The spec for a registered tag, None otherwise.
     """
-    load(weights, model, cache_dir=cache_dir)
+    load(weights, model, cache_dir=cache_dir, layout=layout)
     return get_weights(model.name, str(weights)) if is_tag(weights) else None
 
 
@@ -439,8 +447,10 @@ def load_peer_weights(source: Source, model: nn.Module | None = None, *, num_cla
                 cache_dir=cache_dir, sha256=sha256)
 
 
-def weights_preprocessing(weights: str | Path, model: str) -> dict[str, Any]:
+def weights_preprocessing(weights: str | Path, model: str, layout: str | None = None) -> dict[str, Any]:
     """Input size, normalisation and builder arguments that ``weights`` were trained with.
+
+    ``layout`` names a peer file's layout (:func:`load`'s), detected from its keys when None.
 
     From the registry for a tag and from the metadata of one of our files. Otherwise the input
     channels come from the first convolution's weights; a peer layout gives the peer's recipe
@@ -466,7 +476,7 @@ def weights_preprocessing(weights: str | Path, model: str) -> dict[str, Any]:
     path, _, url = _resolve(weights, model, None, None)
     with _reading(path, url):
         if keras.is_keras_file(path):  # names and shapes only: the tensors are read when loading
-            found = keras.read_keras(path, tensors=False)
+            found = keras.read_keras(path, layout, tensors=False)
             prep = layout_preprocessing(found.layout, 3)
             return dict(input_size=(3, *prep.size), mean=found.layout.mean, std=found.layout.std,
                         model_kwargs=_taken(model, found.model_kwargs), classes=None, preprocessing=prep)
@@ -476,7 +486,7 @@ def weights_preprocessing(weights: str | Path, model: str) -> dict[str, Any]:
             prep = Preprocessing.from_metadata(meta)
             return dict(input_size=(prep.channels, *prep.size), mean=prep.mean, std=prep.std,
                         model_kwargs=meta.get("model_kwargs", {}), classes=meta.get("classes"), preprocessing=prep)
-        ckpt = open_checkpoint(path, model_name=model)
+        ckpt = open_checkpoint(path, model_name=model, layout=layout)
     kwargs = ckpt.meta.get("model_kwargs", {})  # the file's own, or what its peer layout needs
     channels = meta.get("in_chans") or first_conv_channels(model, ckpt.state, kwargs)
     if ckpt.layout is not None:  # the peer's statistics are RGB's; other channel counts bring their own data

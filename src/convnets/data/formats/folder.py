@@ -36,7 +36,7 @@ logger = logging.getLogger("convnets.data")
 def _none_decodes(files: list[Path], bad: BadFileLog) -> str | None:
     """None when one of ``files`` decodes; else the reason the first failed. Failures are recorded in ``bad``.
 
-    A healthy class costs one small decode; a class of nothing but broken files is tried through,
+    A healthy class costs one decode; a class of nothing but broken files is tried through,
     so that each of them is reported with its reason.
     """
     first = None
