@@ -237,6 +237,24 @@ def test_run_all_after_a_stop_keeps_the_finished_runs_and_trains_the_rest(tmp_pa
     assert json.loads((tmp_path / "runs" / "lenet-s1" / "config.json").read_text())["seed"] == 1
 
 
+def test_a_finished_run_saved_before_a_new_option_existed_is_still_reused(tmp_path: Path) -> None:
+    # A TrainConfig field added after a run finished (at its default) does not make it another run;
+    # a field the run really set differently does.
+    from convnets.experiments import Run, Setting
+
+    setting = Setting("tiny", tmp_path, data="digits", threads=1, seeds=1, progress=False)
+    run = Run("lenet", 0, "lenet5", dict(epochs=1, batch_size=32, train_per_class=10, seed=0))
+    setting.run_all([run], "demo")
+    record = tmp_path / "runs" / "lenet-s0" / "trained.json"
+    saved = json.loads(record.read_text())
+    del saved["request"]["ema"]  # as written before --ema existed
+    record.write_text(json.dumps(saved))
+    assert setting.finished("lenet-s0", "lenet5", **run.config) is not None
+    saved["request"]["epochs"] = 3
+    record.write_text(json.dumps(saved))
+    assert setting.finished("lenet-s0", "lenet5", **run.config) is None
+
+
 def test_experiment_all_runs_every_experiment_and_writes_the_report(tmp_path: Path, monkeypatch, capsys) -> None:
     import convnets.experiments as experiments
 

@@ -110,7 +110,7 @@ class Setting:
         request = self._request(name, model, config)
         out = Path(request["out"])
         saved = _read_record(out / "trained.json")
-        if saved is None or saved["request"] != request:
+        if saved is None or _with_defaults(saved["request"]) != request:
             return None
         return Trained(name, out, saved["config"], saved["rows"], saved["test_accuracy"], saved["seconds"],
                        saved["steps"])
@@ -240,6 +240,17 @@ class Setting:
         images = _training_images(cfg.data, cfg.data_dir, cfg.train_per_class)
         steps = cfg.epochs * (images // fit_batch(cfg.batch_size, images))
         return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+def _with_defaults(request: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's request with the TrainConfig fields added since it was saved at their defaults: a new
+    option that the run did not use does not make it a different run."""
+    import dataclasses
+
+    from convnets.training import TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    return {**{k: v for k, v in defaults.items() if k not in request}, **request}
 
 
 def _slug(text: str) -> str:
