@@ -71,7 +71,6 @@ BATCH = 64
 SMALL_SIDE = 32
 REFERENCE_RATES = {"lenet5_classic": 11_900, "lenet5": 15_700, "alexnet": 103, "vgg16": 86, "googlenet": 53,
                    "resnet20": 920, "resnet18": 158, "mobilenet_v1": 385, "mobilenet_v2": 309, "efficientnet_b0": 180}
-TRAIN_IMAGES = 60_000  # Fashion-MNIST's training split: a network that gets more images runs more epochs
 
 
 def builder_kwargs(model: str) -> dict[str, Any]:
@@ -86,31 +85,43 @@ def _input(setting: Setting, model: str) -> tuple[int, dict[str, Any]]:
     return SMALL_SIDE, builder_kwargs(model)
 
 
-def small_budget(model: str) -> dict[str, Any]:
+def small_budget(model: str, train_images: int, classes: int) -> dict[str, Any]:
     """Epochs, images per class and warm-up of ``model`` at the small budget: SMALL_SECONDS of training on the
-    reference machine, in at least two epochs (over a subset when that is less than two epochs of all)."""
+    reference machine, in at least two epochs (over a subset when that is less than two epochs of the
+    ``train_images`` the data holds; a network that gets more runs more epochs).
+
+    The times are approximate: the reference rates are plain SGD steps on random images, while the
+    recipes add augmentation and some use AdamW, and evaluation comes on top (the time column shows
+    what each run took).
+    """
     images = SMALL_SECONDS * REFERENCE_RATES[model]
-    epochs = max(2, math.ceil(images / TRAIN_IMAGES))
+    epochs = max(2, math.ceil(images / train_images))
     recipe = next(r for pattern, r in RECIPES if fnmatch.fnmatchcase(model, pattern))
     # The recipes warm up for a whole epoch of a long run; here that would be half the run.
     warmup = min(recipe["warmup_epochs"], 0.2 * epochs)
-    return dict(epochs=epochs, train_per_class=min(TRAIN_IMAGES, images // epochs) // 10, warmup_epochs=warmup)
+    return dict(epochs=epochs, train_per_class=min(train_images, images // epochs) // classes, warmup_epochs=warmup)
 
 
 def plan(setting: Setting) -> list[Run]:
     models = setting.pick(("lenet5", "resnet20"), MODELS, MODELS)
+    data = load_dataset(setting.data, data_dir=setting.data_dir)
     runs = []
     for model in models:
         side, kwargs = _input(setting, model)
-        budget: dict[str, Any] = setting.pick(dict(train_per_class=5, test_per_class=5, epochs=1, batch_size=16),
-                                              dict(test_per_class=100, batch_size=BATCH, **small_budget(model)),
-                                              dict(epochs=30))
+        budget: dict[str, Any]
+        if setting.budget == "small":
+            budget = dict(test_per_class=100, batch_size=BATCH,
+                          **small_budget(model, len(data.train), data.num_classes))
+        else:
+            budget = setting.pick(dict(train_per_class=5, test_per_class=5, epochs=1, batch_size=16), None,
+                                  dict(epochs=30))
         runs += [Run(model, seed, model, dict(image_size=side, model_kwargs=kwargs, seed=seed, **budget))
                  for seed in setting.seed_list]
     return runs
 
 
-@experiment("classic", "LeNet-5 to EfficientNet trained for the same epochs: accuracy against cost, time measured")
+@experiment("classic", "LeNet-5 to EfficientNet under one budget (equal time at small, equal epochs at full): accuracy "
+            "against cost, time measured")
 def classic(setting: Setting) -> Result:
     planned = plan(setting)
     runs = setting.run_all(planned, "classic")
@@ -129,13 +140,16 @@ def classic(setting: Setting) -> Result:
                      "test_accuracy": iv.mean, "interval": iv.to_dict(), "by_seed": acc[model],
                      "published": PUBLISHED.get(model), "d2l": D2L.get(model, {}).get("test_acc"),
                      "optimizer": mine[0].config["optimizer"], "lr": mine[0].config["lr"],
-                     "precision": mine[0].config.get("precision")})
+                     "precision": mine[0].config.get("precision"), "epochs": mine[0].config["epochs"],
+                     "train_per_class": mine[0].config["train_per_class"], "steps": mine[0].steps})
 
     table = markdown_table(
-        ["model", "params", "MACs", "input", "recipe", "train time (measured, mean)",
-         "test accuracy (%, mean [95% CI])", "published (its own budget)", "d2l.ai (10 epochs, GPU)"],
+        ["model", "params", "MACs", "input", "recipe", "budget: epochs x images per class (steps)",
+         "train time (measured, mean)", "test accuracy (%, mean [95% CI])", "published (its own budget)",
+         "d2l.ai (10 epochs, GPU)"],
         [[r["model"], f"{r['params']:,}", f"{r['macs'] / 1e6:,.1f}M", f"{r['image_size']}px",
-          f"{r['optimizer']} {r['lr']:g}", f"{r['seconds']:.0f} s", arm_interval(r["by_seed"]),
+          f"{r['optimizer']} {r['lr']:g}", f"{r['epochs']} x {r['train_per_class'] or 'all'} ({r['steps']:,})",
+          f"{r['seconds']:.0f} s", arm_interval(r["by_seed"]),
           f"{r['published']:.3f}" if r["published"] else "",
           f"{r['d2l']:.3f} ({D2L[r['model']]['input']}px)" if r["d2l"] else ""] for r in rows])
     present = {r["model"] for r in rows}
@@ -161,7 +175,8 @@ def classic(setting: Setting) -> Result:
         ax.scatter([], [], s=40, facecolors="none", edgecolors="black", label="published figure, same family")
         ax.scatter([], [], s=40, marker="s", facecolors="none", edgecolors="tab:red", label="d2l.ai, same family")
         ax.set(xscale="log", xlabel="MACs per image (this run's input size)", ylabel="test accuracy (mean, 95% CI)",
-               title=f"{setting.data}: every network for the same epochs")
+               title=f"{setting.data}: every network for " + (
+                   f"about {SMALL_SECONDS} s of training" if setting.budget == "small" else "the same epochs"))
         ax.legend(fontsize=7, loc="lower right")
 
     figure = plot(setting.out / "classic.png", draw, size=(8, 5))
@@ -170,10 +185,16 @@ def classic(setting: Setting) -> Result:
     first = next(iter(runs.values()))
     stuck = [r for r in rows if r["test_accuracy"] <= 1 / dataset.num_classes + 0.02]
     fastest = min(rows, key=lambda r: r["seconds"])
-    notes = [f"budget: {first.config['train_per_class'] or 'all'} training images per class, "
-             f"{first.config['epochs']} epochs (equal epochs, not equal time), batch {first.config['batch_size']}, "
-             f"each network with its own recipe, {first.config.get('precision', 'auto')} precision; test accuracy "
-             f"on {first.config['test_per_class'] or 'all'} test images per class, mean [95% interval] over "
+    if setting.budget == "small":
+        budget = (f"equal time, not equal epochs: each network trains on {SMALL_SECONDS} s x its training rate on "
+                  "the reference machine (classic.REFERENCE_RATES, measured by `python "
+                  "benchmarks/bench_classic_rates.py --threads 2`), in at least 2 epochs; the budget column says "
+                  "what each got")
+    else:
+        budget = f"equal epochs ({first.config['epochs']}), not equal time"
+    notes = [f"budget: {budget}; batch {first.config['batch_size']}, each network with its own recipe, "
+             f"{first.config.get('precision', 'auto')} precision; test accuracy on "
+             f"{first.config['test_per_class'] or 'all'} test images per class, mean [95% interval] over "
              f"{setting.seeds} seed(s)",
              f"best: {best['model']} at {best['test_accuracy']:.4f}; the cheapest within one point of it: "
              f"{cheapest['model']} ({cheapest['macs'] / 1e6:,.1f}M MACs vs {best['macs'] / 1e6:,.1f}M)",
