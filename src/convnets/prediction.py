@@ -3,8 +3,9 @@
 The model comes the way :func:`convnets.evaluate.load_member` takes it (a run, one of our weights
 files, or registered weights such as ``resnet20:fashion-mnist``) with the classes and preprocessing
 stored with its weights. Images are files, folders (searched recursively, in sorted order), open
-binary file objects, PIL images, tensors or uint8 arrays. A file that cannot be classified (missing, empty, truncated, not an image) gets a
-result with its reason instead of ending the run, so one bad photo never costs the rest.
+binary file objects, PIL images, tensors or uint8 arrays. A file that cannot be classified (missing,
+empty, truncated, not an image) gets a result with its reason instead of ending the run, so one bad
+photo never costs the rest.
 """
 
 from __future__ import annotations
@@ -185,8 +186,8 @@ def _as_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
 def _prepare(member: Member, image: str | BinaryIO | Image.Image | torch.Tensor | np.ndarray) -> torch.Tensor:
     """One image as the model's input: decoded, fitted to its size and normalised as its weights were trained.
 
-    Files (paths and open file objects), Pillow images, tensors and arrays go through the same decoding (:func:`convnets.data.images.upright_image`),
-    so a photo gives the same input whichever of them it comes as.
+    Files (paths and open file objects), Pillow images, tensors and arrays go through the same decoding
+    (:func:`convnets.data.images.upright_image`), so a photo gives the same input whichever of them it comes as.
 
     Raises:
         One of DECODE_ERRORS: a file that is not a readable image.
