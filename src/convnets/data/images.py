@@ -10,6 +10,7 @@ skipped sample with its reason, so one bad file never ends an epoch.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import struct
 import warnings
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
+
+from convnets.errors import ConfigError
 
 if TYPE_CHECKING:
     from convnets.data.preprocess import Preprocessing
@@ -119,11 +122,15 @@ def upright_image(source: str | Path | BinaryIO | Image.Image, channels: int) ->
         channels: 1 or 3.
 
     Raises:
+        ConfigError: ``source`` is none of these (an array, a tensor, None...).
         One of DECODE_ERRORS: The file is not a readable image.
     """
     if isinstance(source, Image.Image):
         yield _upright(source, channels)
         return
+    if not (isinstance(source, str | os.PathLike) or callable(getattr(source, "read", None))):
+        raise ConfigError(f"an image must be a path, a binary file object or a Pillow image; got "
+                          f"{type(source).__name__} (convnets.predict also takes tensors and arrays of pixels)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(source) as image:
