@@ -213,6 +213,12 @@ CASES = [
     Case("evaluate-out-has-their-json", 2, ["evaluate", RUN, "--out", "{tmp}/mine"], r"evaluation\.json exists",
          both(a_run(), file_with("mine/evaluation.json", '{"mine": 1}')),
          after=unchanged("mine/evaluation.json", '{"mine": 1}')),
+    # Even --force does not replace a folder with a report file: refused before evaluating, not after.
+    Case("evaluate-force-report-file-is-a-folder", 2, ["evaluate", RUN, "--out", "{tmp}/mine", "--force"],
+         r"mine/confusion\.png is a directory, where the report writes a file",
+         both(a_run(), file_with("mine/confusion.png/notes.txt", MINE)),
+         after=both(unchanged("mine/confusion.png/notes.txt", MINE),
+                    absent("mine/evaluation.json", "mine/evaluation.txt"))),
     # A report never goes into convnets' installed package (where the shipped weights are) or the weights cache.
     Case("evaluate-out-inside-the-package", 2, ["evaluate", RUN, "--out", str(PACKAGE_DIR / "eval")],
          r"pretrained/eval is inside convnets' installed package .*--out", a_run(),
