@@ -95,7 +95,14 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def to_mode(image: Image.Image, channels: int) -> Image.Image:
-    """Convert any Pillow mode to L (1 channel) or RGB (3); transparency is composited on black."""
+    """Convert any Pillow mode to L (1 channel) or RGB (3); transparency is composited on black.
+
+    An image already in that mode is returned as it is: ``convert`` would copy it, a second full-size
+    image while the decoded one is held (69 MiB for a 6000x4000 photo).
+    """
+    target = "L" if channels == 1 else "RGB"
+    if image.mode == target:
+        return image
     image = _to_8bit(image)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -103,7 +110,7 @@ def to_mode(image: Image.Image, channels: int) -> Image.Image:
         rgba = image.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(black, rgba)
-    return image.convert("L" if channels == 1 else "RGB")
+    return image.convert(target)
 
 
 @contextlib.contextmanager
