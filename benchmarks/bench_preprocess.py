@@ -1,7 +1,8 @@
 """What the published recipes change, measured on real photos: old decoding against each weights' recipe.
 
 Before issue 12, every image folder was decoded the same way whatever the weights: the shorter side
-fitted to the input size and centre-cropped, bilinear, JPEG draft (``decode_image``). Each weights
+fitted to the input size and centre-cropped, bilinear, JPEG draft (``decode_image`` then; it no longer
+drafts). Each weights
 spec now brings its publisher's recipe (:class:`convnets.data.preprocess.Preprocessing`). For each
 torchvision spec this prints the mean and largest per-pixel difference (of 255) between the two on
 scikit-learn's china.jpg and flower.jpg, and the same for the Keras layouts' recipes. The old

@@ -849,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-accuracy", action="store_true", help="throughput and matmul only")
     parser.add_argument("--resnet-epochs", type=int, default=1,
                         help="resnet20 time-to-accuracy run length, schedule compressed to it (default 1)")
-    parser.add_argument("--full", action="store_true", help="resnet20's full 30-epoch recipe (hours on 2 cores)")
+    parser.add_argument("--full", action="store_true", help="resnet20's whole recipe (hours on 2 cores)")
     parser.add_argument("--runs", help="keep the training runs here (default: a temporary directory)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the results as JSON here")

@@ -76,14 +76,22 @@ def no_warmup(out: Path) -> dict:
             "raw_by_epoch": [r["test_acc"] for r in rows], "ema_by_epoch": [r["ema_test_acc"] for r in rows]}
 
 
+def start_report(path: Path) -> dict:
+    """The report to update: the one already at ``path`` (so that ``--arms SUBSET`` replaces those arms and
+    keeps the others and their checks), else an empty one."""
+    report = json.loads(path.read_text()) if path.exists() else {"arms": {}}
+    report.update({"decay": DECAY, "seeds": list(SEEDS), "dataset": "fashion-mnist",
+                   "note": "taken under nice -n 19 on a shared 2-core machine with OMP_NUM_THREADS=1; "
+                           "accuracy only, no timings"})
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-root", type=Path, required=True, help="where the run directories go")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     args = parser.parse_args()
-    report: dict = {"decay": DECAY, "seeds": list(SEEDS), "dataset": "fashion-mnist",
-                    "note": "taken under nice -n 19 on a shared 2-core machine with OMP_NUM_THREADS=1; "
-                            "accuracy only, no timings", "arms": {}}
+    report = start_report(RESULT)
     for name in args.arms:
         model, extra, target = ARMS[name]
         seeds = {}

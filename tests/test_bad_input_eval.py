@@ -132,7 +132,9 @@ def never_made(path: Path) -> Callable[[Path], None]:
 
 
 def no_eval_written(tmp: Path) -> None:
-    assert not (tmp / "run" / "eval").exists(), "the report was written although the command failed"
+    """No report in the run, and none in the case's working directory (the default ``runs/evaluate/NAME``)."""
+    assert not (tmp / "runs").exists(), "the report was written although the command failed"
+    assert sorted(p.name for p in (tmp / "run").iterdir()) == sorted(p.name for p in TRAINED["run"].iterdir())
 
 
 def mismatched_export(path: Path) -> None:
@@ -178,7 +180,7 @@ CASES = [
     Case("evaluate-missing-path", 3, ["evaluate", "{tmp}/nothing-here"], r"neither a run directory"),
     Case("evaluate-directory-not-a-run", 3, ["evaluate", "{tmp}/notes"], r"notes: a directory without best\.safetensors"
          r".*not a convnets run", file_with("notes/todo.txt", MINE),
-         after=both(unchanged("notes/todo.txt", MINE), absent("notes/eval"))),
+         after=both(unchanged("notes/todo.txt", MINE), absent("runs"), nothing_but("notes"))),
     Case("evaluate-run-stopped-before-weights", 3, ["evaluate", "{tmp}/early"], r"no weights yet",
          file_with("early/config.json", "{}")),
     Case("evaluate-weights-without-metadata", 3, ["evaluate", "{tmp}/w.safetensors"],
@@ -211,6 +213,12 @@ CASES = [
     Case("evaluate-out-has-their-json", 2, ["evaluate", RUN, "--out", "{tmp}/mine"], r"evaluation\.json exists",
          both(a_run(), file_with("mine/evaluation.json", '{"mine": 1}')),
          after=unchanged("mine/evaluation.json", '{"mine": 1}')),
+    # Even --force does not replace a folder with a report file: refused before evaluating, not after.
+    Case("evaluate-force-report-file-is-a-folder", 2, ["evaluate", RUN, "--out", "{tmp}/mine", "--force"],
+         r"mine/confusion\.png is a directory, where the report writes a file",
+         both(a_run(), file_with("mine/confusion.png/notes.txt", MINE)),
+         after=both(unchanged("mine/confusion.png/notes.txt", MINE),
+                    absent("mine/evaluation.json", "mine/evaluation.txt"))),
     # A report never goes into convnets' installed package (where the shipped weights are) or the weights cache.
     Case("evaluate-out-inside-the-package", 2, ["evaluate", RUN, "--out", str(PACKAGE_DIR / "eval")],
          r"pretrained/eval is inside convnets' installed package .*--out", a_run(),
@@ -345,8 +353,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", params(CASES))
-def test_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # evaluate's default report goes to runs/evaluate/ in the working directory
     check_case(case, tmp_path, capsys)
+    if case.argv[:1] == ["evaluate"]:
+        assert not (tmp_path / "runs").exists(), "a failed evaluate wrote under runs/"
 
 
 def test_the_cases_cover_the_principles_of_this_area() -> None:

@@ -330,8 +330,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", params(CASES))
-def test_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # evaluate's default report goes to runs/evaluate/ in the working directory
     check_case(case, tmp_path, capsys)
+    if case.argv[:1] == ["evaluate"]:
+        assert not (tmp_path / "runs").exists(), "a failed evaluate wrote under runs/"
 
 
 # ---------------------------------------------------------------------------------------------

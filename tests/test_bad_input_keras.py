@@ -152,6 +152,10 @@ CASES = [
          setup=writes("v.h5", vgg_like(13, fc1=[(4,)] * 3)), call=lambda tmp: load(tmp / "v.h5")),
     Case("unknown-keras-layout", 3, [], r"unknown Keras layout 'keras:resnet18'; known: keras:vgg16",
          setup=writes("v.h5", vgg_like(13)), call=lambda tmp: load(tmp / "v.h5", layout="keras:resnet18")),
+    Case("pytorch-layout-for-a-keras-file", 3, [],
+         r"timm:efficientnet_b0 is a layout of PyTorch state dicts .*; v\.h5 is a Keras weights file, whose layouts "
+         r"are keras:vgg16", setup=writes("v.h5", vgg_like(13)),
+         call=lambda tmp: load(tmp / "v.h5", layout="timm:efficientnet_b0")),
     Case("h5py-missing", 3, [], r"needs h5py: pip install 'convnets\[keras\]'",
          setup=lambda tmp: (tmp / "resnet50.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64)), call=without_h5py),
     # 3: Keras weights for another variant or options than the model: named, not loaded.

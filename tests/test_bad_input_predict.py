@@ -7,9 +7,11 @@ Files that cannot be read among good ones are not errors (they are reported and 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -119,6 +121,17 @@ CASES = [
       expect=r"item 1 is int"),
     C("api-image-bytes", 3, call=lambda tmp: predict(SOURCE, [b"a.png"], device="cpu"), expect=r"item 0 is bytes"),
     C("api-empty-path", 3, call=lambda tmp: predict(SOURCE, [""], device="cpu"), expect=r"item 0 is ''"),
+    C("api-image-names-what-it-takes", 3, call=lambda tmp: predict(SOURCE, [{"a": 1}], device="cpu"),
+      expect=r"images must be paths, folders, binary file objects, PIL images, tensors \(C, H, W\) or uint8 arrays "
+             r"\(H, W, C\); item 0 is dict"),
+    C("api-array-float", 3, call=lambda tmp: predict(SOURCE, np.zeros((8, 8, 3), np.float32), device="cpu"),
+      expect=r"array image 0 is float32; give uint8 pixels"),
+    C("api-array-batch", 3, call=lambda tmp: predict(SOURCE, np.zeros((2, 8, 8, 3), np.uint8), device="cpu"),
+      expect=r"array image 0 has shape \(2, 8, 8, 3\)"),
+    C("api-array-channels-first", 3, call=lambda tmp: predict(SOURCE, np.zeros((3, 8, 8), np.uint8), device="cpu"),
+      expect=r"array image 0 has shape \(3, 8, 8\); give one image as \(H, W, C\)"),
+    C("api-text-file-object", 3, call=lambda tmp: predict(SOURCE, io.StringIO("x"), device="cpu"),
+      expect=r"file object 0 is open in text mode"),
     C("api-tensor-batch", 3, call=lambda tmp: predict(SOURCE, torch.zeros(2, 3, 8, 8), device="cpu"),
       expect=r"tensor image 0 has shape \(2, 3, 8, 8\)"),
     C("api-tensor-bool", 3, call=lambda tmp: predict(SOURCE, torch.zeros(3, 8, 8, dtype=torch.bool), device="cpu"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -82,6 +83,13 @@ CASES = [
          expect=r"lacks mean, std"),
     Case("load-dataset-with-a-dict-recipe", 3, call=lambda tmp: load_dataset("digits", preprocessing=GOOD),
          expect=r"preprocessing must be a convnets.data.preprocess.Preprocessing .*got dict"),
+    Case("load-an-array", 3, call=lambda tmp: Preprocessing.from_dict(GOOD).load(np.zeros((8, 8), np.uint8)),
+         expect=r"an image must be a path, a binary file object or a Pillow image; got ndarray"),
+    Case("call-a-tensor", 3, call=lambda tmp: Preprocessing.from_dict(GOOD)(torch.zeros(1, 8, 8)),
+         expect=r"an image must be a path, a binary file object or a Pillow image; got Tensor"),
+    Case("load-none", 3, call=lambda tmp: Preprocessing.from_dict(GOOD).load(None),
+         expect=r"an image must be a path, .*; got NoneType"),
+    Case("call-an-int", 3, call=lambda tmp: Preprocessing.from_dict(GOOD)(3), expect=r"an image must be .*; got int"),
     Case("save-refuses-a-bad-recipe", 9,
          call=lambda tmp: save_weights(create_model("lenet5"), tmp / "w.safetensors",
                                        {**LENET_META, "preprocessing": recipe(interpolation="lanczos")}),
@@ -108,8 +116,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", params(CASES))
-def test_bad_preprocessing(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_preprocessing(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # evaluate's default report goes to runs/evaluate/ in the working directory
     check_case(case, tmp_path, capsys)
+    if case.argv[:1] == ["evaluate"]:
+        assert not (tmp_path / "runs").exists(), "a failed evaluate wrote under runs/"
 
 
 def test_the_good_recipe_of_the_table_is_good(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ the last checkpoint, and the feature cache misses when the images or labels chan
 
 from __future__ import annotations
 
+import argparse
 import errno
 import functools
 import json
@@ -568,3 +569,17 @@ def test_an_experiment_with_a_damaged_record_checks_its_run_again(tmp_path, caps
     assert f"{record}: damaged (" in capsys.readouterr().out
     assert json.loads(record.read_text())["steps"] > 0
     assert [r["test_accuracy"] for r in second.data["rows"]] == [r["test_accuracy"] for r in first.data["rows"]]
+
+
+def test_every_option_a_resume_error_names_is_an_option_of_convnets_train() -> None:
+    # The resume refusal spells each field as its option ("--layout", not "--weights-layout").
+    import dataclasses
+
+    from convnets.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    options = {s for action in commands["train"]._actions for s in action.option_strings}
+    api_only = {"model", "checkpoint_minutes"}  # the positional MODEL; a config-file/Python field
+    named = {f.name: checkpoint_module.option_name(f.name) for f in dataclasses.fields(TrainConfig)}
+    assert {k: v for k, v in named.items() if v not in options and k not in api_only} == {}
+    assert named["weights_layout"] == "--layout"

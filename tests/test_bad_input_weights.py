@@ -309,6 +309,13 @@ CASES = [
     Case("layout-not-the-file-s", 3, ["transfer", "efficientnet_b0", "--data", "digits", "--out", "{tmp}/run",
                                       "--weights", "{tmp}/own.pth", "--layout", "timm:efficientnet_b0"],
          r"timm:efficientnet_b0: \d+ key\(s\) that no rename rule covers", setup=own_pth, after=no_run),
+    Case("layout-on-a-convnets-file", 3, [*TRANSFER, "--weights", "{tmp}/w.safetensors", "--layout",
+                                          "timm:efficientnet_b0"],
+         r"w\.safetensors is a convnets weights file; --layout \(layout=\) is for torchvision, timm and Keras "
+         r"checkpoints", setup=writes("w.safetensors"), after=no_run),
+    Case("api-layout-for-a-tag", 3, [], r"layout 'timm:efficientnet_b0' .*registered weights \('fashion-mnist'\) "
+         r"have their own",
+         call=lambda tmp: load("fashion-mnist", model_name="resnet20", layout="timm:efficientnet_b0")),
     Case("api-layout-unknown", 3, [], r"weights_layout must be one of torchvision:alexnet, .*got 'tf_efficientnet_b0'",
          call=lambda tmp: convnets.TrainConfig(model="efficientnet_b0", weights="w.pth",
                                                weights_layout="tf_efficientnet_b0")),

@@ -252,3 +252,13 @@ def test_a_file_name_that_is_not_utf8_is_reported_as_its_bytes(tmp_path):
     data = load_image_folder(root, image_size=8, num_workers=0)
     written = data.bad_files.write(tmp_path / "run").read_bytes()
     assert b"caf\xe9.jpg\tempty file" in written
+
+
+def test_an_image_already_in_the_wanted_mode_is_not_copied():
+    # convert() to the same mode copies: a second full-size image while a large photo's is held
+    # (peak RSS of decode_image on a 6000x4000 JPEG: 187 MiB over the imports before, 96 MiB after).
+    from convnets.data.images import to_mode
+
+    rgb, grey = Image.new("RGB", (6, 4), (10, 20, 30)), Image.new("L", (6, 4), 7)
+    assert to_mode(rgb, 3) is rgb and to_mode(grey, 1) is grey
+    assert to_mode(rgb, 1).mode == "L" and to_mode(grey, 3).mode == "RGB"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -246,10 +247,12 @@ def test_shipped_weights_keep_their_recorded_accuracy(model: str) -> None:
 # ---------------------------------------------------------------- where the report goes
 
 
-def test_the_default_report_goes_under_the_working_directory(two_runs: list[Path], tmp_path: Path) -> None:
+def test_the_default_report_goes_under_the_working_directory(two_runs: list[Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from convnets.evaluate import default_report_dir
     from convnets.weights.specs import PACKAGE_DIR
 
+    monkeypatch.chdir(tmp_path)  # the default name depends on the reports already in runs/evaluate
     evaluate_dir = Path("runs", "evaluate")
     assert default_report_dir(two_runs[0]) == evaluate_dir / "seed0"
     assert default_report_dir([two_runs[0] / "best.safetensors"]) == evaluate_dir / "seed0"
@@ -272,6 +275,45 @@ def test_evaluating_shipped_weights_writes_nothing_into_the_package(tmp_path: Pa
     report = tmp_path / "runs" / "evaluate" / "lenet5-fashion-mnist"
     assert sorted(p.name for p in report.iterdir()) == ["confusion.png", "evaluation.json", "evaluation.txt"]
     assert f"wrote {Path('runs', 'evaluate', 'lenet5-fashion-mnist')}/evaluation.txt" in capsys.readouterr().out
+
+
+def test_every_file_of_a_run_and_a_long_ensemble_get_names_of_their_own(two_runs: list[Path], tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every run's last-ema.safetensors was runs/evaluate/last-ema; an ensemble's name could pass 255 bytes.
+    from convnets.evaluate import default_report_dir
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(two_runs[0], tmp_path / "seed0")
+    (tmp_path / "seed0" / "last-ema.safetensors").write_bytes(b"")  # only its name is read
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "best.safetensors").write_bytes(b"")  # not in a run: the file's own name
+    evaluate_dir = Path("runs", "evaluate")
+    assert default_report_dir(tmp_path / "seed0" / "last-ema.safetensors") == evaluate_dir / "seed0-last-ema"
+    assert default_report_dir(tmp_path / "seed0" / "last.safetensors") == evaluate_dir / "seed0-last"
+    assert default_report_dir(tmp_path / "mine" / "best.safetensors") == evaluate_dir / "best"
+    tags = [f"resnet{i:03d}:a-rather-long-tag-name" for i in range(40)]
+    name = default_report_dir(tags).name
+    assert len(name.encode()) <= 200 and name.startswith("resnet000-a-rather-long-tag-name+39-more-")
+    assert default_report_dir(tags[:39] + ["other:tag"]).name != name  # the hash tells them apart
+
+
+def test_a_default_report_from_other_sources_is_never_replaced(two_runs: list[Path], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    # a/run and b/run both wrote runs/evaluate/run, the second silently replacing the first.
+    monkeypatch.chdir(tmp_path)
+    for parent in ("a", "b"):
+        shutil.copytree(two_runs[0], tmp_path / parent / "run")
+    assert cli_main(["evaluate", "a/run", "--batch-size", "500"]) == 0
+    assert cli_main(["evaluate", "b/run", "--batch-size", "500"]) == 0
+    reports = tmp_path / "runs" / "evaluate"
+    assert sorted(p.name for p in reports.iterdir()) == ["run", "run-2"]
+    sources = {p.name: json.loads((p / "evaluation.json").read_text())["sources"] for p in reports.iterdir()}
+    assert sources == {"run": [str(tmp_path / "a" / "run")], "run-2": [str(tmp_path / "b" / "run")]}
+    first = (reports / "run" / "evaluation.json").stat().st_mtime_ns
+    assert cli_main(["evaluate", str(tmp_path / "a" / "run"), "--batch-size", "500"]) == 0  # the same run again
+    assert sorted(p.name for p in reports.iterdir()) == ["run", "run-2"]
+    assert (reports / "run" / "evaluation.json").stat().st_mtime_ns != first  # its own report, replaced
+    assert f"wrote {Path('runs', 'evaluate', 'run')}/evaluation.txt" in capsys.readouterr().out
 
 
 def test_force_replaces_a_file_of_the_report_s_names(two_runs: list[Path], tmp_path: Path, capsys) -> None:

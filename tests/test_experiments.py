@@ -255,6 +255,20 @@ def test_a_finished_run_saved_before_a_new_option_existed_is_still_reused(tmp_pa
     assert setting.finished("lenet-s0", "lenet5", **run.config) is None
 
 
+def test_a_new_option_with_a_default_factory_does_not_make_a_finished_run_another(tmp_path: Path) -> None:
+    # model_kwargs defaults through a default_factory, which dataclasses.fields' .default does not show.
+    from convnets.experiments import Run, Setting
+
+    setting = Setting("tiny", tmp_path, data="digits", threads=1, seeds=1, progress=False)
+    run = Run("lenet", 0, "lenet5", dict(epochs=1, batch_size=32, train_per_class=10, seed=0, max_steps=1))
+    setting.run_all([run], "demo")
+    record = tmp_path / "runs" / "lenet-s0" / "trained.json"
+    saved = json.loads(record.read_text())
+    del saved["request"]["model_kwargs"]  # as if written before --model-arg existed
+    record.write_text(json.dumps(saved))
+    assert setting.finished("lenet-s0", "lenet5", **run.config) is not None
+
+
 def test_experiment_all_runs_every_experiment_and_writes_the_report(tmp_path: Path, monkeypatch, capsys) -> None:
     import convnets.experiments as experiments
 

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import gzip
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -125,11 +126,16 @@ def test_a_jpeg_gives_what_its_pil_image_and_its_pixels_give(member):
 
     path = Path(sklearn.datasets.__file__).parent / "images" / "flower.jpg"
     pixels = sklearn.datasets.load_sample_image("flower.jpg")
-    with Image.open(path) as opened:
+    with Image.open(path) as opened, open(path, "rb") as file:
         results = predict(member, [path, opened, Image.fromarray(pixels),
-                                   torch.from_numpy(pixels.copy()).permute(2, 0, 1)],
+                                   torch.from_numpy(pixels.copy()).permute(2, 0, 1), file,
+                                   io.BytesIO(path.read_bytes()), pixels, pixels[:, :, 0]],
                           top_k=10, device="cpu")
-    for r in results[1:]:
+    grey = predict(member, Image.fromarray(pixels[:, :, 0]), top_k=10, device="cpu")[0]
+    assert [r.path for r in results[4:]] == [str(path), "<image 5>", "<image 6>", "<image 7>"]
+    assert results[7].indices == grey.indices
+    assert results[7].probabilities == pytest.approx(grey.probabilities, abs=1e-6)
+    for r in results[1:7]:
         assert r.indices == results[0].indices
         assert r.probabilities == pytest.approx(results[0].probabilities, abs=1e-6)
 

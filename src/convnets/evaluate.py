@@ -30,6 +30,7 @@ from convnets.data.preprocess import Preprocessing
 from convnets.data.views import TTA_VIEWS, tta_views
 from convnets.device import resolve_device
 from convnets.errors import ConfigError, ConfigMismatchError, DataError, RunDirectoryError, WeightsError
+from convnets.training.rundir import kind_of
 from convnets.weights import WeightSpec, atomic_write, get_weights, load, load_weights, read_metadata
 
 COMBINE = ("prob", "logit", "vote")
@@ -305,6 +306,7 @@ class EvalReport:
 
     Attributes:
         skipped: test files that could not be decoded and were left out, as (path, reason).
+        sources: what was evaluated, as :func:`source_key` names each (absolute paths, or tags).
     """
 
     classes: list[str]
@@ -315,6 +317,7 @@ class EvalReport:
     top_k: int
     data: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         best_single = max(self.members, key=lambda m: m.scores.accuracy)
@@ -352,6 +355,7 @@ class EvalReport:
         result = self.ensemble or self.members[0]
         return {
             "views": self.views, "combine": self.combine, "classes": self.classes, "data": self.data,
+            "sources": self.sources,
             "results": [{"name": r.name, "accuracy": r.scores.accuracy, f"top{self.top_k}": r.scores.top_k,
                          "per_class": r.scores.per_class, "images": r.images,
                          "model_ms_per_image": r.model_ms_per_image, "images_per_second": r.images_per_second,
@@ -512,7 +516,8 @@ def evaluate(sources: str | Path | Sequence[str | Path], data: str | None = None
         ensemble = MemberResult(f"ensemble of {len(members)}", scores(combined, labels, top_k),
                                 sum(r.model_seconds for r in results), sum(r.total_seconds for r in results),
                                 len(labels))
-    return EvalReport(classes, views, combine, results, ensemble, min(top_k, len(classes)), str(data), skipped)
+    return EvalReport(classes, views, combine, results, ensemble, min(top_k, len(classes)), str(data), skipped,
+                      [source_key(s) for s in sources])
 
 
 REPORT_FILES = ("evaluation.txt", "evaluation.json", "confusion.png")
@@ -531,12 +536,55 @@ def default_report_dir(sources: str | Path | Sequence[str | Path]) -> Path:
     """``runs/evaluate/NAME`` in the working directory, as training writes to ``runs/``: a folder of the user's.
 
     Never beside the weights, which may be in convnets' installed package or the download cache. NAME is
-    the run directory's name, the weights file's name without its suffix (a run's ``best.safetensors``:
-    the run's name; ``last.safetensors``: the run's name and ``-last``), or ``MODEL-TAG`` for registered
-    weights; an ensemble's names are joined with ``+``.
+    the run directory's name; for a file in a run directory the run's name, and the file's name without its
+    suffix unless it is the run's ``best.safetensors`` (``seed0-last``, ``seed0-last-ema``); for another
+    file, its name without its suffix; ``MODEL-TAG`` for registered weights. An ensemble's names are joined
+    with ``+`` (a long list is cut to the first name, ``+N-more`` and a hash of them all). A report there from
+    other sources is never replaced: the next free ``NAME-2``, ``NAME-3``... is taken, as ``convnets train``
+    numbers its default run directories; only the same sources' earlier report is.
+
+    Raises:
+        RunDirectoryError: NAME and its 998 numbered siblings all hold other reports or files.
     """
-    one = isinstance(sources, str | os.PathLike)
-    return Path("runs", "evaluate", "+".join(_report_name(s) for s in ([sources] if one else sources)))
+    sources = [sources] if isinstance(sources, str | os.PathLike) else list(sources)
+    base = Path("runs", "evaluate", _capped("+".join(_report_name(s) for s in sources), len(sources)))
+    keys = [source_key(s) for s in sources]
+    for folder in [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 1000)]:
+        if not any((folder / name).exists() or (folder / name).is_symlink() for name in REPORT_FILES):
+            return folder
+        if _is_our_report(folder) and _report_sources(folder) == keys:
+            return folder
+    raise RunDirectoryError(f"{base} and its 998 numbered siblings all hold other reports: pass --out")
+
+
+# Room for "-999" and a file system's 255-byte names.
+_NAME_BYTES = 200
+
+
+def _capped(name: str, count: int) -> str:
+    """``name``, or when over :data:`_NAME_BYTES` its first part, ``+N-more`` and a hash of the whole name."""
+    if len(name.encode()) <= _NAME_BYTES:
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    first = name.split("+")[0].encode()[:_NAME_BYTES - 32].decode(errors="ignore")
+    return f"{first}+{count - 1}-more-{digest}" if count > 1 else f"{first}-{digest}"
+
+
+def source_key(source: str | Path) -> str:
+    """What a report records of a source: its absolute path, or the tag (``MODEL:TAG``) as given."""
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else os.fspath(source)
+
+
+def _report_sources(directory: Path) -> list[str] | None:
+    """The sources an earlier report in ``directory`` records (None before reports recorded them)."""
+    try:
+        sources = json.loads((directory / "evaluation.json").read_text(encoding="utf-8")).get("sources")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return sources if isinstance(sources, list) else None
 
 
 def _report_name(source: str | Path) -> str:
@@ -544,8 +592,11 @@ def _report_name(source: str | Path) -> str:
     if path.is_dir():
         return path.resolve().name or "root"
     if path.is_file():
-        run = path.resolve().parent.name
-        return {"best": run, "last": f"{run}-last"}.get(path.stem, path.stem)
+        path = path.resolve()
+        if kind_of(path.parent) != "train":
+            return path.stem
+        run = path.parent.name
+        return run if path.stem == "best" else f"{run}-{path.stem}"
     return os.fspath(source).replace(":", "-")  # MODEL:TAG (":" cannot be in a Windows file name)
 
 
@@ -565,8 +616,9 @@ def check_report_dir(out: str | Path, force: bool = False) -> Path:
     ``force``, any file of the report's names), and never writes into convnets' package or the weights cache.
 
     Raises:
-        RunDirectoryError: ``out`` is a file, is inside convnets' package or the weights cache, or holds a
-            file of the report's names not written by convnets (unless ``force``).
+        RunDirectoryError: ``out`` is a file, is inside convnets' package or the weights cache, holds a
+            folder of a report file's name, or a file of the report's names not written by convnets (unless
+            ``force``).
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -575,6 +627,10 @@ def check_report_dir(out: str | Path, force: bool = False) -> Path:
         if out.resolve().is_relative_to(folder):
             raise RunDirectoryError(f"{out} is inside {what} ({folder}); write the report to a folder of yours "
                                     "with --out")
+    folders = [name for name in REPORT_FILES if (out / name).is_dir()]
+    if folders:  # even --force does not replace a folder with a file (found before evaluating, not after)
+        raise RunDirectoryError(f"{out / folders[0]} is a directory, where the report writes a file; "
+                                "choose another --out, or move it")
     taken = [name for name in REPORT_FILES if (out / name).exists()]
     if taken and not force and not _is_our_report(out):
         raise RunDirectoryError(f"{out / taken[0]} exists and is not an evaluation report of convnets; "

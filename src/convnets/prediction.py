@@ -2,9 +2,10 @@
 
 The model comes the way :func:`convnets.evaluate.load_member` takes it (a run, one of our weights
 files, or registered weights such as ``resnet20:fashion-mnist``) with the classes and preprocessing
-stored with its weights. Images are files, folders (searched recursively, in sorted order), PIL
-images or tensors. A file that cannot be classified (missing, empty, truncated, not an image) gets a
-result with its reason instead of ending the run, so one bad photo never costs the rest.
+stored with its weights. Images are files, folders (searched recursively, in sorted order), open
+binary file objects, PIL images, tensors or uint8 arrays. A file that cannot be classified (missing,
+empty, truncated, not an image) gets a result with its reason instead of ending the run, so one bad
+photo never costs the rest.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -39,7 +40,8 @@ OUT_FORMATS = (".csv", ".json")
 CSV_HEAD = ["path", "error"]
 JSON_KIND = "convnets predictions"
 
-ImageInput = str | os.PathLike | Image.Image | torch.Tensor
+ImageInput = str | os.PathLike | BinaryIO | Image.Image | torch.Tensor | np.ndarray
+ACCEPTED = "paths, folders, binary file objects, PIL images, tensors (C, H, W) or uint8 arrays (H, W, C)"
 
 
 @dataclass
@@ -115,16 +117,24 @@ def collect_images(images: ImageInput | Iterable[ImageInput]) -> list[tuple[str,
     Raises:
         ConfigError: no inputs, or one of a type that is not an image (its position is named).
     """
-    one = isinstance(images, str | os.PathLike | Image.Image | torch.Tensor) or not isinstance(images, Iterable)
+    one = (isinstance(images, str | os.PathLike | Image.Image | torch.Tensor | np.ndarray) or _is_file(images)
+           or not isinstance(images, Iterable))
     items = [images] if one else list(images)
     if not items:
-        raise ConfigError("predict needs at least one image, folder, PIL image or tensor")
+        raise ConfigError(f"predict needs at least one image: {ACCEPTED}")
     out: list[tuple[str, Any, str | None]] = []
     for i, item in enumerate(items):
-        if isinstance(item, Image.Image | torch.Tensor):
+        if isinstance(item, Image.Image | torch.Tensor | np.ndarray):
             if isinstance(item, torch.Tensor):
                 _check_tensor(item, i)
+            elif isinstance(item, np.ndarray):
+                _check_array(item, i)
             out.append((f"<image {i}>", item, None))
+        elif _is_file(item):
+            if isinstance(item, io.TextIOBase):
+                raise ConfigError(f"file object {i} is open in text mode; open the image with open(path, 'rb')")
+            name = getattr(item, "name", None)
+            out.append((name if isinstance(name, str) else f"<image {i}>", item, None))
         elif isinstance(item, str | os.PathLike) and os.fspath(item).strip():
             path = Path(item)
             if path.is_dir():
@@ -132,9 +142,23 @@ def collect_images(images: ImageInput | Iterable[ImageInput]) -> list[tuple[str,
             else:
                 out.append((str(path), str(path), _unusable(path)))
         else:
-            raise ConfigError(f"images must be paths, folders, PIL images or tensors; item {i} is "
+            raise ConfigError(f"images must be {ACCEPTED}; item {i} is "
                               f"{repr(item)[:60] if isinstance(item, str) else type(item).__name__}")
     return out
+
+
+def _is_file(item: Any) -> bool:
+    """An open file object (anything with ``read``, as ``Image.open`` takes), not a path."""
+    return callable(getattr(item, "read", None)) and not isinstance(item, str | os.PathLike)
+
+
+def _check_array(image: np.ndarray, i: int) -> None:
+    """An array image is (H, W, C) with C 1 or 3, or (H, W): uint8 pixels, as Pillow's and NumPy's images are."""
+    shape = image.shape
+    if not (image.ndim == 2 or (image.ndim == 3 and shape[2] in (1, 3))) or 0 in shape:
+        raise ConfigError(f"array image {i} has shape {shape}; give one image as (H, W, C) with C 1 or 3, or (H, W)")
+    if image.dtype != np.uint8:
+        raise ConfigError(f"array image {i} is {image.dtype}; give uint8 pixels (0..255)")
 
 
 def _check_tensor(image: torch.Tensor, i: int) -> None:
@@ -146,26 +170,29 @@ def _check_tensor(image: torch.Tensor, i: int) -> None:
         raise ConfigError(f"tensor image {i} is {image.dtype}; give uint8 pixels (0..255) or floats (0..1)")
 
 
-def _as_pil(image: torch.Tensor) -> Image.Image:
-    """A tensor image (uint8 pixels, or floats in 0..1) as the Pillow image of those pixels."""
-    pixels = image.detach().cpu()
-    if pixels.is_floating_point():
-        pixels = (pixels.float().nan_to_num(0.0).clamp(0, 1) * 255).round().to(torch.uint8)
-    array = pixels.numpy() if pixels.ndim == 2 else pixels.permute(1, 2, 0).numpy()
+def _as_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
+    """A tensor image (uint8 pixels, or floats in 0..1) or a uint8 (H, W, C) array as the Pillow image of its pixels."""
+    if isinstance(image, np.ndarray):
+        array = image
+    else:
+        pixels = image.detach().cpu()
+        if pixels.is_floating_point():
+            pixels = (pixels.float().nan_to_num(0.0).clamp(0, 1) * 255).round().to(torch.uint8)
+        array = pixels.numpy() if pixels.ndim == 2 else pixels.permute(1, 2, 0).numpy()
     return Image.fromarray(np.ascontiguousarray(array.squeeze(-1) if array.ndim == 3 and array.shape[2] == 1
                                                 else array))
 
 
-def _prepare(member: Member, image: str | Image.Image | torch.Tensor) -> torch.Tensor:
+def _prepare(member: Member, image: str | BinaryIO | Image.Image | torch.Tensor | np.ndarray) -> torch.Tensor:
     """One image as the model's input: decoded, fitted to its size and normalised as its weights were trained.
 
-    Files, Pillow images and tensors go through the same decoding (:func:`convnets.data.images.upright_image`),
-    so a photo gives the same input whichever of them it comes as.
+    Files (paths and open file objects), Pillow images, tensors and arrays go through the same decoding
+    (:func:`convnets.data.images.upright_image`), so a photo gives the same input whichever of them it comes as.
 
     Raises:
         One of DECODE_ERRORS: a file that is not a readable image.
     """
-    return preprocessing_of(member)(_as_pil(image) if isinstance(image, torch.Tensor) else image)
+    return preprocessing_of(member)(_as_pil(image) if isinstance(image, torch.Tensor | np.ndarray) else image)
 
 
 def preprocessing_of(member: Member) -> Preprocessing:
@@ -220,8 +247,9 @@ def predict(model: Member | nn.Module | str | os.PathLike, images: ImageInput | 
     Args:
         model: a run directory, one of our weights files, registered weights (``"resnet20:fashion-mnist"``),
             a loaded :class:`~convnets.evaluate.Member`, or a model with ``classes``/``mean``/``std`` given.
-        images: paths of files or folders (recursive, sorted), PIL images, or tensors (C, H, W) of uint8
-            pixels or floats in 0..1; one or a sequence.
+        images: paths of files or folders (recursive, sorted), open binary file objects, PIL images,
+            tensors (C, H, W) of uint8 pixels or floats in 0..1, or uint8 arrays (H, W, C) or (H, W); one or
+            a sequence.
         top_k: classes per image, >= 1 (more than the model has means all of them).
         batch_size: images per forward pass, >= 1.
         views: test-time views averaged per image, as ``convnets evaluate`` takes them (none, mirror, ten-crop).

@@ -39,8 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=number(int, 1), default=256)
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--out", help="directory for evaluation.txt/.json and confusion.png (default: "
-                   "runs/evaluate/NAME in the working directory, NAME the run's, file's or MODEL-TAG); only an "
-                   "earlier report there is replaced")
+                   "runs/evaluate/NAME in the working directory, NAME the run's, file's or MODEL-TAG, or NAME-2, "
+                   "NAME-3... when a report of other sources is there); only an earlier report there is replaced")
     p.add_argument("--force", action="store_true",
                    help="replace files of the report's names in --out that are not an earlier report of convnets")
     p.set_defaults(run=run)

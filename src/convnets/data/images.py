@@ -10,6 +10,7 @@ skipped sample with its reason, so one bad file never ends an epoch.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import struct
 import warnings
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
+
+from convnets.errors import ConfigError
 
 if TYPE_CHECKING:
     from convnets.data.preprocess import Preprocessing
@@ -92,7 +95,14 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def to_mode(image: Image.Image, channels: int) -> Image.Image:
-    """Convert any Pillow mode to L (1 channel) or RGB (3); transparency is composited on black."""
+    """Convert any Pillow mode to L (1 channel) or RGB (3); transparency is composited on black.
+
+    An image already in that mode is returned as it is: ``convert`` would copy it, a second full-size
+    image while the decoded one is held (69 MiB for a 6000x4000 photo).
+    """
+    target = "L" if channels == 1 else "RGB"
+    if image.mode == target:
+        return image
     image = _to_8bit(image)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -100,7 +110,7 @@ def to_mode(image: Image.Image, channels: int) -> Image.Image:
         rgba = image.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(black, rgba)
-    return image.convert("L" if channels == 1 else "RGB")
+    return image.convert(target)
 
 
 @contextlib.contextmanager
@@ -119,11 +129,15 @@ def upright_image(source: str | Path | BinaryIO | Image.Image, channels: int) ->
         channels: 1 or 3.
 
     Raises:
+        ConfigError: ``source`` is none of these (an array, a tensor, None...).
         One of DECODE_ERRORS: The file is not a readable image.
     """
     if isinstance(source, Image.Image):
         yield _upright(source, channels)
         return
+    if not (isinstance(source, str | os.PathLike) or callable(getattr(source, "read", None))):
+        raise ConfigError(f"an image must be a path, a binary file object or a Pillow image; got "
+                          f"{type(source).__name__} (convnets.predict also takes tensors and arrays of pixels)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(source) as image:

@@ -245,11 +245,10 @@ class Setting:
 def _with_defaults(request: dict[str, Any]) -> dict[str, Any]:
     """A saved run's request with the TrainConfig fields added since it was saved at their defaults: a new
     option that the run did not use does not make it a different run."""
-    import dataclasses
-
     from convnets.training import TrainConfig
 
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    # Made by TrainConfig itself, so that a field with a default_factory (model_kwargs) has its default too.
+    defaults = TrainConfig(model="x").to_dict()  # model is in every request
     return {**{k: v for k, v in defaults.items() if k not in request}, **request}
 
 

@@ -182,7 +182,8 @@ def _saved_config(out: Path) -> dict[str, Any]:
 
 
 # Options whose command-line spelling is not the field's name with dashes.
-_OPTIONS = {"num_workers": "--workers", "model_kwargs": "--model-arg", "progress": "--no-progress"}
+_OPTIONS = {"num_workers": "--workers", "model_kwargs": "--model-arg", "progress": "--no-progress",
+            "weights_layout": "--layout"}
 
 
 def option_name(field_name: str) -> str:

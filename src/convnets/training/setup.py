@@ -94,7 +94,8 @@ class WeightAverage:
     parameter and floating-point buffer (BatchNorm's running statistics included, as timm's
     ``ModelEmaV3``); integer buffers (BatchNorm's batch count) are copied.
 
-    The warm-up ``(1 + n) / (10 + n)`` is TensorFlow's ``ExponentialMovingAverage(num_updates=n)``: the
+    The warm-up ``(1 + n) / (10 + n)`` is TensorFlow's ``ExponentialMovingAverage(num_updates=n)`` formula
+    (the formula, not identical numbers: in TensorFlow's usual use the first update already sees n = 1): the
     average starts from the initial weights, and without it a decay of 0.999 keeps about
     ``0.999 ** n`` of them after ``n`` steps (2% after 3,750, a short run's length), so that it
     scores near chance; with it the first step keeps 10%, and the cap ``decay`` holds from step

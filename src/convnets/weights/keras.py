@@ -56,7 +56,14 @@ from convnets.data.preprocess import KERAS_NORMALISATION
 from convnets.errors import LayoutError, MissingDependencyError, WeightsError
 from convnets.models.efficientnet import B0_STAGES, COEFFICIENTS
 from convnets.models.mobilenet import V1_STAGES, V2_ROWS
-from convnets.weights.layouts import EFFICIENTNET_SIGNATURES, RESNET_DEPTHS, VGG_DEPTHS, PeerLayout, _rule
+from convnets.weights.layouts import (
+    EFFICIENTNET_SIGNATURES,
+    LAYOUTS,
+    RESNET_DEPTHS,
+    VGG_DEPTHS,
+    PeerLayout,
+    _rule,
+)
 from convnets.weights.specs import IMAGENET_MEAN, IMAGENET_STD
 
 SUFFIXES = (".h5", ".hdf5", ".keras")
@@ -552,6 +559,9 @@ def read_keras(path: str | Path, layout: str | None = None, *, tensors: bool = T
             variant = detect_keras_layout(shapes)
         elif layout in KERAS_LAYOUTS:
             variant = KERAS_LAYOUTS[layout]
+        elif layout in LAYOUTS:
+            raise LayoutError(f"{layout} is a layout of PyTorch state dicts (torchvision/timm checkpoints); "
+                              f"{path.name} is a Keras weights file, whose layouts are {', '.join(KERAS_LAYOUTS)}")
         else:
             raise LayoutError(f"unknown Keras layout {layout!r}; known: {', '.join(KERAS_LAYOUTS)}")
         peer = variant.layout

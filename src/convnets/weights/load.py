@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from convnets.errors import ConfigError, ConvnetsError, LayoutError, WeightsError, WeightsMismatchError
+from convnets.errors import (
+    ConfigError,
+    ConfigMismatchError,
+    ConvnetsError,
+    LayoutError,
+    WeightsError,
+    WeightsMismatchError,
+)
 from convnets.weights import keras, specs
 from convnets.weights.files import (
     check_state_dict,
@@ -210,6 +217,9 @@ def open_checkpoint(source: Source, *, model_name: str | None = None, layout: st
     if isinstance(source, Mapping):
         state, label = tensors_of(source, "state dict"), "state dict"
     else:
+        if layout is not None and is_tag(source):  # refused as the command line refuses it, before any download
+            raise ConfigMismatchError(f"layout {layout!r} (--layout) is the layout of a weights file; registered "
+                                      f"weights ({source!r}) have their own")
         path, spec, url = _resolve(source, model_name, sha256, cache_dir)
         with _reading(path, url):
             if keras.is_keras_file(path):
@@ -218,6 +228,9 @@ def open_checkpoint(source: Source, *, model_name: str | None = None, layout: st
                                   {"model_kwargs": found.model_kwargs})
             if path.is_file() and file_format(path) == "safetensors":
                 meta = read_metadata(path)
+            if layout is not None and "model" in meta:
+                raise LayoutError(f"{path} is a convnets weights file; --layout (layout=) is for torchvision, timm "
+                                  "and Keras checkpoints")
             state, label = read_state_dict(path), path.name
     state = strip_wrapper_prefixes(state)
     name = spec.peer if spec is not None else layout
