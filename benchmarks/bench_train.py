@@ -738,7 +738,7 @@ def compile_end_to_end(name: str, epochs: int, seed: int, runs: Path, per_class:
         rows = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
         train_seconds = sum(r["seconds"] for r in rows)
         images = round(result.images_per_second * result.seconds)  # steps x batch, over every epoch
-        sides[side] = {"wall_seconds": round(wall, 1), "train_seconds": round(train_seconds, 1),
+        sides[side] = {"wall_seconds": round(wall, 3), "train_seconds": round(train_seconds, 3),
                        "images": images, "images_per_s_wall": round(images / wall, 1),
                        "images_per_s_train": round(images / train_seconds, 1),
                        "images_per_s_first_epoch": rows[0]["images_per_s"], "test_acc": result.test_accuracy,
