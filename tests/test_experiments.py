@@ -207,7 +207,7 @@ def test_write_report_collects_every_section_verdict_and_wall_time(tmp_path: Pat
     report = write_report(sections, tmp_path / "RESULTS.md", "small")
     text = report.read_text()
     assert "## alpha" in text and "## beta" in text and "alpha claim" in text
-    assert "| alpha | reproduced | new beats old: 41.00 [38.52, 43.48] points | 2.1 min |" in text
+    assert "| alpha | reproduced | new beats old: 41.00 [38.52, 43.48] points | 2.1 min |" in text  # seconds=125
     assert "| beta | inconclusive |" in text  # 0.0, 0.1, -0.1: the interval holds zero
     assert "Machine: " in text
 
@@ -235,6 +235,26 @@ def test_run_all_after_a_stop_keeps_the_finished_runs_and_trains_the_rest(tmp_pa
     assert first.stat().st_mtime_ns == stamp  # read back, not trained again
     assert done[("lenet", 1)].steps == done[("lenet", 0)].steps == 2 * (200 // 32)
     assert json.loads((tmp_path / "runs" / "lenet-s1" / "config.json").read_text())["seed"] == 1
+
+
+def test_the_wall_time_of_every_invocation_is_kept_and_reported(tmp_path: Path) -> None:
+    # A re-run reads its finished runs back in seconds; the report still says what the experiment cost.
+    import convnets.experiments as experiments
+
+    out = tmp_path / "one"
+    first = run_experiment("one-by-one", "tiny", out, threads=1, progress=False)
+    record = json.loads((out / experiments.WALL_FILE).read_text())["invocations"]
+    assert [i["how"] for i in record] == ["finished"] and record[0]["seconds"] == round(first.seconds, 1)
+    second = run_experiment("one-by-one", "tiny", out, threads=1, progress=False)
+    assert second.total_seconds == pytest.approx(round(first.seconds, 1) + round(second.seconds, 1))
+    # A directory from before the record: its results.json gives the first invocation.
+    (out / experiments.WALL_FILE).unlink()
+    saved = json.loads((out / "results.json").read_text())
+    saved["seconds"] = 600.0
+    (out / "results.json").write_text(json.dumps(saved))
+    third = run_experiment("one-by-one", "tiny", out, threads=1, progress=False)
+    assert third.total_seconds == pytest.approx(600.0 + round(third.seconds, 1))
+    assert "wall time 10.0 min over all invocations" in (out / "results.md").read_text()
 
 
 def test_a_finished_run_saved_before_a_new_option_existed_is_still_reused(tmp_path: Path) -> None:

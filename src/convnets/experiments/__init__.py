@@ -337,6 +337,7 @@ class Result:
     out: Path | None = None
     verdicts: list[dict[str, Any]] = field(default_factory=list)
     seconds: float | None = None
+    total_seconds: float | None = None  # over every invocation on its directory (see WALL_FILE)
     machine: dict[str, Any] | None = None
 
     @property
@@ -361,7 +362,8 @@ class Result:
 
         write_text(out / "results.json", json.dumps({
             "name": self.name, "budget": budget, "claim": self.claim, "verdict": self.verdict,
-            "verdicts": self.verdicts, "seconds": self.seconds, "machine": self.machine, "data": self.data},
+            "verdicts": self.verdicts, "seconds": self.seconds, "total_seconds": self.total_seconds,
+            "machine": self.machine, "data": self.data},
             indent=2, default=str) + "\n")
         lines = [f"# {self.name}", "", f"Claim: {self.claim}", "", f"Budget: {budget}", ""]
         if self.verdicts:
@@ -369,10 +371,18 @@ class Result:
         lines += [self.table, ""]
         lines += [f"- {n}" for n in self.notes]
         if self.machine:
-            lines += ["", f"Machine: {machine_line(self.machine)}; wall time {_minutes(self.seconds)}."]
+            lines += ["", f"Machine: {machine_line(self.machine)}; {_wall_text(self)}."]
         if self.figure:
             lines += ["", f"![{self.name}]({self.figure.name})"]
         write_text(out / "results.md", "\n".join(lines) + "\n")
+
+
+def _wall_text(result: Result) -> str:
+    """The wall time in words: over every invocation, and this one's where they differ."""
+    total = result.total_seconds if result.total_seconds is not None else result.seconds
+    if result.seconds is None or total is None or abs(total - result.seconds) < 1:
+        return f"wall time {_minutes(result.seconds)}"
+    return f"wall time {_minutes(total)} over all invocations (the last: {_minutes(result.seconds)})"
 
 
 def _minutes(seconds: float | None) -> str:
@@ -504,13 +514,16 @@ def run_experiment(name: str, budget: str = "small", out: str | Path | None = No
                 for path in [out / SETTING_FILE, *plans]:  # refused or stopped before any run: leave nothing
                     path.unlink()
             elif isinstance(err, KeyboardInterrupt):
+                _record_wall_time(out, time.perf_counter() - start, "stopped")
                 again = f"convnets experiment {name} --budget {budget}" + (
                     f" --data {data}" if data != "fashion-mnist" else "") + (
                     f" --seeds {seeds}" if seeds != DEFAULT_SEEDS else "") + f" --out {out}"
                 print(f"experiment stopped; `{again}` continues it (finished runs are reused)", flush=True)
             raise
-        # Wall time of this invocation: runs read back from an earlier one are not counted again.
+        # Wall time of this invocation: runs read back from an earlier one are not counted again, but
+        # the experiment's total over every invocation that worked on its directory is kept beside it.
         result.seconds, result.machine = time.perf_counter() - start, machine()
+        result.total_seconds = _record_wall_time(out, result.seconds, "finished")
         result.write(out, budget)
     result.out = out
     return result
@@ -568,9 +581,10 @@ def write_report(results: Sequence[Result], path: Path, budget: str) -> Path:
                 for line in body]
         lines += ["## " + body[0].removeprefix("# "), "", *body[1:], ""]
     lines += ["## Closing note", "", markdown_table(
-        ["experiment", "verdict", "paired 95% interval(s)", "wall time"],
+        ["experiment", "verdict", "paired 95% interval(s)", "wall time (all invocations)"],
         [[r.name, r.verdict or "cost only (exact counts)", "; ".join(
-            f"{v['claim']}: {_interval_text(v)}" for v in r.verdicts) or "", _minutes(r.seconds)] for r in results],
+            f"{v['claim']}: {_interval_text(v)}" for v in r.verdicts) or "",
+            _minutes(r.total_seconds if r.total_seconds is not None else r.seconds)] for r in results],
         align="llll"), ""]
     write_text(path, "\n".join(lines) + "\n")
     return path
@@ -584,6 +598,28 @@ def _interval_text(v: dict[str, Any]) -> str:
 
 # What an experiment's directory was made with; its runs are reused only by a run with the same.
 SETTING_FILE = "experiment.json"
+# The wall time of every invocation that worked on an experiment's directory (a stopped one included).
+WALL_FILE = "wall-times.json"
+
+
+def _record_wall_time(out: Path, seconds: float, how: str) -> float:
+    """Add this invocation's wall time to ``out``'s record and return the total over all invocations.
+
+    A directory written before the record existed starts it from its ``results.json`` (that
+    invocation's wall time), so that a re-run which reads every training run back still reports what
+    the training cost.
+    """
+    from convnets.training.report import write_text
+
+    record = _read_json(out / WALL_FILE)
+    invocations = record.get("invocations") if record else None
+    if not isinstance(invocations, list):
+        earlier = (_read_json(out / "results.json") or {}).get("seconds")
+        invocations = [{"seconds": earlier, "how": "finished (from results.json)"}] if isinstance(
+            earlier, (int, float)) else []
+    invocations.append({"seconds": round(seconds, 1), "how": how, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    write_text(out / WALL_FILE, json.dumps({"invocations": invocations}, indent=1) + "\n")
+    return sum(i["seconds"] for i in invocations if isinstance(i.get("seconds"), (int, float)))
 
 
 def _check_same_setting(out: Path, setting: dict[str, str]) -> None:
