@@ -172,7 +172,7 @@ def _cost_rows(setting: Setting) -> list[dict[str, Any]]:
 
 
 def _train_inception(setting: Setting) -> dict[tuple[str, int], Trained]:
-    # small: 1,000 images per class for 2 epochs (312 steps), both nets 3 seeds in ~4 minutes on 2 cores.
+    # small: 1,000 images per class for 2 epochs (312 steps), both nets x 3 seeds (wall time in docs/RESULTS.md).
     recipe = _recipe(setting, epochs=setting.pick(1, 2, 20), train_per_class=1000, test_per_class=None,
                      label_smoothing=0.0)
     return setting.run_all([Run(f"inception-{kind}", seed, "small_inception", {

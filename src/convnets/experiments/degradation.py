@@ -35,9 +35,9 @@ def budget(setting: Setting) -> dict[str, Any]:
     """The training budget of every arm.
 
     small: 2,000 images per class (20,000) for 8 epochs at batch 128, 1,248 iterations, on the images
-    downsampled to 14x14 (antialiased), which makes every step ~2.7x cheaper than at 28x28 and fits the
-    12 runs into ~20 minutes on 2 cores: the claim is about optimisation (training error), which
-    needs iterations more than pixels. An earlier single-seed run at 28x28 and 468 iterations separated
+    downsampled to 14x14 (antialiased), a quarter of the pixels per step, which fits the 12 runs into
+    30 minutes on 2 cores (18.7 measured, docs/RESULTS.md): the claim is about optimisation (training
+    error), which needs iterations more than pixels. An earlier single-seed run at 28x28 and 468 iterations separated
     the plain nets (19% -> 60% training error) but left the ResNets in no order. full: the paper's 64k
     iterations (164 epochs of 50k images at batch 128; here 60k images, so 76,752) with the learning rate
     divided by 10 at half and three quarters, at the data's own size.

@@ -353,7 +353,7 @@ def augmentation_plan(setting: Setting) -> tuple[list[Run], dict[str, dict[str, 
     presets = setting.pick(("none", "standard"), ("none", "standard"), AUGMENT_PRESETS)
     batch = setting.pick(16, 128, 128)
     # small: 400 steps of 128 (100 epochs of 1% = 600 images, 9 of 10%, one of all 60,000: 468 steps, as the
-    # epochs round), 18 runs in ~15 minutes on 2 cores; full: 30 epochs of all.
+    # epochs round), 18 runs (wall time in docs/RESULTS.md); full: 30 epochs of all.
     steps = setting.pick(6, 400, 30 * 468)
     monitor = setting.pick(5, 20, 100)  # test images per class evaluated after each epoch (the curves only)
     (n_all, *counts), _ = _train_sizes(setting.data, setting.data_dir, (None, *sizes))
@@ -482,7 +482,7 @@ def ensemble(setting: Setting) -> Result:
     # Trained with pad-and-crop and mirrors (augment=standard), so that the test-time views are ones
     # the models saw in training; the recipe (epochs, optimizer) otherwise. The full budget keeps the
     # 30 epochs resnet20's recipe had before it was fitted to a 10-minute CPU run (8).
-    # small: half lenet5's recipe (4 of 8 epochs), 15 models in ~3 minutes on 2 cores.
+    # small: half lenet5's recipe (4 of 8 epochs), 15 models (wall time in docs/RESULTS.md).
     budget = setting.pick(dict(epochs=1, batch_size=32, train_per_class=20, test_per_class=5),
                           dict(epochs=4, test_per_class=100), dict(epochs=30))
     final = setting.pick(5, None, None)
