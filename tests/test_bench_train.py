@@ -3,9 +3,7 @@ ceiling) and its bookkeeping, on tiny data. No timing is asserted: the figures c
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,18 +13,13 @@ import convnets
 from convnets.data.datasets import load_dataset
 from convnets.training import TrainConfig
 from convnets.training.loop import cpu_has_native_bf16
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+from fixture_scripts import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_train"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["bench_train"]
+    with benchmark_script("bench_train") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ema_trial.py"
+from fixture_scripts import benchmark_script
 
 
 def test_running_a_subset_of_the_arms_keeps_the_others_in_the_json(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("ema_trial", SCRIPT)
-    trial = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(trial)
+    with benchmark_script("ema_trial") as trial:
+        check_start_report(trial, tmp_path)
+
+
+def check_start_report(trial, tmp_path: Path) -> None:
     result = tmp_path / "ema_trial.json"
     old = {"decay": 0.99, "arms": {"resnet20-2-epochs": {"target": 0.93}}, "plain_run_check": {"equal": True}}
     result.write_text(json.dumps(old))
