@@ -30,6 +30,7 @@ ARMS = {
     "lenet5-8-epochs": ("lenet5", [], 0.90),  # the recipe as it is (8 epochs, one-cycle)
     "lenet5-5-epochs": ("lenet5", ["--epochs", "5"], 0.90),  # the same recipe squeezed into 5 epochs
     "resnet20-2-epochs": ("resnet20", ["--epochs", "2"], 0.93),  # a 2-epoch run, far from its 8-epoch recipe
+    "resnet20-8-epochs": ("resnet20", [], 0.93),  # the recipe as it is (8 epochs, cosine to zero)
 }
 RESULT = Path(__file__).parent / "results" / "ema_trial.json"
 
