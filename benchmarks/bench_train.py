@@ -58,13 +58,16 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import fnmatch
 import functools
 import json
 import math
 import os
 import platform
 import random
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -82,7 +85,10 @@ from torch import nn
 import convnets
 from convnets.data.augment import PRESETS, AugmentConfig, flip_shift, pca_basis
 from convnets.data.datasets import Dataset, load_dataset
+from convnets.device import keep_freed_memory
+from convnets.experiments.stats import mean_interval
 from convnets.training import TrainConfig, distributed, train
+from convnets.training import loop as loop_module
 from convnets.training.config import resolve
 from convnets.training.loop import Trainer, cpu_has_native_bf16
 
@@ -303,6 +309,9 @@ class PlainLoop(Side):
         return images, data
 
 
+DATA_EVENT = "bench_train: next batch"
+
+
 class _TimedLoader:
     """A loader whose iteration adds the seconds spent waiting for each batch to :attr:`waited`; everything
     else (``set_epoch``, ``position``, ``len``) is the loader's own."""
@@ -320,7 +329,8 @@ class _TimedLoader:
         batches = iter(self.loader)
         while True:
             start = time.perf_counter()
-            batch = next(batches, None)
+            with torch.profiler.record_function(DATA_EVENT):  # the step breakdown's "data" (see STEP_CATEGORIES)
+                batch = next(batches, None)
             self.waited += time.perf_counter() - start
             if batch is None:
                 return
@@ -338,10 +348,11 @@ class TrainerSide(Side):
 
     Args:
         config: The run (``out`` a directory the Trainer may write its config.json into).
+        name: The side's name.
     """
 
-    def __init__(self, config: TrainConfig) -> None:
-        super().__init__("convnets")
+    def __init__(self, config: TrainConfig, name: str = "convnets") -> None:
+        super().__init__(name)
         self.trainer = trainer = Trainer(config, distributed.setup(config.device))
         # What Trainer.run() sets up around the epochs: no signal seen, and no mid-epoch checkpoint due.
         trainer._signalled = []
@@ -588,9 +599,152 @@ def ratio(a: Side, b: Side) -> dict[str, Any]:
             "total": a.images / a.seconds / (b.images / b.seconds)}
 
 
+# --------------------------------------------------------------------------------------------
+# step breakdown
+
+
+@dataclass(frozen=True)
+class OpCategory:
+    """A part of a training step, as the profiler's event names show it.
+
+    Attributes:
+        name: What the part is.
+        patterns: ``fnmatch`` patterns (case-sensitive) of the event names it holds: aten operators
+            (``aten::threshold_backward``), autograd nodes (``ReluBackward0``, with the engine's
+            ``autograd::engine::evaluate_function: ReluBackward0`` around it) and labelled regions
+            (``Optimizer.step#SGD.step``).
+        context: The part also holds every event that runs inside one of its events, whatever its own
+            name (the ``aten::add_`` of the optimizer's update is the optimizer's, not an addition).
+    """
+
+    name: str
+    patterns: tuple[str, ...]
+    context: bool = False
+
+
+# An event belongs to the first context part any event around it (or itself) belongs to; otherwise to the
+# first operator part that its own name, or failing that the nearest enclosing event's, matches; otherwise to
+# "other". Self time is counted: each microsecond once, in the event that spent it.
+STEP_CATEGORIES: tuple[OpCategory, ...] = (
+    OpCategory("optimizer", ("Optimizer.*",), context=True),  # step and zero_grad, as torch.optim labels them
+    OpCategory("loss", ("aten::cross_entropy_loss", "*NllLossBackward*", "*LogSoftmaxBackward*"), context=True),
+    OpCategory("data", (DATA_EVENT,), context=True),  # the loader: indexing, augmentation, to the device
+    OpCategory("convolution backward", ("*ConvolutionBackward*", "aten::convolution_backward*",
+                                        "aten::mkldnn_convolution_backward*")),
+    OpCategory("convolution forward", ("aten::conv2d", "aten::convolution", "aten::_convolution",
+                                       "aten::mkldnn_convolution", "aten::thnn_conv2d", "aten::_slow_conv2d*")),
+    OpCategory("batch norm backward", ("*BatchNormBackward*", "aten::native_batch_norm_backward",
+                                       "aten::batch_norm_backward")),
+    OpCategory("batch norm forward", ("aten::batch_norm", "aten::_batch_norm_impl_index", "aten::native_batch_norm",
+                                      "aten::_native_batch_norm_legit*", "aten::_batch_norm_with_update")),
+    OpCategory("ReLU backward", ("*ReluBackward*", "aten::threshold_backward")),
+    OpCategory("ReLU forward", ("aten::relu", "aten::relu_", "aten::clamp_min", "aten::clamp_min_")),
+    OpCategory("additions", ("aten::add", "aten::add_", "*AddBackward*")),  # the residual sums and their gradients
+    OpCategory("casts, copies and fills", ("aten::to", "aten::_to_copy", "aten::copy_", "aten::fill_", "aten::zero_",
+                                           "aten::zeros", "aten::zeros_like", "aten::empty", "aten::empty_like",
+                                           "aten::empty_strided", "aten::clone", "aten::contiguous",
+                                           "*ToCopyBackward*")),
+)
+OTHER = "other"
+
+
+def step_category(names: list[str]) -> str:
+    """The part of the step (:data:`STEP_CATEGORIES`) of an event, from its own name and those of the events
+    around it, innermost first; ``"other"`` when none matches."""
+    for category in STEP_CATEGORIES:
+        if category.context and any(fnmatch.fnmatchcase(n, p) for n in names for p in category.patterns):
+            return category.name
+    for n in names:
+        for category in STEP_CATEGORIES:
+            if not category.context and any(fnmatch.fnmatchcase(n, p) for p in category.patterns):
+                return category.name
+    return OTHER
+
+
+def step_breakdown(side: TrainerSide, steps: int) -> dict[str, Any]:
+    """Where the Trainer's step spends its time: ``steps`` steps under ``torch.profiler`` (CPU), each
+    operator's self time put in a part of the step (:func:`step_category`), in ms per step and as a share
+    of the operators' summed time. The profiler slows every operator a little and Python between them is
+    in no operator: ``wall_ms_per_step`` (under the profiler) is beside ``op_ms_per_step`` for that reason.
+
+    Args:
+        side: The Trainer, warmed up (its first steps' one-off costs are not a step's).
+        steps: Steps to profile.
+    """
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities) as profile:
+        start = time.perf_counter()
+        side.steps(steps, timed=False)
+        wall = time.perf_counter() - start
+    by_op: dict[str, float] = {}
+    category_of: dict[str, str] = {}
+    for event in profile.events():
+        names, parent = [event.name], event.cpu_parent
+        while parent is not None:
+            names.append(parent.name)
+            parent = parent.cpu_parent
+        category = step_category(names)
+        key = f"{category}\t{event.name}"  # one name may fall in two parts (aten::add_: the optimizer's, a sum)
+        by_op[key] = by_op.get(key, 0.0) + event.self_cpu_time_total / 1000 / steps
+        category_of[key] = category
+    total = sum(by_op.values())
+    names = [c.name for c in STEP_CATEGORIES] + [OTHER]
+    ms = {name: sum(v for k, v in by_op.items() if category_of[k] == name) for name in names}
+    return {
+        "steps": steps,
+        "wall_ms_per_step": round(1000 * wall / steps, 3),
+        "op_ms_per_step": round(total, 3),
+        "categories": [{"category": name, "ms_per_step": round(ms[name], 3), "share": ms[name] / total}
+                       for name in names],
+        "ops": [{"name": k.split("\t", 1)[1], "category": category_of[k], "ms_per_step": round(v, 4)}
+                for k, v in sorted(by_op.items(), key=lambda item: -item[1])],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# steady-state compiled training
+
+
+def compiled_summary(compiled: TrainerSide, eager: TrainerSide, baseline: Side, first_steps: int,
+                     first_seconds: float) -> dict[str, Any]:
+    """The compiled Trainer's steady state beside the eager one's and the baseline's, and when compiling pays.
+
+    Args:
+        compiled: The Trainer with ``compile`` set, after its interleaved chunks.
+        eager: The same Trainer uncompiled, timed in the same rounds.
+        baseline: The plain loop, timed in the same rounds.
+        first_steps: Untimed steps the compiled side made first (they compiled it).
+        first_seconds: Their wall time.
+
+    Returns:
+        The compiled side's summary, with ``compile_seconds``: the first steps' time beyond what they cost at
+        the steady compiled rate; the ratios to the baseline and to the eager Trainer; and the break-even,
+        the training images after which the compiled Trainer has caught up with the eager one,
+        compile_seconds / (1 / eager rate - 1 / compiled rate) (None when compiled is not faster), also in
+        epochs of the training set.
+    """
+    summary = compiled.summary()
+    rate, eager_rate = summary["images_per_s"], eager.summary()["images_per_s"]
+    first_images = first_steps * compiled.trainer.setup.batch_size * compiled.trainer.cfg.accumulate
+    compile_seconds = max(first_seconds - first_images / rate, 0.0)
+    saved_per_image = 1 / eager_rate - 1 / rate
+    break_even = compile_seconds / saved_per_image if saved_per_image > 0 else None
+    images_per_epoch = compiled.batches_per_epoch * compiled.trainer.setup.batch_size
+    return {**summary, "backend": compiled.trainer.cfg.compile, "first_steps": first_steps,
+            "first_steps_seconds": round(first_seconds, 3), "compile_seconds": round(compile_seconds, 3),
+            "over_baseline": ratio(compiled, baseline), "over_convnets": ratio(compiled, eager),
+            "images_per_epoch": images_per_epoch, "break_even_images": break_even,
+            "break_even_epochs": None if break_even is None else break_even / images_per_epoch}
+
+
+# --------------------------------------------------------------------------------------------
+# throughput
+
+
 def throughput(config: TrainConfig, raw: Dataset, *, workers: int, rounds: int, steps: int, warm: int,
-               ceiling: bool = True) -> dict[str, Any]:
-    """Interleaved images/s of convnets, the hand-tuned loop, the plain baseline and the 3x3-convolution ceiling.
+               ceiling: bool = True, breakdown: int = 0, compiled: str | None = None) -> dict[str, Any]:
+    """Interleaved images/s of convnets, the hand-tuned loop, the plain baseline and the 3x3-convolution ceiling
+    (and of the compiled Trainer, when asked).
 
     Args:
         config: The convnets run (model, data, seed, batch size, threads; ``out`` is set here): the
@@ -601,9 +755,12 @@ def throughput(config: TrainConfig, raw: Dataset, *, workers: int, rounds: int, 
         steps: Timed steps per chunk.
         warm: Untimed steps at the start of every chunk (see :func:`interleave`).
         ceiling: Time the 3x3-convolution ceiling too (when the model has 3x3 convolutions).
+        breakdown: Profile this many of the Trainer's steps after the rounds (:func:`step_breakdown`); 0: none.
+        compiled: Add the Trainer compiled with this ``torch.compile`` backend as a side (its first steps,
+            which compile it, timed apart; see :func:`compiled_summary`); None: none.
     """
     name = config.model
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as compiled_out:
         ours = TrainerSide(dataclasses.replace(config, out=out, progress=False))
         data, model = ours.trainer.dataset, ours.trainer.model
         batch_size = ours.trainer.setup.batch_size
@@ -613,9 +770,21 @@ def throughput(config: TrainConfig, raw: Dataset, *, workers: int, rounds: int, 
                                  seed=config.seed)
         sides: list[Side] = [ours, tuned, baseline]
         layers = conv3x3_layers(model, (data.channels, *data.image_size), batch_size, tuned.autocast)
-        if ceiling and layers:
-            sides.append(ConvCeiling(layers, tuned.autocast or torch.float32))
+        conv_ceiling = ConvCeiling(layers, tuned.autocast or torch.float32) if ceiling and layers else None
+        if conv_ceiling is not None:
+            sides.append(conv_ceiling)
+        if compiled is not None:
+            torch._dynamo.reset()  # no compiled code from an earlier side or model in this process
+            # The same seed: the same initial weights as the eager Trainer's.
+            fast = TrainerSide(dataclasses.replace(config, out=compiled_out, progress=False, compile=compiled),
+                               name="convnets compiled")
+            first_steps = max(warm, 2)
+            start = time.perf_counter()
+            fast.steps(first_steps, timed=False)  # compiles the step
+            first_seconds = time.perf_counter() - start
+            sides.append(fast)
         interleave(sides, rounds=rounds, steps=steps, warm=warm)
+        profiled = step_breakdown(ours, breakdown) if breakdown else None
     recipe = ours.trainer.cfg
     macs = convnets.count(model, input_size=(data.channels, *data.image_size)).macs
     speedup = ratio(ours, baseline)
@@ -637,10 +806,91 @@ def throughput(config: TrainConfig, raw: Dataset, *, workers: int, rounds: int, 
         "speedup_range": speedup["range"],
         "convnets_over_tuned": ratio(ours, tuned),
     }
-    if len(sides) == 4:
-        result["ceiling"] = sides[3].summary()
-        result["convnets_over_ceiling"] = ratio(ours, sides[3])
+    if conv_ceiling is not None:
+        result["ceiling"] = conv_ceiling.summary()
+        result["convnets_over_ceiling"] = ratio(ours, conv_ceiling)
+    if compiled is not None:
+        result["compiled"] = compiled_summary(fast, ours, baseline, first_steps, first_seconds)
+    if profiled is not None:
+        result["breakdown"] = profiled
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# glibc keeping freed memory, A/B in fresh processes
+
+# What bench_train --malloc-arm runs: the Trainer as it is (keep_freed_memory sets glibc's thresholds), and with
+# the call made a no-op (glibc's defaults). Each in a process of its own: the thresholds last a process's life.
+MALLOC_ARMS = ("kept", "default")
+MALLOC_ROUNDS = 3  # timed chunks of each run: a run is short, the pairs give the spread
+
+
+def malloc_arm(config: TrainConfig, arm: str, *, rounds: int, steps: int, warm: int) -> dict[str, Any]:
+    """One arm of :func:`malloc_compare`, in this process, which must not have built a Trainer before.
+
+    Args:
+        config: The run (``out`` is set here).
+        arm: ``kept`` (the Trainer as it is) or ``default`` (its call of keep_freed_memory made a no-op).
+        rounds: Timed chunks.
+        steps: Steps per chunk.
+        warm: Untimed steps before each chunk (and, at least 2, before the first).
+
+    Returns:
+        The arm, whether glibc keeps freed memory in this process, the images/s (median chunk) and of each
+        chunk, and the minor page faults per timed step (``getrusage``).
+    """
+    if arm not in MALLOC_ARMS:
+        raise ValueError(f"arm must be one of {MALLOC_ARMS}; got {arm!r}")
+    if arm == "default":
+        loop_module.keep_freed_memory = lambda: False
+    faults = 0
+    with tempfile.TemporaryDirectory() as out:
+        side = TrainerSide(dataclasses.replace(config, out=out, progress=False))
+        side.steps(max(warm, 2), timed=False)
+        for _ in range(rounds):
+            side.steps(warm, timed=False)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            side.steps(steps)
+            faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    summary = side.summary()
+    return {"arm": arm, "kept": arm == "kept" and keep_freed_memory(), "images_per_s": summary["images_per_s"],
+            "per_round_images_per_s": summary["per_round_images_per_s"],
+            "minor_faults_per_step": faults / (rounds * steps)}
+
+
+def malloc_compare(config: TrainConfig, pairs: int, *, rounds: int, steps: int, warm: int) -> dict[str, Any]:
+    """The Trainer's images/s with glibc keeping freed memory (``kept``) and with glibc's defaults, in
+    alternating fresh processes (kept, default, kept, default, ...: load and clock drift fall on both).
+
+    Args:
+        config: The run (its ``out`` is not used).
+        pairs: Pairs of runs.
+        rounds, steps, warm: Of each run (see :func:`malloc_arm`).
+
+    Returns:
+        Each arm's runs; the per-pair ratio kept / default with its median, range and 95% t interval of the
+        mean (:func:`convnets.experiments.stats.mean_interval`); each arm's median minor faults per step.
+
+    Raises:
+        RuntimeError: A run failed (its error output ends the message).
+    """
+    spec = json.dumps({k: v for k, v in dataclasses.asdict(config).items() if k != "out"})
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in MALLOC_ARMS}
+    for _ in range(pairs):
+        for arm in MALLOC_ARMS:
+            command = [sys.executable, __file__, "--malloc-arm", arm, "--malloc-config", spec, "--rounds",
+                       str(rounds), "--steps", str(steps), "--warm", str(warm)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"bench_train --malloc-arm {arm} failed:\n{done.stderr[-3000:]}")
+            runs[arm].append(json.loads(done.stdout.splitlines()[-1]))
+            print(f"{config.model} malloc {arm}: {runs[arm][-1]}", flush=True)
+    ratios = [k["images_per_s"] / d["images_per_s"] for k, d in zip(runs["kept"], runs["default"], strict=True)]
+    return {"model": config.model, "pairs": pairs, "rounds": rounds, "steps": steps, "warm": warm, **runs,
+            "kept_over_default": {"per_pair": ratios, "median": statistics.median(ratios),
+                                  "range": [min(ratios), max(ratios)], "mean": mean_interval(ratios).to_dict()},
+            "minor_faults_per_step": {arm: statistics.median(r["minor_faults_per_step"] for r in runs[arm])
+                                      for arm in MALLOC_ARMS}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -757,6 +1007,17 @@ def compile_end_to_end(name: str, epochs: int, seed: int, runs: Path, per_class:
             "plain_over_baseline_wall": round(plain["images_per_s_wall"] / base["images_per_s"], 3)}
 
 
+def positive(text: str) -> int:
+    """A whole number >= 1 from the command line (argparse's ``type``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def cpu_flags() -> list[str]:
     """The bf16 instructions this CPU has, as ``lscpu | grep -o 'avx512_bf16\\|amx_bf16'`` lists them."""
     try:
@@ -807,6 +1068,8 @@ def markdown(results: dict[str, Any]) -> str:
             goals.append(f"convnets / 3x3-convolution ceiling {t['convnets_over_ceiling']['median']:.2f}x"
                          + (" (goal >= 0.60)" if goal else ""))
         lines += ["", f"{t['model']}: " + "; ".join(goals)]
+        lines += _compiled_side_lines(t) + _breakdown_lines(t)
+    lines += _malloc_lines(results.get("malloc", []))
     if results.get("accuracy"):
         lines += ["", "| model | goal | reached at (train s / with eval) | epoch | epochs run | final acc | "
                       "train images/s |", "|---|---:|---|---:|---:|---:|---:|"]
@@ -817,6 +1080,52 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{a['epochs']} of {a['recipe_epochs']} | {a['final_test_acc']:.4f} | "
                          f"{a['train_images_per_s']:,} |")
     return _compile_markdown(results, lines)
+
+
+def _compiled_side_lines(t: dict[str, Any]) -> list[str]:
+    if "compiled" not in t:
+        return []
+    c = t["compiled"]
+    base, eager = c["over_baseline"], c["over_convnets"]
+    if c["break_even_images"] is None:
+        pays = "never pays for itself against the eager Trainer (not faster in steady state)"
+    else:
+        pays = (f"pays for itself after {c['break_even_images']:,.0f} training images "
+                f"({c['break_even_epochs']:.2f} epochs of {c['images_per_epoch']:,})")
+    return ["", f"{t['model']} compiled ({c['backend']}), steady state: {c['images_per_s']:,.0f} images/s; "
+                f"compiled / baseline **{base['median']:.2f}x** ({base['range'][0]:.2f}-{base['range'][1]:.2f}x), "
+                f"compiled / convnets eager **{eager['median']:.2f}x** "
+                f"({eager['range'][0]:.2f}-{eager['range'][1]:.2f}x); compiling took {c['compile_seconds']:.1f} s "
+                f"(first {c['first_steps']} steps {c['first_steps_seconds']:.1f} s) and {pays}"]
+
+
+def _breakdown_lines(t: dict[str, Any]) -> list[str]:
+    if "breakdown" not in t:
+        return []
+    b = t["breakdown"]
+    lines = ["", f"{t['model']}, where convnets' step goes ({b['steps']} steps under torch.profiler, self CPU time: "
+                 f"{b['op_ms_per_step']:.1f} ms per step in operators, {b['wall_ms_per_step']:.1f} ms wall):", "",
+             "| part of the step | ms per step | share |", "|---|---:|---:|"]
+    lines += [f"| {c['category']} | {c['ms_per_step']:.2f} | {c['share']:.1%} |" for c in b["categories"]]
+    return lines
+
+
+def _malloc_lines(compared: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for m in compared:
+        r, faults = m["kept_over_default"], m["minor_faults_per_step"]
+        mean = r["mean"]
+        interval = f"mean {mean['mean']:.3f}x" + (f", 95% [{mean['low']:.3f}, {mean['high']:.3f}]"
+                                                   if mean["n"] > 1 else "")
+        lines += ["", f"{m['model']}, glibc keeping freed memory ({m['pairs']} pairs of fresh processes, "
+                      f"{m['rounds']} x {m['steps']} steps each):", "",
+                  "| arm | images/s (median chunk) per run | minor faults per step (median run) |", "|---|---|---:|"]
+        for arm in MALLOC_ARMS:
+            rates = ", ".join(f"{run['images_per_s']:,.0f}" for run in m[arm])
+            lines.append(f"| {arm} | {rates} | {faults[arm]:,.0f} |")
+        lines += ["", f"kept / default per pair: **{r['median']:.3f}x** median ({r['range'][0]:.3f}-"
+                      f"{r['range'][1]:.3f}x; {interval})"]
+    return lines
 
 
 def _compile_markdown(results: dict[str, Any], lines: list[str]) -> str:
@@ -863,8 +1172,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-per-class", type=int,
                         help="train and test the --compile runs on this many images per class (default: all)")
     parser.add_argument("--compile-backend", default="inductor",
-                        help="torch.compile backend of 4. (default inductor, what --compile means)")
+                        help="torch.compile backend of 4. and of --compiled-side (default inductor, what --compile "
+                             "means)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="in 2., profile --steps of convnets' steps after the rounds: where a step's time goes")
+    parser.add_argument("--compiled-side", action="store_true",
+                        help="in 2., the Trainer compiled (--compile-backend) as one more side: its steady state, "
+                             "its compile seconds and when compiling pays for itself")
+    parser.add_argument("--malloc-compare", type=positive, metavar="PAIRS",
+                        help="after 2., the Trainer with and without glibc keeping freed memory, in PAIRS pairs of "
+                             "fresh processes (3 chunks of --steps, default 16, each)")
+    # One arm of --malloc-compare, run in a process of its own by the benchmark itself.
+    parser.add_argument("--malloc-arm", choices=MALLOC_ARMS, help=argparse.SUPPRESS)
+    parser.add_argument("--malloc-config", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.malloc_arm:
+        config = TrainConfig(**args.malloc_config)
+        print(json.dumps(malloc_arm(config, args.malloc_arm, rounds=args.rounds, steps=args.steps or 16,
+                                    warm=args.warm)))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -907,10 +1233,17 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(model=name, device="cpu", seed=args.seed, batch_size=args.batch_size,
                              threads=args.threads)
         steps = args.steps or (40 if name == "lenet5" else 8)
-        t = throughput(config, raw, workers=args.workers, rounds=args.rounds, steps=steps, warm=args.warm)
+        t = throughput(config, raw, workers=args.workers, rounds=args.rounds, steps=steps, warm=args.warm,
+                       breakdown=steps if args.breakdown else 0,
+                       compiled=args.compile_backend if args.compiled_side else None)
         results["throughput"].append(t)
         print(f"{name}: " + ", ".join(f"{side} {t[side]['per_round_images_per_s']} img/s" for side in
-                                      ("convnets", "tuned", "baseline", "ceiling") if side in t), flush=True)
+                                      ("convnets", "tuned", "baseline", "ceiling", "compiled") if side in t),
+              flush=True)
+        if args.malloc_compare:
+            results.setdefault("malloc", []).append(
+                malloc_compare(config, args.malloc_compare, rounds=MALLOC_ROUNDS, steps=args.steps or 16,
+                               warm=args.warm))
 
     results["accuracy"] = []
     if not args.skip_accuracy and not args.tuned_only:

@@ -3,7 +3,9 @@ ceiling) and its bookkeeping, on tiny data. No timing is asserted: the figures c
 
 from __future__ import annotations
 
+import platform
 import statistics
+import types
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,109 @@ def test_tuned_only_and_compile_only_exclude_each_other(bench, capsys):
     with pytest.raises(SystemExit) as stop:
         bench.main(["--tuned-only", "--compile-only"])
     assert stop.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the step breakdown, the compiled side, malloc
+
+
+def test_step_category_reads_the_event_and_those_around_it(bench):
+    category = bench.step_category
+    assert category(["aten::threshold_backward", "ReluBackward0"]) == "ReLU backward"
+    assert category(["aten::mkldnn_convolution", "aten::_convolution", "aten::convolution"]) == "convolution forward"
+    assert category(["autograd::engine::evaluate_function: ConvolutionBackward0"]) == "convolution backward"
+    assert category(["aten::native_batch_norm_backward", "NativeBatchNormBackward0"]) == "batch norm backward"
+    # An operator's own name decides before the events around it: autocast's cast inside a convolution is a cast.
+    assert category(["aten::copy_", "aten::_to_copy", "aten::to", "aten::conv2d"]) == "casts, copies and fills"
+    # A context claims whatever runs inside it: the optimizer's update is not "additions".
+    assert category(["aten::add_", "Optimizer.step#SGD.step"]) == "optimizer"
+    assert category(["aten::add_"]) == "additions"
+    assert category(["aten::nll_loss_forward", "aten::nll_loss", "aten::cross_entropy_loss"]) == "loss"
+    assert category(["aten::gather", bench.DATA_EVENT]) == "data"
+    # An operator no part names takes its nearest enclosing event's part, or is "other": never lost.
+    assert category(["aten::made_up", "aten::native_batch_norm"]) == "batch norm forward"
+    assert category(["aten::made_up"]) == "other"
+    names = [c.name for c in bench.STEP_CATEGORIES]
+    assert len(set(names)) == len(names) and "other" not in names
+
+
+def test_throughput_with_the_step_breakdown_and_the_compiled_side(bench, digits, tmp_path):
+    config = tiny_config(tmp_path, per_class=8)
+    result = bench.throughput(config, digits, workers=0, rounds=2, steps=1, warm=0, ceiling=False, breakdown=2,
+                              compiled="eager")
+    b = result["breakdown"]
+    parts = {c["category"]: c for c in b["categories"]}
+    assert list(parts) == [c.name for c in bench.STEP_CATEGORIES] + ["other"]
+    assert sum(c["share"] for c in b["categories"]) == pytest.approx(1.0)
+    # Every operator seen is in exactly one part, and the parts add up to all of the operators' time.
+    assert sum(c["ms_per_step"] for c in b["categories"]) == pytest.approx(b["op_ms_per_step"], abs=0.01)
+    assert sum(op["ms_per_step"] for op in b["ops"]) == pytest.approx(b["op_ms_per_step"], rel=0.01, abs=0.01)
+    assert {op["category"] for op in b["ops"]} <= set(parts)
+    for name in ("convolution forward", "convolution backward", "batch norm forward", "batch norm backward",
+                 "ReLU forward", "ReLU backward", "additions", "optimizer", "loss", "data"):
+        assert parts[name]["ms_per_step"] > 0, name
+    assert b["op_ms_per_step"] <= b["wall_ms_per_step"]
+
+    c = result["compiled"]
+    assert c["backend"] == "eager" and len(c["per_round_images_per_s"]) == 2 and c["images"] == 2 * 16
+    assert c["first_steps"] == 2 and 0 <= c["compile_seconds"] <= c["first_steps_seconds"]
+    rounds = zip(c["per_round_images_per_s"], result["convnets"]["per_round_images_per_s"], strict=True)
+    assert c["over_convnets"]["median"] == pytest.approx(statistics.median(a / e for a, e in rounds), rel=0.01)
+    assert c["images_per_epoch"] == 80  # 8 per class: 5 whole batches of 16
+    text = bench.markdown({"matmul": {"gflops": 100.0, "threads": 1, "per_size": {}}, "throughput": [result]})
+    assert "| convolution backward |" in text and "compiled / convnets eager" in text
+
+
+def fixed_side(bench, rates: list[float], batch: int = 10) -> object:
+    side = bench.Side("fixed")
+    side.rates = rates
+    side.images, side.seconds = batch * len(rates), sum(batch / r for r in rates)
+    side.trainer = types.SimpleNamespace(setup=types.SimpleNamespace(batch_size=batch),
+                                         cfg=types.SimpleNamespace(accumulate=1, compile="inductor"))
+    side.batches_per_epoch = 50
+    return side
+
+
+def test_compiling_pays_for_itself_after_the_seconds_it_cost_over_the_images_it_saves(bench):
+    eager, baseline = fixed_side(bench, [100.0, 100.0]), fixed_side(bench, [50.0, 50.0])
+    compiled = fixed_side(bench, [200.0, 200.0])
+    # 4 first steps of 10 images in 10.2 s: 0.2 s of steps at 200 images/s, 10 s of compiling.
+    c = bench.compiled_summary(compiled, eager, baseline, first_steps=4, first_seconds=10.2)
+    assert c["compile_seconds"] == pytest.approx(10.0)
+    assert c["over_baseline"]["median"] == 4.0 and c["over_convnets"]["median"] == 2.0
+    # Each image saves 1/100 - 1/200 s: 10 s are saved after 2,000 images, 4 epochs of 50 batches of 10.
+    assert c["break_even_images"] == pytest.approx(2000) and c["break_even_epochs"] == pytest.approx(4)
+    slower = bench.compiled_summary(fixed_side(bench, [90.0, 90.0]), eager, baseline, first_steps=4,
+                                    first_seconds=10.2)
+    assert slower["break_even_images"] is None and slower["break_even_epochs"] is None
+    assert "never pays for itself" in bench._compiled_side_lines({"model": "m", "compiled": slower})[1]
+
+
+@pytest.mark.slow
+def test_malloc_compare_runs_both_arms_in_fresh_processes(bench, tmp_path):
+    result = bench.malloc_compare(tiny_config(tmp_path, per_class=8), 1, rounds=2, steps=1, warm=0)
+    kept, default = result["kept"], result["default"]
+    assert len(kept) == len(default) == 1
+    assert kept[0]["kept"] is (platform.libc_ver()[0] == "glibc") and default[0]["kept"] is False
+    assert len(kept[0]["per_round_images_per_s"]) == 2
+    r = result["kept_over_default"]
+    assert r["per_pair"] == [kept[0]["images_per_s"] / default[0]["images_per_s"]]
+    assert r["median"] == r["range"][0] == r["range"][1] == r["mean"]["mean"] and r["mean"]["n"] == 1
+    assert result["minor_faults_per_step"] == {"kept": kept[0]["minor_faults_per_step"],
+                                               "default": default[0]["minor_faults_per_step"]}
+    assert min(result["minor_faults_per_step"].values()) >= 0
+    text = bench.markdown({"matmul": {"gflops": 100.0, "threads": 1, "per_size": {}}, "throughput": [],
+                           "malloc": [result]})
+    assert "kept / default per pair" in text and "| default |" in text
+
+
+@pytest.mark.parametrize("pairs", ["0", "-2", "two"])
+def test_malloc_compare_needs_a_whole_number_of_pairs(bench, capsys, pairs):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--malloc-compare", pairs])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "argument --malloc-compare: expected a whole number >= 1, got" in err
+
+
+def test_a_malloc_arm_is_kept_or_default(bench, tmp_path):
+    with pytest.raises(ValueError, match="arm must be one of"):
+        bench.malloc_arm(tiny_config(tmp_path), "sometimes", rounds=1, steps=1, warm=0)
