@@ -44,6 +44,14 @@ For lenet5 and resnet20 on Fashion-MNIST, in one process, on the CPU:
    plain/compiled above 1 means compiling pays for itself within the run. Beside them, the
    baseline loop of 2. in ``--rounds`` chunks, half before the runs and half after; each run's
    training images over its whole call, as images/s, over the baseline's (goal, compiled: >= 2.5).
+5. ``--malloc-compare PAIRS``: the Trainer with glibc keeping freed memory (what it does on the CPU,
+   ``convnets.device.keep_freed_memory``) and with glibc's defaults, in alternating fresh processes
+   (kept, default, kept, ...): images/s and minor page faults per step of each, the per-pair ratio.
+
+On request, in 2.: ``--breakdown`` profiles ``--steps`` more of the Trainer's steps and groups the
+operators' self CPU time into parts of the step (:data:`STEP_CATEGORIES`); ``--compiled-side`` adds
+the Trainer compiled with ``--compile-backend`` as a side, its compile seconds timed apart, and the
+training images after which compiling pays for itself against the eager Trainer.
 
     python benchmarks/bench_train.py                         # default budget: ~10 minutes on 2 idle cores
     python benchmarks/bench_train.py --threads 1             # on a machine shared with other jobs
@@ -51,6 +59,9 @@ For lenet5 and resnet20 on Fashion-MNIST, in one process, on the CPU:
     python benchmarks/bench_train.py --skip-accuracy --rounds 8           # 1. and 2. only
     python benchmarks/bench_train.py --tuned-only --rounds 12 --steps 16  # 1. and 2., resnet20: ~3-4 minutes
     python benchmarks/bench_train.py --compile-only                       # 4. alone: ~5-6 minutes
+    python benchmarks/bench_train.py --tuned-only --rounds 12 --steps 16 --breakdown --compiled-side \
+        --malloc-compare 6 --threads 2                                    # 2. with all three, and 5.: ~10-12 minutes
+    python benchmarks/bench_train.py --tuned-only --rounds 4 --steps 16 --malloc-compare 6   # mostly 5.
 """
 
 from __future__ import annotations
@@ -1117,7 +1128,8 @@ def _malloc_lines(compared: list[dict[str, Any]]) -> list[str]:
         mean = r["mean"]
         interval = f"mean {mean['mean']:.3f}x" + (f", 95% [{mean['low']:.3f}, {mean['high']:.3f}]"
                                                    if mean["n"] > 1 else "")
-        lines += ["", f"{m['model']}, glibc keeping freed memory ({m['pairs']} pairs of fresh processes, "
+        pairs = f"{m['pairs']} pair{'s' if m['pairs'] != 1 else ''}"
+        lines += ["", f"{m['model']}, glibc keeping freed memory ({pairs} of fresh processes, "
                       f"{m['rounds']} x {m['steps']} steps each):", "",
                   "| arm | images/s (median chunk) per run | minor faults per step (median run) |", "|---|---|---:|"]
         for arm in MALLOC_ARMS:
