@@ -66,7 +66,10 @@ def test_freed_memory_is_reused_without_page_faults() -> None:
     _, default, _ = faults("default")
     # By default glibc returns the freed 64 MiB to the system and faults it in again each cycle (about every
     # page); kept, the cycles reuse the heap (0 to 2k faults measured, of 65k pages).
-    assert kept < pages // 8 <= default
+    assert kept < pages // 8
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not (thp.exists() and "[always]" in thp.read_text()):  # else one fault may map 512 pages at once
+        assert default >= pages // 8
 
 
 @pytest.mark.parametrize("broken", ["no_library", "cannot_load", "no_mallopt"])
