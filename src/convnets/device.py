@@ -73,10 +73,11 @@ def keep_freed_memory() -> bool:
     large blocks to the operating system: ones over its mmap threshold at once, the top of the heap
     once it exceeds the trim threshold. A training step frees and re-allocates the same activations
     every step, so each step faults their pages in again, zeroed by the kernel. Measured on resnet20
-    (batch 128, bf16 channels-last, 2 cores): 770k minor page faults over 63 steps by default, 97k
-    with the thresholds set here, and 5-15% more images/s (``benchmarks/bench_train.py
-    --malloc-compare``). Blocks up to 32 MiB (glibc's largest mmap threshold) come from the heap, and
-    the heap is never trimmed: the process keeps its peak heap size, as a caching allocator would.
+    (batch 128, bf16 channels-last, 2 cores, ``/usr/bin/time -f %R``): 770k minor page faults over 63
+    steps by default, 97k with the thresholds set here; ``benchmarks/bench_train.py --malloc-compare``
+    measures both and the images/s of each. Blocks up to 32 MiB (glibc's largest mmap threshold) come
+    from the heap, and the heap is never trimmed: the process keeps its peak heap size, as a caching
+    allocator would.
 
     Returns:
         True if the thresholds are set; False where the C library is not glibc (macOS, musl, Windows)
