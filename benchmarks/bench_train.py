@@ -752,7 +752,7 @@ def compiled_summary(compiled: TrainerSide, eager: TrainerSide, baseline: Side, 
 
 
 # --------------------------------------------------------------------------------------------
-# throughput
+# interleaved throughput: every side, and the views of one run
 
 
 def throughput(config: TrainConfig, raw: Dataset, *, workers: int, rounds: int, steps: int, warm: int,
