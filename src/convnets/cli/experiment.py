@@ -19,8 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="tiny: a seconds-long smoke run; small (default): minutes to tens of minutes on a 2-core CPU; "
                    "full: the papers' scale, for a GPU")
     p.add_argument("--out", type=path_text, help="output directory (default runs/experiments/NAME; for all: a "
-                   "folder of one directory per experiment, default docs/results); re-running with the same --out reuses "
-                   "finished training runs and resumes an interrupted one")
+                   "folder of one directory per experiment, default docs/results); re-running with the same --out "
+                   "reuses finished training runs and resumes an interrupted one")
     p.add_argument("--report", type=path_text,
                    help="with all: the markdown report to write (default: RESULTS.md beside --out)")
     p.add_argument("--seeds", type=number(int, 1, 100), default=DEFAULT_SEEDS,
