@@ -12,6 +12,7 @@ grid, each image titled with the predicted class, its confidence and the true cl
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from convnets.checks import Rule, number, whole
 from convnets.data.grid import render_grid
-from convnets.errors import ConfigError, InputShapeError, MissingDependencyError, RunDirectoryError
+from convnets.errors import ConfigError, InputShapeError, MissingDependencyError
 
 INSTALL = "pip install 'convnets[tensorboard]' (or pip install tensorboard)"
 
@@ -55,14 +56,14 @@ class TensorBoardLog:
 
     Raises:
         MissingDependencyError: the tensorboard package is not installed.
-        RunDirectoryError: a file stands where the log folder goes.
+        NotADirectoryError: a file stands where the log folder goes (an OSError: the CLI prints it).
     """
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = Path(log_dir)
         if self.log_dir.exists() and not self.log_dir.is_dir():  # SummaryWriter said only "File exists"
-            raise RunDirectoryError(f"{self.log_dir} is a file, where --tensorboard writes its logs (a folder); "
-                                    "move it, or resume without --tensorboard")
+            raise NotADirectoryError(errno.ENOTDIR, "a file, where --tensorboard writes its logs (a folder); move it, "
+                                     "or resume without --tensorboard", str(self.log_dir))
         self._writer: Any = summary_writer_class()(log_dir=str(self.log_dir))
 
     def step(self, step: int, scalars: dict[str, float]) -> None:
