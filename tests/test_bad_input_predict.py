@@ -218,3 +218,17 @@ def test_a_read_only_folder_for_out_is_refused_before_classifying(tmp_path: Path
     monkeypatch.setattr(convnets.cli.predict, "predict", no_prediction)
     expect_cli_error(["predict", SOURCE, str(tmp_path / "a.png"), "--out", str(tmp_path / "p.csv")],
                      r"p\.csv: Read-only file system", capsys)
+
+
+def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``name\\n.png`` printed its result over two lines, so one image read as two to a script parsing stdout; the
+    terminal line escapes it, the predictions file keeps the name as it is."""
+    from badinput import run_cli
+
+    odd = tmp_path / "we ird \u200b$(x)\n.png"
+    Image.new("RGB", (40, 30), (200, 120, 40)).save(odd)
+    status, out, err = run_cli(["predict", SOURCE, str(odd), "--out", str(tmp_path / "p.json")], capsys)
+    assert status == 0 and out.count("\n") == 1
+    assert out.startswith(str(tmp_path / "we ird \\u200b$(x)\\n.png") + ": ")
+    [entry] = json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))["predictions"]
+    assert entry["path"] == str(odd) and entry["error"] is None

@@ -67,11 +67,17 @@ class Prediction:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def shown_path(self) -> str:
+        """The path as one line of a terminal shows it: a newline, tab or other invisible character in a file name
+        is written as its escape (``\\n``, ``\\u200b``), so that one image stays one line (files keep the name)."""
+        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in self.path)
+
     def line(self) -> str:
         """One line for a terminal: ``path: name 0.912, name 0.051, ...`` or ``path: error: reason``."""
         if self.error is not None:
-            return f"{self.path}: error: {self.error}"
-        return f"{self.path}: " + ", ".join(f"{c} {p:.4f}" for c, p in zip(self.classes, self.probabilities,
+            return f"{self.shown_path}: error: {self.error}"
+        return f"{self.shown_path}: " + ", ".join(f"{c} {p:.4f}" for c, p in zip(self.classes, self.probabilities,
                                                                            strict=True))
 
 
@@ -393,4 +399,5 @@ def classified(predictions: Sequence[Prediction]) -> int:
 def none_classified(predictions: Sequence[Prediction]) -> DataError:
     """The error of a run that classified nothing: how many inputs and the first reason."""
     first = predictions[0]
-    return DataError(f"none of the {len(predictions)} inputs could be classified (first: {first.path}: {first.error})")
+    return DataError(f"none of the {len(predictions)} inputs could be classified "
+                     f"(first: {first.shown_path}: {first.error})")

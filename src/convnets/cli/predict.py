@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     for p in predictions:
         print(p.line())
         if not p.ok and not args.quiet:
-            print(f"convnets predict: skipped {p.path}: {p.error}", file=sys.stderr)
+            print(f"convnets predict: skipped {p.shown_path}: {p.error}", file=sys.stderr)
     done = classified(predictions)
     if not done:
         raise none_classified(predictions)
