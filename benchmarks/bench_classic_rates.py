@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from convnets.cli.options import number, path_text
 from convnets.experiments import machine, machine_line
 from convnets.experiments.classic import BATCH, MODELS, REFERENCE_RATES, SMALL_SIDE, builder_kwargs
 from convnets.registry import create_model
 from convnets.training.loop import cpu_has_native_bf16
+from convnets.weights.io import check_writable
 
 
 def images_per_second(model: str, steps: int, rounds: int, bf16: bool) -> float:
@@ -54,14 +58,28 @@ def images_per_second(model: str, steps: int, rounds: int, bf16: bool) -> float:
     return BATCH / statistics.median(times)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, each checked (type and range; --out writable) before anything is measured."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", help="write the rates as JSON here")
-    args = parser.parse_args()
+    parser.add_argument("--threads", type=number(int, 1, 4 * (os.cpu_count() or 1)),
+                        help="torch threads (default: torch's)")
+    parser.add_argument("--steps", type=number(int, 1), default=3, help="timed steps per round")
+    parser.add_argument("--rounds", type=number(int, 1), default=3, help="timed rounds; the rate is their median")
+    parser.add_argument("--out", type=path_text, help="write the rates as JSON here")
+    args = parser.parse_args(argv)
+    if args.out:
+        try:
+            check_writable(Path(args.out).parent, args.out)
+        except OSError as err:  # found now, not after minutes of measuring
+            parser.error(f"argument --out: {err.filename}: {err.strerror}")
+        if Path(args.out).is_dir():
+            parser.error(f"argument --out: {args.out} is a directory; name the JSON file to write")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     bf16 = cpu_has_native_bf16()

@@ -225,7 +225,15 @@ CASES = [
          after=never_made(PACKAGE_DIR / "eval")),
     Case("evaluate-out-inside-the-weights-cache", 2, ["evaluate", RUN, "--out", str(cache_root() / "eval")],
          r"eval is inside the weights download cache", a_run(), after=never_made(cache_root() / "eval")),
+    # An empty --out ("$DIR" unset) silently meant runs/evaluate/NAME; a folder under a file was found after the
+    # whole evaluation.
+    Case("evaluate-out-empty", 3, ["evaluate", RUN, "--out", ""], r"--out: must be a path; got ''", a_run()),
+    Case("evaluate-out-under-a-file", 2, ["evaluate", RUN, "--out", "{tmp}/report.txt/sub"],
+         r"report\.txt is a file, not a folder", both(a_run(), file_with("report.txt", MINE)),
+         after=unchanged("report.txt", MINE)),
     # ---- export
+    Case("export-out-empty", 3, ["export", RUN, "--out", ""], r"--out: must be a path; got ''", a_run(),
+         after=absent("run/export")),
     # Calibrating on no image made an int8 model 23 points worse, reported as a result (10).
     Case("export-calibration-zero", 10, ["export", "lenet5", "--int8", "--calibration-images", "0", "--out", "{tmp}"],
          r"--calibration-images.*>= 1", after=nothing_but()),
@@ -393,3 +401,29 @@ def test_a_killed_exports_temporary_directory_is_removed_by_the_next_export(tmp_
     (stale / "lenet5.onnx").write_bytes(b"half written")
     export_onnx(create_model("lenet5"), tmp_path / "lenet5.onnx", torch.randn(2, 1, 32, 32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet5.onnx"]
+
+
+def test_a_read_only_out_is_refused_before_the_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only --out was found when the report was written, after the whole evaluation had run."""
+    import errno
+
+    import convnets.cli.evaluate
+    import convnets.weights.io
+    from badinput import expect_cli_error
+
+    shutil.copytree(TRAINED["run"], tmp_path / "run")
+    (tmp_path / "ro").mkdir()
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    def no_evaluation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("evaluated before --out was checked")
+
+    monkeypatch.setattr(convnets.weights.io.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(convnets.cli.evaluate, "evaluate", no_evaluation)
+    for out in (tmp_path / "ro", tmp_path / "ro" / "new"):
+        expect_cli_error(["evaluate", str(tmp_path / "run"), "--out", str(out)],
+                         rf"{out}: Read-only file system \(choose a writable --out\)", capsys)
+    assert list((tmp_path / "ro").iterdir()) == []

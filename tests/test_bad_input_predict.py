@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,7 @@ CASES = [
       setup=an_image, after=no_file("p.txt")),
     C("out-folder-is-a-file", 2, ["predict", SOURCE, IMG, "--out", "{tmp}/mine.csv/p.csv"], r"mine\.csv is a file",
       setup=foreign("mine.csv"), after=untouched("mine.csv")),
+    C("out-empty", 3, ["predict", SOURCE, IMG, "--out", ""], r"--out: must be a path; got ''", setup=an_image),
     # ---- models that cannot be loaded
     C("weights-missing", 3, ["predict", "{tmp}/no-run", IMG], r"no-run.*no such file or directory",
       setup=an_image),
@@ -120,6 +123,8 @@ CASES = [
     C("api-image-of-a-wrong-type", 3, call=lambda tmp: predict(SOURCE, [an_image(tmp), 3], device="cpu"),
       expect=r"item 1 is int"),
     C("api-image-bytes", 3, call=lambda tmp: predict(SOURCE, [b"a.png"], device="cpu"), expect=r"item 0 is bytes"),
+    C("api-image-raw-bytes", 3, call=lambda tmp: predict(SOURCE, an_image(tmp).read_bytes(), device="cpu"),
+      expect=r"item 0 is bytes: give an image file's contents as io\.BytesIO\(data\)"),
     C("api-empty-path", 3, call=lambda tmp: predict(SOURCE, [""], device="cpu"), expect=r"item 0 is ''"),
     C("api-image-names-what-it-takes", 3, call=lambda tmp: predict(SOURCE, [{"a": 1}], device="cpu"),
       expect=r"images must be paths, folders, binary file objects, PIL images, tensors \(C, H, W\) or uint8 arrays "
@@ -157,3 +162,73 @@ CASES = [
 @pytest.mark.parametrize("case", params(CASES))
 def test_bad_input(case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     check_case(case, tmp_path, capsys)
+
+
+def test_a_file_object_is_read_from_its_start_whatever_was_read_of_it_before(tmp_path: Path) -> None:
+    """A BytesIO read to its end (or left part-way) is classified as a fresh one: Pillow seeks to 0."""
+    data = an_image(tmp_path).read_bytes()
+    used, part_way = io.BytesIO(data), io.BytesIO(data)
+    used.read()
+    part_way.seek(len(data) // 2)
+    fresh, *others = predict(SOURCE, [io.BytesIO(data), used, part_way], device="cpu", top_k=10)
+    assert fresh.ok and all(p.probabilities == fresh.probabilities for p in others)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` RGB pixels and holds almost none (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_a_closed_file_is_reported_and_the_good_images_kept(tmp_path: Path) -> None:
+    """A closed file object said 'ValueError: seek of closed file'; it now says what is wrong, and the rest are
+    classified (a non-image stream, a decompression bomb's header and an empty file are reported too)."""
+    good = an_image(tmp_path)
+    with open(good, "rb") as closed:
+        pass
+    (tmp_path / "empty.png").write_bytes(b"")
+    results = predict(SOURCE, [good, closed, io.BytesIO(b"not an image"), io.BytesIO(png_header(20000, 20000)),
+                               tmp_path / "empty.png", good], device="cpu")
+    assert [p.ok for p in results] == [True, False, False, False, False, True]
+    assert results[1].error == "the file object is closed"
+    assert results[2].error.startswith("UnidentifiedImageError")
+    assert "DecompressionBomb" in results[3].error and results[4].error == "empty file (0 bytes)"
+    assert results[5].probabilities == results[0].probabilities
+
+
+def test_a_read_only_folder_for_out_is_refused_before_classifying(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    import convnets.cli.predict
+    import convnets.weights.io
+    from badinput import expect_cli_error
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    def no_prediction(*args: object, **kwargs: object) -> None:
+        raise AssertionError("classified before --out was checked")
+
+    an_image(tmp_path)
+    monkeypatch.setattr(convnets.weights.io.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(convnets.cli.predict, "predict", no_prediction)
+    expect_cli_error(["predict", SOURCE, str(tmp_path / "a.png"), "--out", str(tmp_path / "p.csv")],
+                     r"p\.csv: Read-only file system", capsys)
+
+
+def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``name\\n.png`` printed its result over two lines, so one image read as two to a script parsing stdout; the
+    terminal line escapes it, the predictions file keeps the name as it is."""
+    from badinput import run_cli
+
+    odd = tmp_path / "we ird \u200b$(x)\n.png"
+    Image.new("RGB", (40, 30), (200, 120, 40)).save(odd)
+    status, out, err = run_cli(["predict", SOURCE, str(odd), "--out", str(tmp_path / "p.json")], capsys)
+    assert status == 0 and out.count("\n") == 1
+    assert out.startswith(str(tmp_path / "we ird \\u200b$(x)\\n.png") + ": ")
+    [entry] = json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))["predictions"]
+    assert entry["path"] == str(odd) and entry["error"] is None

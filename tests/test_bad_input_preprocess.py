@@ -71,6 +71,8 @@ CASES = [
          expect=r"size must be \(height, width\)"),
     Case("metadata-unknown-field", 3, call=lambda tmp: Preprocessing.from_dict(recipe(crop_pct=0.875)),
          expect=r"unknown field\(s\) crop_pct; known: antialias, channels"),
+    Case("draft-argument-a-string", 3, call=lambda tmp: Preprocessing(224, draft="no"),
+         expect=r"draft must be true or false; got 'no'"),
     Case("metadata-draft-a-string", 3, call=lambda tmp: Preprocessing.from_dict(recipe(draft="no")),
          expect=r"draft must be true or false; got 'no'"),
     Case("metadata-without-size", 3,
@@ -133,3 +135,12 @@ def test_the_good_recipe_of_the_table_is_good(tmp_path: Path) -> None:
     assert weights_preprocessing(path, "lenet5")["preprocessing"] == Preprocessing.from_dict(GOOD)
     assert torch.equal(Preprocessing.from_dict(GOOD).normalize(torch.full((1, 2, 2), 255, dtype=torch.uint8)),
                        torch.full((1, 2, 2), (1 - 0.3) / 0.3))
+
+
+@pytest.mark.parametrize("draft", [False, True])
+def test_the_removed_draft_argument_warns_and_changes_nothing(draft: bool) -> None:
+    """Code written for ``Preprocessing(..., draft=...)`` got a bare TypeError once the argument was removed; it now
+    runs, with a warning that says why the argument is gone, and the recipe is the one without it."""
+    with pytest.warns(FutureWarning, match=r"draft=\.\.\.\) is ignored.*decoded in full.*remove the argument"):
+        prep = Preprocessing(224, 256, draft=draft)
+    assert prep == Preprocessing(224, 256) and "draft" not in prep.to_dict()

@@ -103,6 +103,8 @@ def test_bad_input(case, tmp_path, capsys):
 def test_log_dir_that_is_a_file_names_it(tmp_path):
     # an OSError (the CLI boundary prints it as one line), naming the path, before anything is written
     (tmp_path / "tb").write_text("my notes")
-    with pytest.raises(OSError, match="tb"):
+    with pytest.raises(OSError, match="tb") as raised:
         TensorBoardLog(tmp_path / "tb")
+    # SummaryWriter's own error said only "File exists"
+    assert raised.value.filename == str(tmp_path / "tb") and "where --tensorboard writes its logs" in str(raised.value)
     assert (tmp_path / "tb").read_text() == "my notes"

@@ -32,6 +32,7 @@ from convnets.device import resolve_device
 from convnets.errors import ConfigError, ConfigMismatchError, DataError, RunDirectoryError, WeightsError
 from convnets.training.rundir import kind_of
 from convnets.weights import WeightSpec, atomic_write, get_weights, load, load_weights, read_metadata
+from convnets.weights.io import check_writable
 
 COMBINE = ("prob", "logit", "vote")
 
@@ -635,6 +636,7 @@ def check_report_dir(out: str | Path, force: bool = False) -> Path:
     if taken and not force and not _is_our_report(out):
         raise RunDirectoryError(f"{out / taken[0]} exists and is not an evaluation report of convnets; "
                                 "choose another --out, move it, or pass --force to replace it")
+    check_writable(out, out)  # a read-only --out is found before the evaluation, not after it
     return out
 
 

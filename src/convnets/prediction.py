@@ -34,6 +34,7 @@ from convnets.device import resolve_device
 from convnets.errors import ConfigError, DataError, RunDirectoryError
 from convnets.evaluate import Member, load_member, tta, view_kwargs
 from convnets.weights import atomic_write
+from convnets.weights.io import check_writable
 
 OUT_FORMATS = (".csv", ".json")
 # The first CSV column names, which also tell our earlier predictions file from a file of the user's.
@@ -66,11 +67,17 @@ class Prediction:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def shown_path(self) -> str:
+        """The path as one line of a terminal shows it: a newline, tab or other invisible character in a file name
+        is written as its escape (``\\n``, ``\\u200b``), so that one image stays one line (files keep the name)."""
+        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in self.path)
+
     def line(self) -> str:
         """One line for a terminal: ``path: name 0.912, name 0.051, ...`` or ``path: error: reason``."""
         if self.error is not None:
-            return f"{self.path}: error: {self.error}"
-        return f"{self.path}: " + ", ".join(f"{c} {p:.4f}" for c, p in zip(self.classes, self.probabilities,
+            return f"{self.shown_path}: error: {self.error}"
+        return f"{self.shown_path}: " + ", ".join(f"{c} {p:.4f}" for c, p in zip(self.classes, self.probabilities,
                                                                            strict=True))
 
 
@@ -117,8 +124,8 @@ def collect_images(images: ImageInput | Iterable[ImageInput]) -> list[tuple[str,
     Raises:
         ConfigError: no inputs, or one of a type that is not an image (its position is named).
     """
-    one = (isinstance(images, str | os.PathLike | Image.Image | torch.Tensor | np.ndarray) or _is_file(images)
-           or not isinstance(images, Iterable))
+    one = (isinstance(images, str | os.PathLike | Image.Image | torch.Tensor | np.ndarray | bytes | bytearray)
+           or _is_file(images) or not isinstance(images, Iterable))
     items = [images] if one else list(images)
     if not items:
         raise ConfigError(f"predict needs at least one image: {ACCEPTED}")
@@ -134,7 +141,12 @@ def collect_images(images: ImageInput | Iterable[ImageInput]) -> list[tuple[str,
             if isinstance(item, io.TextIOBase):
                 raise ConfigError(f"file object {i} is open in text mode; open the image with open(path, 'rb')")
             name = getattr(item, "name", None)
-            out.append((name if isinstance(name, str) else f"<image {i}>", item, None))
+            # Pillow reads a file object from its start (it seeks to 0), whatever was read of it before.
+            closed = "the file object is closed" if getattr(item, "closed", False) else None
+            out.append((name if isinstance(name, str) else f"<image {i}>", item, closed))
+        elif isinstance(item, bytes | bytearray):
+            raise ConfigError(f"item {i} is {type(item).__name__}: give an image file's contents as "
+                              "io.BytesIO(data), or its path as a str")
         elif isinstance(item, str | os.PathLike) and os.fspath(item).strip():
             path = Path(item)
             if path.is_dir():
@@ -347,6 +359,7 @@ def check_out(out: str | Path, force: bool = False) -> Path:
     if out.exists() and not force and not _is_ours(out):
         raise RunDirectoryError(f"{out} exists and is not a predictions file of convnets; choose another --out, "
                                 "move it, or pass --force to replace it")
+    check_writable(out.parent, out)  # a read-only folder is found before the images are classified
     return out
 
 
@@ -386,4 +399,5 @@ def classified(predictions: Sequence[Prediction]) -> int:
 def none_classified(predictions: Sequence[Prediction]) -> DataError:
     """The error of a run that classified nothing: how many inputs and the first reason."""
     first = predictions[0]
-    return DataError(f"none of the {len(predictions)} inputs could be classified (first: {first.path}: {first.error})")
+    return DataError(f"none of the {len(predictions)} inputs could be classified "
+                     f"(first: {first.shown_path}: {first.error})")

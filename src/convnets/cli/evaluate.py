@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from convnets.cli.options import number
+from convnets.cli.options import number, path_text
 from convnets.device import DEVICE_HELP
 from convnets.evaluate import COMBINE, check_report_dir, default_report_dir, evaluate, write_report
 
@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=number(int, 1), default=5, help="k of the top-k accuracy (default 5)")
     p.add_argument("--batch-size", type=number(int, 1), default=256)
     p.add_argument("--device", help=DEVICE_HELP)
-    p.add_argument("--out", help="directory for evaluation.txt/.json and confusion.png (default: "
+    p.add_argument("--out", type=path_text, help="directory for evaluation.txt/.json and confusion.png (default: "
                    "runs/evaluate/NAME in the working directory, NAME the run's, file's or MODEL-TAG, or NAME-2, "
                    "NAME-3... when a report of other sources is there); only an earlier report there is replaced")
     p.add_argument("--force", action="store_true",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from convnets.cli.options import number
+from convnets.cli.options import number, path_text
 from convnets.errors import ConfigError
 from convnets.experiments import BUDGETS, DEFAULT_SEEDS, EXPERIMENTS, register_all, run_all, run_experiment
 
@@ -18,10 +18,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", choices=BUDGETS, default="small",
                    help="tiny: a seconds-long smoke run; small (default): minutes to tens of minutes on a 2-core CPU; "
                    "full: the papers' scale, for a GPU")
-    p.add_argument("--out", help="output directory (default runs/experiments/NAME; for all: a folder of one "
-                   "directory per experiment, default docs/results); re-running with the same --out reuses "
-                   "finished training runs and resumes an interrupted one")
-    p.add_argument("--report", help="with all: the markdown report to write (default: RESULTS.md beside --out)")
+    p.add_argument("--out", type=path_text, help="output directory (default runs/experiments/NAME; for all: a "
+                   "folder of one directory per experiment, default docs/results); re-running with the same --out "
+                   "reuses finished training runs and resumes an interrupted one")
+    p.add_argument("--report", type=path_text,
+                   help="with all: the markdown report to write (default: RESULTS.md beside --out)")
     p.add_argument("--seeds", type=number(int, 1, 100), default=DEFAULT_SEEDS,
                    help=f"seeds per arm of a training experiment (default {DEFAULT_SEEDS}); each arm's mean and "
                    "95%% interval, and the paired differences between arms, are over them")

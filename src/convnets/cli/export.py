@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from convnets.cli.options import number, parse_model_args
+from convnets.cli.options import number, parse_model_args, path_text
 from convnets.evaluate import trained_data
 from convnets.export import (
     accuracy_of,
@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("source", metavar="RUN_OR_MODEL")
     p.add_argument("--onnx", action="store_true", default=True, help="export to ONNX (the default and only format)")
     p.add_argument("--int8", action="store_true", help="also write a statically quantized int8 model")
-    p.add_argument("--out", help="output directory (default: RUN/export or ./export-MODEL)")
+    p.add_argument("--out", type=path_text, help="output directory (default: RUN/export or ./export-MODEL)")
     p.add_argument("--calibration-images", type=number(int, 1), default=512,
                    help="training images that calibrate the int8 ranges (default 512)")
     p.add_argument("--data", help="dataset of a run's accuracy check and calibration (default: the one it was "

@@ -69,6 +69,13 @@ def number(kind: type = int, low: float | None = None, high: float | None = None
     return parse
 
 
+def path_text(text: str) -> str:
+    """An argparse type: a path that is not empty (``--out "$DIR"`` with DIR unset must not mean the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must be a path; got {text!r} (leave the option out for the default)")
+    return text
+
+
 def size_type(n: int, order: str) -> Callable[[str], tuple[int, ...]]:
     def parse(text: str) -> tuple[int, ...]:
         try:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from convnets.cli.options import number
+from convnets.cli.options import number, path_text
 from convnets.device import DEVICE_HELP, set_threads
 from convnets.prediction import check_out, classified, none_classified, predict, write_predictions
 
@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "horizontal flip)")
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--threads", type=number(int, 1), help="CPU threads for the model (default: one per core)")
-    p.add_argument("--out", metavar="FILE.csv|FILE.json",
+    p.add_argument("--out", type=path_text, metavar="FILE.csv|FILE.json",
                    help="also write the predictions to this file (format from the suffix); only an earlier "
                    "predictions file is replaced")
     p.add_argument("--force", action="store_true", help="let --out replace a file convnets predict did not write")
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     for p in predictions:
         print(p.line())
         if not p.ok and not args.quiet:
-            print(f"convnets predict: skipped {p.path}: {p.error}", file=sys.stderr)
+            print(f"convnets predict: skipped {p.shown_path}: {p.error}", file=sys.stderr)
     done = classified(predictions)
     if not done:
         raise none_classified(predictions)

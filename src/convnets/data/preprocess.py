@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +94,19 @@ class Preprocessing:
     channels: int = 3
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    # Removed: code written for it still runs, with a warning (see __post_init__); not a field, never saved.
+    draft: dataclasses.InitVar[bool | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, draft: bool | None) -> None:
+        if draft is not None:
+            if not isinstance(draft, bool):
+                raise ConfigError(f"preprocessing draft must be true or false; got {draft!r}")
+            # draft=True decoded JPEGs at a reduced scale, which made a file's input differ from a Pillow image
+            # of it; every image is now decoded in full, so the argument changes nothing.
+            warnings.warn("Preprocessing(draft=...) is ignored and will be refused in a later version: images are "
+                          "always decoded in full now (reduced-scale JPEG decoding made a file's input differ from "
+                          "the same photo given as a Pillow image); remove the argument", FutureWarning,
+                          stacklevel=3)
         size = self.size
         if _is_int(size):
             size = (size, size)

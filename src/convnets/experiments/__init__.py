@@ -26,6 +26,7 @@ from torch import nn
 
 from convnets.device import check_threads
 from convnets.errors import ConfigError, ConfigMismatchError
+from convnets.weights.io import check_writable
 
 BUDGETS = ("tiny", "small", "full")  # tiny: a seconds-long smoke run for the test suite
 MODULES = ("costs", "degradation", "architecture", "practice", "classic")  # each registers its experiments
@@ -315,8 +316,15 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     except ValueError as err:
         print(f"{path}: damaged ({err}); the run is checked again and the record rewritten", flush=True)
         return None
-    expected = {"request", "config", "rows", "test_accuracy", "seconds", "steps"}
-    return record if isinstance(record, dict) and expected <= set(record) else None
+    types = {"request": dict, "config": dict, "rows": list, "test_accuracy": float | int, "seconds": float | int,
+             "steps": int}
+    if not (isinstance(record, dict) and all(isinstance(record.get(k), t) and not isinstance(record[k], bool)
+                                             for k, t in types.items())
+            and math.isfinite(record["seconds"])):
+        print(f"{path}: damaged (a field missing or of the wrong type); the run is checked again and the record "
+              "rewritten", flush=True)
+        return None
+    return record
 
 
 @dataclass
@@ -500,6 +508,7 @@ def run_experiment(name: str, budget: str = "small", out: str | Path | None = No
     with RunDirectory(out, "experiment"):
         setting = {"name": name, "budget": budget, "data": str(data)}
         _check_same_setting(out, setting)
+        _wall_record(out)  # a damaged record is refused before the work, not after it
         write_text(out / SETTING_FILE, json.dumps(setting, indent=1) + "\n")
         start = time.perf_counter()
         try:
@@ -540,10 +549,15 @@ def run_all(budget: str = "small", out: str | Path = "docs/results", report: str
     """Run every experiment into ``out/NAME`` and write the report (default ``out/../RESULTS.md``)."""
     register_all()
     out = Path(out)
+    report_path = Path(report) if report else out.parent / "RESULTS.md"
+    if report_path.is_dir():
+        raise ConfigError(f"{report_path} is a directory; --report names the markdown file to write, e.g. "
+                          f"{report_path / 'RESULTS.md'}")
+    check_writable(report_path.parent, report_path)  # before the experiments, not after them
     names = [n for n in ORDER if n in EXPERIMENTS] + sorted(set(EXPERIMENTS) - set(ORDER))
     results = [run_experiment(n, budget, out / n, data=data, data_dir=data_dir, threads=threads, seeds=seeds,
                               progress=progress) for n in names]
-    write_report(results, Path(report) if report else out.parent / "RESULTS.md", budget)
+    write_report(results, report_path, budget)
     return results
 
 
@@ -611,15 +625,41 @@ def _record_wall_time(out: Path, seconds: float, how: str) -> float:
     """
     from convnets.training.report import write_text
 
-    record = _read_json(out / WALL_FILE)
-    invocations = record.get("invocations") if record else None
-    if not isinstance(invocations, list):
+    invocations = _wall_record(out)
+    if invocations is None:
         earlier = (_read_json(out / "results.json") or {}).get("seconds")
         invocations = [{"seconds": earlier, "how": "finished (from results.json)"}] if isinstance(
             earlier, (int, float)) else []
     invocations.append({"seconds": round(seconds, 1), "how": how, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     write_text(out / WALL_FILE, json.dumps({"invocations": invocations}, indent=1) + "\n")
     return sum(i["seconds"] for i in invocations if isinstance(i.get("seconds"), (int, float)))
+
+
+def _wall_record(out: Path) -> list[dict[str, Any]] | None:
+    """The invocations recorded in ``out``'s :data:`WALL_FILE` (None: no record yet).
+
+    Raises:
+        ConfigError: a record that cannot be read, or an invocation without a finite, non-negative
+            number of seconds: the experiment's total wall time would be wrong, so it is refused before any
+            work instead of being restarted or summed silently.
+    """
+    path = out / WALL_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        invocations = json.loads(text).get("invocations")
+    except (ValueError, AttributeError):
+        invocations = None
+    fine = isinstance(invocations, list) and all(
+        isinstance(i, dict) and isinstance(i.get("seconds"), int | float) and not isinstance(i["seconds"], bool)
+        and math.isfinite(i["seconds"]) and i["seconds"] >= 0 for i in invocations)
+    if not fine:
+        raise ConfigError(f"{path} is damaged (it must hold {{\"invocations\": [{{\"seconds\": ...}}, ...]}} with "
+                          "each number of seconds finite and >= 0), so the experiment's total wall time cannot be "
+                          "known: repair it, or remove it to count the wall time from this invocation on")
+    return invocations
 
 
 def _check_same_setting(out: Path, setting: dict[str, str]) -> None:
@@ -629,6 +669,9 @@ def _check_same_setting(out: Path, setting: dict[str, str]) -> None:
     resuming them with other settings is refused anyway, but only once the experiment reaches them.
     Directories written before :data:`SETTING_FILE` existed are judged by their ``results.json``.
     """
+    if (out / SETTING_FILE).exists() and _read_json(out / SETTING_FILE) is None:
+        raise ConfigError(f"{out / SETTING_FILE} is damaged, so what {out} was made with is unknown and its runs "
+                          "cannot be reused safely: repair it (name, budget, data) or choose another --out")
     before = _read_json(out / SETTING_FILE) or {k: v for k, v in (_read_json(out / "results.json") or {}).items()
                                                  if k in ("name", "budget")}
     differ = [k for k in ("name", "budget", "data") if k in before and before[k] != setting[k]]

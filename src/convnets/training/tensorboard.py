@@ -12,6 +12,7 @@ grid, each image titled with the predicted class, its confidence and the true cl
 
 from __future__ import annotations
 
+import errno
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,10 +56,14 @@ class TensorBoardLog:
 
     Raises:
         MissingDependencyError: the tensorboard package is not installed.
+        NotADirectoryError: a file stands where the log folder goes (an OSError: the CLI prints it).
     """
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = Path(log_dir)
+        if self.log_dir.exists() and not self.log_dir.is_dir():  # SummaryWriter said only "File exists"
+            raise NotADirectoryError(errno.ENOTDIR, "a file, where --tensorboard writes its logs (a folder); move it, "
+                                     "or resume without --tensorboard", str(self.log_dir))
         self._writer: Any = summary_writer_class()(log_dir=str(self.log_dir))
 
     def step(self, step: int, scalars: dict[str, float]) -> None:

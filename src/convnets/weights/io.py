@@ -81,6 +81,27 @@ def hash_matches(path: str | Path, expected: str) -> bool:
     return sha256_of(path).startswith(expected)
 
 
+def check_writable(folder: str | Path, named: str | Path) -> None:
+    """Raise now, naming ``named``, when files could not be written into ``folder`` (made if missing): a
+    read-only disk, a file on the way, no permission. Commands call it before their work, not after it.
+
+    The nearest folder that exists is tried with a temporary file, which is what :func:`atomic_write` needs.
+
+    Raises:
+        NotADirectoryError: a file stands where a folder of the path should be.
+        OSError: the folder refuses a new file (its errno and reason).
+    """
+    base = Path(folder)
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise NotADirectoryError(20, f"{base} is a file, not a folder", str(named))
+    try:
+        tempfile.TemporaryFile(dir=base).close()
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(named)) from None
+
+
 def atomic_write(path: str | Path, write: Any) -> Path:
     """Write a file so that a crash at any moment leaves either the old file or the new one.
 
