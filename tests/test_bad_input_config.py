@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import convnets
-from badinput import Case, check_case, params, run_cli
+from badinput import Case, check_case, expect_cli_error, params, run_cli
 from convnets.cli import build_parser
 from convnets.cli.train import config_from_args
 from convnets.errors import ConfigError, UnknownArgumentError
@@ -406,4 +406,24 @@ def test_small_input_hint_only_for_models_that_take_it(tmp_path: Path, capsys: p
                               str(tmp_path / "run"), "--no-progress", "--device", "cpu"], capsys)
     assert status == 2 and f"{model} needs images of at least" in err, err
     assert (hint in err) if hint else ("small_input" not in err), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_options_are_checked_before_joining_the_process_group(monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str],
+                                                               tmp_path: Path) -> None:
+    # Under torchrun a rank that refused its options only after joining would leave the other ranks
+    # blocked in init_process_group, where neither Ctrl-C nor SIGTERM reaches Python.
+    from convnets.training import distributed
+
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(name, value)
+
+    def joined(device: str | None = None) -> None:
+        raise AssertionError("joined the process group before the options were checked")
+
+    monkeypatch.setattr(distributed, "setup", joined)
+    expect_cli_error(["train", "lenet5", "--data", "digits", "--compile", "nosuch", "--out", str(tmp_path / "run")],
+                     "nosuch", capsys)
     assert not (tmp_path / "run").exists()

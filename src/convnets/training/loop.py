@@ -124,9 +124,11 @@ def train(config: TrainConfig, *, given: Collection[str] = (),
     source = model_source(config.model, model)
     given = {*given, *config.given}
     with _terminate_as_interrupt():
+        # Checked before joining the process group: a rank that refuses its options after joining leaves
+        # the others waiting in init_process_group, where no signal reaches Python.
+        resolved = resolve(config, source)
         ctx = distributed.setup(config.device)
         try:
-            resolved = resolve(config, source)
             # A default directory is numbered on first use; rank 0 picks it, and every rank learns which.
             numbered = (config.model, config.data) if config.out is None and not config.resume else None
             with _claimed(Path(resolved.out), ctx, numbered=numbered) as out:
