@@ -157,7 +157,8 @@ def test_compile_end_to_end_beside_the_baseline(bench, tmp_path):
     assert len(result["baseline"]["per_round_images_per_s"]) == 3
     for side in ("plain", "compiled"):
         assert result[side]["images"] == 50  # 50 images: one batch of 50
-        assert result[side]["images_per_s_wall"] == pytest.approx(50 / result[side]["wall_seconds"], rel=0.01)
+        # Rounded to 0.1: at a few images/s (a loaded machine) that is more than 1%.
+        assert result[side]["images_per_s_wall"] == pytest.approx(50 / result[side]["wall_seconds"], rel=0.01, abs=0.05)
     base = result["baseline"]["images_per_s"]
     assert result["compiled_over_baseline_wall"] == round(result["compiled"]["images_per_s_wall"] / base, 3)
     assert "compiled / baseline" in bench.markdown({"compile": result})
