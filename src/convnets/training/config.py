@@ -522,9 +522,11 @@ def _validate(c: TrainConfig, source: ModelSource) -> None:
     if c.compile is not None:
         import torch._dynamo
 
-        backends = torch._dynamo.list_backends(exclude_tags=())
-        if c.compile not in backends:
-            raise ConfigError(f"compile {c.compile!r} is not a torch.compile backend; known: {', '.join(backends)} "
+        # Every registered backend is accepted (eager and aot_eager are debugging backends the tests use); the
+        # message names torch's own list of the ones meant for use, not its debugging and test-only ones.
+        if c.compile not in torch._dynamo.list_backends(exclude_tags=()):
+            raise ConfigError(f"compile {c.compile!r} is not a torch.compile backend; known: "
+                              f"{', '.join(torch._dynamo.list_backends())}, and for debugging eager, aot_eager "
                               "(--compile alone means inductor)")
     if c.weights_layout is not None and (c.weights is None or is_tag(c.weights)):
         raise ConfigMismatchError(f"weights_layout {c.weights_layout!r} (--layout) is the layout of a weights file; "
