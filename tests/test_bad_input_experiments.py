@@ -129,3 +129,19 @@ def test_a_training_record_of_wrong_types_is_checked_again(tmp_path: Path, chang
     assert _read_record(tmp_path / "trained.json") == good
     (tmp_path / "trained.json").write_text(json.dumps({**good, **change}))
     assert _read_record(tmp_path / "trained.json") is None
+
+
+def test_a_damaged_interrupted_run_says_how_to_train_it_again(tmp_path: Path) -> None:
+    """An interrupted run whose state.pt was cut short cannot resume; the experiment would hit it on every
+    invocation, so the error names the run directory to remove (and removes nothing itself)."""
+    from convnets.errors import RunDirectoryError
+    from convnets.experiments import Setting
+
+    setting = Setting("tiny", tmp_path / "o", data="digits", threads=1, progress=False)
+    setting.train("lenet5-s0", "lenet5", epochs=2, max_steps=2, batch_size=32)  # stopped early: a resumable run
+    state = tmp_path / "o" / "runs" / "lenet5-s0" / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(RunDirectoryError, match=r"state.pt cannot be resumed.*to train lenet5-s0 again from its "
+                                                r"start, remove .*runs[/\\]lenet5-s0"):
+        setting.train("lenet5-s0", "lenet5", epochs=2, batch_size=32)
+    assert len(state.read_bytes()) == 100

@@ -25,7 +25,7 @@ from typing import Any
 from torch import nn
 
 from convnets.device import check_threads
-from convnets.errors import ConfigError, ConfigMismatchError
+from convnets.errors import ConfigError, ConfigMismatchError, RunDirectoryError
 from convnets.weights.io import check_writable
 
 BUDGETS = ("tiny", "small", "full")  # tiny: a seconds-long smoke run for the test suite
@@ -132,7 +132,13 @@ class Setting:
         config = self._request(name, model, config)
         out = Path(config["out"])
         resume = _started(out)
-        result = train(TrainConfig(**{**config, "resume": resume}), model=builder)
+        try:
+            result = train(TrainConfig(**{**config, "resume": resume}), model=builder)
+        except RunDirectoryError as err:
+            if not resume:
+                raise
+            # The user's way out of a damaged interrupted run, which the experiment would otherwise hit every time.
+            raise RunDirectoryError(f"{err}; to train {name} again from its start, remove {out}") from err
         resolved = json.loads((out / "config.json").read_text())
         metrics = out / "metrics.jsonl"  # absent when max_steps ends the run inside its first epoch
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line] if metrics.exists() else []
