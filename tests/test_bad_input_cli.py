@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import convnets
 from badinput import Case, check_case, params, run_cli
 from convnets.cli import main
 
@@ -45,6 +46,16 @@ CASES = [
          r"(?m)^convnets train: error: unrecognized arguments: --lr-max 1"),
     Case("summary-unknown-option", 3, ["summary", "lenet5", "--deep", "2"],
          r"(?m)^convnets summary: error: unrecognized arguments: --deep"),
+    # Sizes whose meta tensor torch cannot describe (its shape and byte count are 64-bit) are named, not a traceback.
+    Case("summary-input-beyond-int64", 3, ["summary", "lenet5", "--input", "1x99999999999999999999x3"],
+         r"input size \(1, 99999999999999999999, 3\) with batch 1 is beyond what a PyTorch tensor can describe"),
+    Case("summary-batch-times-input-beyond-int64", 3,
+         ["summary", "resnet18", "--input", "3x100000x100000", "--batch", "100000000"], r"with batch 100000000 is beyond"),
+    Case("latency-input-beyond-int64", 3, ["latency", "lenet5", "--input", "1x99999999999999999999x3"],
+         r"beyond what a PyTorch tensor can describe"),
+    Case("count-api-input-beyond-int64", 3,
+         call=lambda tmp: convnets.count(convnets.create_model("resnet18"), (3, 2**40, 2**40), batch=2**20),
+         expect=r"input size \(3, 1099511627776, 1099511627776\) with batch 1048576 is beyond"),
 ]
 
 
