@@ -41,6 +41,8 @@ CASES = [
     Case("cost-depthwise-stride-word", 3, ["cost", "depthwise", "-s", "two"], r"--stride.*'two'"),
     Case("experiment-unknown", 3, ["experiment", "degredation"], r"unknown experiment 'degredation'"),
     Case("weights-unknown-model", 3, ["weights", "resnet21"], r"resnet21"),
+    # An empty name (an unset shell variable) is an unknown model, not "all models".
+    Case("weights-empty-model", 3, ["weights", ""], r"unknown model ''"),
     # An option the command does not know is reported by that command, like any other bad option.
     Case("train-unknown-option", 3, ["train", "lenet5", "--lr-max", "1"],
          r"(?m)^convnets train: error: unrecognized arguments: --lr-max 1"),
