@@ -250,6 +250,10 @@ CASES = [
          r"no model name", weights_file(metadata=False), after=absent("x")),
     Case("export-data-other-class-count", 4, ["export", RUN, "--data", "{tmp}/folder"], r"10 classes but .*has 3",
          both(a_run(), image_folder()), after=absent("run/export")),
+    # The same count under other names: labels matched by index would make an accuracy that measures nothing.
+    Case("export-data-other-class-names", 4, ["export", RUN, "--data", "{tmp}/folder"],
+         r"predicts the classes \['0', '1', '2', '3', \.\.\. \(10 in all\)\] but .*folder has \['class0', 'class1'",
+         both(a_run(), image_folder(classes=10, per_class=1)), after=absent("run/export")),
     Case("export-out-is-a-file", 2, ["export", "lenet5", "--out", "{tmp}/notes.txt"], r"notes\.txt.*is a file",
          file_with("notes.txt", MINE), after=unchanged("notes.txt", MINE)),
     Case("export-out-has-their-onnx", 2, ["export", "lenet5", "--out", "{tmp}/theirs"],

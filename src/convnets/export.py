@@ -385,7 +385,7 @@ def dataset_images(meta: dict, split: str, limit: int | None = None, *, data: st
         data, data_dir: where the dataset is (default: the name in ``meta``).
 
     Raises:
-        ConfigMismatchError: the data has another number of classes than the model.
+        ConfigMismatchError: the data has other classes than the model (their number, names or order).
     """
     if limit is not None:
         limit = check_whole(limit, "limit")
@@ -403,6 +403,11 @@ def dataset_images(meta: dict, split: str, limit: int | None = None, *, data: st
     if "classes" in meta and len(meta["classes"]) != len(ds.classes):
         raise ConfigMismatchError(f"the model predicts {len(meta['classes'])} classes but {data} has "
                                   f"{len(ds.classes)}; pass the --data it was trained on")
+    # Labels are compared by index: the same count under other names (digits' 0-9 against Fashion-MNIST's
+    # garments) would make an accuracy that measures nothing.
+    if "classes" in meta and list(meta["classes"]) != list(ds.classes):
+        raise ConfigMismatchError(f"the model predicts the classes {_few(meta['classes'])} but {data} has "
+                                  f"{_few(ds.classes)}; pass the --data it was trained on")
     ds = dataclasses.replace(ds, mean=prep.mean, std=prep.std)
     xs, ys, seen = [], [], 0
     for x, y in make_loader(ds, split, batch_size=512, shuffle=split == "train", seed=0):
@@ -412,6 +417,12 @@ def dataset_images(meta: dict, split: str, limit: int | None = None, *, data: st
         if limit and seen >= limit:
             break
     return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+
+
+def _few(names: list[str], shown: int = 4) -> str:
+    """``names`` for a message: the first ``shown`` and how many more."""
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    return "[" + ", ".join(map(repr, names[:shown])) + more + "]"
 
 
 def accuracy_of(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> float:
