@@ -108,8 +108,12 @@ def check_export_targets(*paths: str | Path) -> None:
     replaced only when it is an earlier export of convnets.
 
     Raises:
+        ConfigError: a target that is not a path ending in ``.onnx`` (a ``.pt`` name would promise a PyTorch file).
         RunDirectoryError: the output directory is a file, or a target exists and is not ours.
     """
+    for path in paths:
+        if not isinstance(path, (str, os.PathLike)) or Path(path).suffix.lower() != ".onnx":
+            raise ConfigError(f"an ONNX export is written to a path ending in .onnx; got {path!r}")
     for path in map(Path, paths):
         if path.parent.exists() and not path.parent.is_dir():
             raise RunDirectoryError(f"{path.parent}: the output directory (--out) is a file")
@@ -262,6 +266,7 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: torc
 
     calibration = _check_batch(calibration, "calibration")
     batch_size = check_whole(batch_size, "batch_size")
+    check_export_targets(out_path)
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"{onnx_path}: no such ONNX file to quantize")
@@ -269,7 +274,6 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: torc
         raise ConfigError(f"{out_path}: the int8 model would replace the fp32 model it is made from; give another "
                           "output path")
     _check_quantizable(onnx_path, calibration)
-    check_export_targets(out_path)
     batches = [b.numpy().astype(np.float32) for b in calibration.split(batch_size)]
     with _staging(out_path.parent) as tmp:
         prepared, staged = tmp / "prepared.onnx", tmp / out_path.name
