@@ -56,6 +56,8 @@ CASES = [
          r"with batch 100000000 is beyond"),
     Case("latency-input-beyond-int64", 3, ["latency", "lenet5", "--input", "1x99999999999999999999x3"],
          r"beyond what a PyTorch tensor can describe"),
+    Case("latency-batch-twice", 10, ["latency", "lenet5", "--batch", "1", "32", "1"],
+         r"--batch 1 is given twice; each batch size is measured once"),
     Case("count-api-input-beyond-int64", 3,
          call=lambda tmp: convnets.count(convnets.create_model("resnet18"), (3, 2**40, 2**40), batch=2**20),
          expect=r"input size \(3, 1099511627776, 1099511627776\) with batch 1048576 is beyond"),
