@@ -254,6 +254,10 @@ CASES = [
     Case("export-data-other-class-names", 4, ["export", RUN, "--data", "{tmp}/folder"],
          r"predicts the classes \['0', '1', '2', '3', \.\.\. \(10 in all\)\] but .*folder has \['class0', 'class1'",
          both(a_run(), image_folder(classes=10, per_class=1)), after=absent("run/export")),
+    # --out is a folder: a file name there used to become a folder called model.onnx holding lenet5.onnx.
+    Case("export-out-a-file-name", 3, ["export", "lenet5", "--out", "{tmp}/model.onnx"],
+         r"--out .*model\.onnx names a file, but --out is the folder the export goes into \(as FOLDER/lenet5\.onnx\)",
+         after=nothing_but()),
     Case("export-out-is-a-file", 2, ["export", "lenet5", "--out", "{tmp}/notes.txt"], r"notes\.txt.*is a file",
          file_with("notes.txt", MINE), after=unchanged("notes.txt", MINE)),
     Case("export-out-has-their-onnx", 2, ["export", "lenet5", "--out", "{tmp}/theirs"],
