@@ -56,6 +56,10 @@ CASES = [
          r"with batch 100000000 is beyond"),
     Case("latency-input-beyond-int64", 3, ["latency", "lenet5", "--input", "1x99999999999999999999x3"],
          r"beyond what a PyTorch tensor can describe"),
+    # int() reads "3_2" as 32 and other scripts' digits as numbers: a typo would pass as a size.
+    Case("summary-input-underscore", 3, ["summary", "lenet5", "--input", "1x3_2x3_2"], r"bad size '1x3_2x3_2'"),
+    Case("summary-input-arabic-digit", 3, ["summary", "lenet5", "--input", "1x\u06632x32"], r"--input: bad size"),
+    Case("cost-input-plus-sign", 3, ["cost", "one-by-one", "--input", "+28x28x192"], r"bad size '\+28x28x192'"),
     Case("latency-batch-twice", 10, ["latency", "lenet5", "--batch", "1", "32", "1"],
          r"--batch 1 is given twice; each batch size is measured once"),
     Case("count-api-input-beyond-int64", 3,
