@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import convnets
 from badinput import Case, check_case, params, run_cli
 from convnets.cli import main
 
@@ -40,11 +41,30 @@ CASES = [
     Case("cost-depthwise-stride-word", 3, ["cost", "depthwise", "-s", "two"], r"--stride.*'two'"),
     Case("experiment-unknown", 3, ["experiment", "degredation"], r"unknown experiment 'degredation'"),
     Case("weights-unknown-model", 3, ["weights", "resnet21"], r"resnet21"),
+    # An empty name (an unset shell variable) is an unknown model, not "all models".
+    Case("weights-empty-model", 3, ["weights", ""], r"unknown model ''"),
     # An option the command does not know is reported by that command, like any other bad option.
     Case("train-unknown-option", 3, ["train", "lenet5", "--lr-max", "1"],
          r"(?m)^convnets train: error: unrecognized arguments: --lr-max 1"),
     Case("summary-unknown-option", 3, ["summary", "lenet5", "--deep", "2"],
          r"(?m)^convnets summary: error: unrecognized arguments: --deep"),
+    # Sizes whose meta tensor torch cannot describe (its shape and byte count are 64-bit) are named, not a traceback.
+    Case("summary-input-beyond-int64", 3, ["summary", "lenet5", "--input", "1x99999999999999999999x3"],
+         r"input size \(1, 99999999999999999999, 3\) with batch 1 is beyond what a PyTorch tensor can describe"),
+    Case("summary-batch-times-input-beyond-int64", 3,
+         ["summary", "resnet18", "--input", "3x100000x100000", "--batch", "100000000"],
+         r"with batch 100000000 is beyond"),
+    Case("latency-input-beyond-int64", 3, ["latency", "lenet5", "--input", "1x99999999999999999999x3"],
+         r"beyond what a PyTorch tensor can describe"),
+    # int() reads "3_2" as 32 and other scripts' digits as numbers: a typo would pass as a size.
+    Case("summary-input-underscore", 3, ["summary", "lenet5", "--input", "1x3_2x3_2"], r"bad size '1x3_2x3_2'"),
+    Case("summary-input-arabic-digit", 3, ["summary", "lenet5", "--input", "1x\u06632x32"], r"--input: bad size"),
+    Case("cost-input-plus-sign", 3, ["cost", "one-by-one", "--input", "+28x28x192"], r"bad size '\+28x28x192'"),
+    Case("latency-batch-twice", 10, ["latency", "lenet5", "--batch", "1", "32", "1"],
+         r"--batch 1 is given twice; each batch size is measured once"),
+    Case("count-api-input-beyond-int64", 3,
+         call=lambda tmp: convnets.count(convnets.create_model("resnet18"), (3, 2**40, 2**40), batch=2**20),
+         expect=r"input size \(3, 1099511627776, 1099511627776\) with batch 1048576 is beyond"),
 ]
 
 

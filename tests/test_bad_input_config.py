@@ -23,7 +23,7 @@ from convnets.errors import ConfigError, UnknownArgumentError
 from convnets.registry import BUILDER_ARGUMENTS, list_models, model_entry
 from convnets.training import TrainConfig
 from convnets.training.config import FIELDS, resolve
-from convnets.transfer import freeze_paths
+from convnets.transfer import freeze, freeze_paths
 
 RUN = "{tmp}/run"  # every CLI case writes here, if it writes at all: it must not
 MISSING_DATA = "{tmp}/no-such-data"  # a config error must come before the data is looked for
@@ -249,6 +249,10 @@ CASES = [
       expect=r"phi must be >= 0 and <= 10"),
     C("api-freeze-paths", 3, call=lambda tmp: freeze_paths(convnets.create_model("resnet20"), "4"),
       expect=r"cannot freeze 4 stages: resnet20 has 3; its stages are stem, stages.0, stages.1, stages.2; use none"),
+    C("api-freeze-number", 3, call=lambda tmp: freeze(convnets.create_model("resnet20"), 2),
+      expect=r"freeze must be text: none \| all-but-head .*; got 2"),
+    C("api-freeze-none", 3, call=lambda tmp: freeze_paths(convnets.create_model("resnet20"), None),
+      expect=r"freeze must be text: .*; got None"),
     # --- the trainer's options: weight average, accumulation, host looks, compile, TensorBoard, model=
     C("ema-zero", 3, train("--ema", "0"), r"ema must be > 0 and < 1.*got 0", after=no_run),
     C("ema-one", 3, train("--ema", "1"), r"ema must be > 0 and < 1.*got 1", after=no_run),

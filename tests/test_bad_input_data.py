@@ -143,6 +143,19 @@ def dir_untouched(tmp: Path) -> None:
     assert (tmp / "grid.png" / "keep.txt").read_text() == "mine"
 
 
+def a_photo(tmp: Path) -> None:
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp / "photo.jpg")
+
+
+def photo_untouched(tmp: Path) -> None:
+    with Image.open(tmp / "photo.jpg") as photo:
+        assert photo.size == (16, 16) and not list(tmp.glob(".*part"))
+
+
+def grid_untouched(tmp: Path) -> None:
+    assert (tmp / "grid.png").read_text() == "mine"
+
+
 def nothing_written(tmp: Path) -> None:
     assert not list(tmp.glob("grid*")) and not list(tmp.glob(".*part")), list(tmp.iterdir())
 
@@ -258,6 +271,11 @@ CASES = [
          expect=r"crop_scale .*got \(0\.9, 0\.2\)"),
     Case("subsample-zero-per-class", 3, call=lambda tmp: subsample_per_class(digits(), 0),
          expect=r"per_class must be a whole number >= 1; got 0"),
+    # 2. nothing the tool did not write is overwritten: an existing picture at --out is kept unless it is a grid
+    Case("augment-out-a-users-file", 2, AUG, r"grid\.png exists and is not a grid written by convnets augment",
+         setup=lambda tmp: (tmp / "grid.png").write_text("mine"), after=grid_untouched),
+    Case("augment-out-a-users-photo", 2, [*AUG[:-1], "{tmp}/photo.jpg"], r"photo\.jpg exists and is not a grid",
+         setup=a_photo, after=photo_untouched),
     # 4. data that cannot make the classifier the user expects is named, not trained on
     Case("folder-one-class", 4, ["augment", "--data", "{tmp}/images", "--out", "{tmp}/grid.png"],
          r"images: a classifier needs at least two classes; found 1 \(cat\)", setup=folder({"cat": 5}),

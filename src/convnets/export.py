@@ -108,8 +108,12 @@ def check_export_targets(*paths: str | Path) -> None:
     replaced only when it is an earlier export of convnets.
 
     Raises:
+        ConfigError: a target that is not a path ending in ``.onnx`` (a ``.pt`` name would promise a PyTorch file).
         RunDirectoryError: the output directory is a file, or a target exists and is not ours.
     """
+    for path in paths:
+        if not isinstance(path, (str, os.PathLike)) or Path(path).suffix.lower() != ".onnx":
+            raise ConfigError(f"an ONNX export is written to a path ending in .onnx; got {path!r}")
     for path in map(Path, paths):
         if path.parent.exists() and not path.parent.is_dir():
             raise RunDirectoryError(f"{path.parent}: the output directory (--out) is a file")
@@ -262,6 +266,7 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: torc
 
     calibration = _check_batch(calibration, "calibration")
     batch_size = check_whole(batch_size, "batch_size")
+    check_export_targets(out_path)
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"{onnx_path}: no such ONNX file to quantize")
@@ -269,7 +274,6 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration: torc
         raise ConfigError(f"{out_path}: the int8 model would replace the fp32 model it is made from; give another "
                           "output path")
     _check_quantizable(onnx_path, calibration)
-    check_export_targets(out_path)
     batches = [b.numpy().astype(np.float32) for b in calibration.split(batch_size)]
     with _staging(out_path.parent) as tmp:
         prepared, staged = tmp / "prepared.onnx", tmp / out_path.name
@@ -385,7 +389,7 @@ def dataset_images(meta: dict, split: str, limit: int | None = None, *, data: st
         data, data_dir: where the dataset is (default: the name in ``meta``).
 
     Raises:
-        ConfigMismatchError: the data has another number of classes than the model.
+        ConfigMismatchError: the data has other classes than the model (their number, names or order).
     """
     if limit is not None:
         limit = check_whole(limit, "limit")
@@ -403,6 +407,11 @@ def dataset_images(meta: dict, split: str, limit: int | None = None, *, data: st
     if "classes" in meta and len(meta["classes"]) != len(ds.classes):
         raise ConfigMismatchError(f"the model predicts {len(meta['classes'])} classes but {data} has "
                                   f"{len(ds.classes)}; pass the --data it was trained on")
+    # Labels are compared by index: the same count under other names (digits' 0-9 against Fashion-MNIST's
+    # garments) would make an accuracy that measures nothing.
+    if "classes" in meta and list(meta["classes"]) != list(ds.classes):
+        raise ConfigMismatchError(f"the model predicts the classes {_few(meta['classes'])} but {data} has "
+                                  f"{_few(ds.classes)}; pass the --data it was trained on")
     ds = dataclasses.replace(ds, mean=prep.mean, std=prep.std)
     xs, ys, seen = [], [], 0
     for x, y in make_loader(ds, split, batch_size=512, shuffle=split == "train", seed=0):
@@ -412,6 +421,12 @@ def dataset_images(meta: dict, split: str, limit: int | None = None, *, data: st
         if limit and seen >= limit:
             break
     return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+
+
+def _few(names: list[str], shown: int = 4) -> str:
+    """``names`` for a message: the first ``shown`` and how many more."""
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    return "[" + ", ".join(map(repr, names[:shown])) + more + "]"
 
 
 def accuracy_of(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> float:

@@ -52,6 +52,8 @@ def freeze_paths(model: ConvNet, spec: str) -> list[str]:
         ConfigError: a spec of none of the forms of :data:`FREEZE_HELP`, or naming stages or modules
             the model does not have (the message lists its stages).
     """
+    if not isinstance(spec, str):  # a stage count typed as a number (2) is still written as text ("2")
+        raise ConfigError(f"freeze must be text: {FREEZE_HELP}; got {spec!r}")
     stages = [info.name for info in model.stage_info]
 
     def refuse(why: str) -> ConfigError:

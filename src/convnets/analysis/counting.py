@@ -38,6 +38,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from convnets.analysis.formatting import check_whole
 from convnets.errors import ConfigError
 
+_MAX_BYTES = 2**63 - 1
+
 aten = torch.ops.aten
 
 COUNTING_RULE = (
@@ -148,6 +150,10 @@ def count(
     _check_module(model)
     size = _resolve_input_size(model, input_size)
     batch = check_whole(batch, "batch")
+    # A meta tensor holds no data, but torch still sizes its storage in 64-bit bytes.
+    if math.prod((batch, *size)) * _float_dtype(model).itemsize > _MAX_BYTES:
+        raise ConfigError(f"input size {size} with batch {batch} is beyond what a PyTorch tensor can describe "
+                          "(2^63 bytes)")
     if hasattr(model, "check_input"):  # a convnets model names the shape it expects before anything is copied
         model.check_input(torch.empty(batch, *size, device="meta"))
     try:

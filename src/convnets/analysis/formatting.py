@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Sequence
 
 from convnets.errors import ConfigError
@@ -58,10 +59,8 @@ def parse_size(text: str, n: int = 3, order: str = "CxHxW") -> tuple[int, ...]:
         ValueError: a message naming the expected form.
     """
     parts = text.lower().replace(",", "x").replace("*", "x").split("x")
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        values = ()
+    # ASCII digits only: int() would also read "3_2" as 32 and other scripts' digits, a typo passing as a size.
+    values = tuple(int(p) for p in parts) if all(re.fullmatch(r"\s*[0-9]+\s*", p) for p in parts) else ()
     if len(values) != n or min(values, default=0) < 1:
         example = "x".join(["3", "224", "224"][:n]) if order == "CxHxW" else "x".join(["28", "28", "192"][:n])
         raise ConfigError(f"bad size {text!r}: expected {n} positive integers {order}, e.g. {example}")

@@ -23,6 +23,8 @@ MAX_ROWS, MAX_VARIANTS, MAX_SIDE = 64, 32, 1024
 # (tens of GB as the float images behind it). The defaults at the largest side make 67 megapixels.
 MAX_MEGAPIXELS = 100
 MIN_TILE, GAP = 96, 2
+# The grid's Exif "Software" tag: an existing --out that carries it is an earlier grid and may be replaced.
+SOFTWARE_TAG, SOFTWARE = 0x0131, "convnets augment"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,7 +52,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--variants", type=number(int, 0, MAX_VARIANTS), default=7,
                    help=f"augmented versions of each (0-{MAX_VARIANTS}, default 7)")
     p.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=0, help="picks the images and the augmentations")
-    p.add_argument("--out", default="augment_grid.png", help="image file to write (default augment_grid.png)")
+    p.add_argument("--out", default="augment_grid.png", help="image file to write (default augment_grid.png); an "
+                   "existing file is replaced only if it is an earlier grid of this command")
     p.set_defaults(run=run)
 
 
@@ -64,7 +67,19 @@ def check_out(out: Path) -> str:
     parent = next((p for p in out.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ConfigError(f"{out}: cannot be written: {parent} is a file, not a folder")
+    if out.exists() and not _is_our_grid(out):
+        raise ConfigError(f"{out} exists and is not a grid written by convnets augment; choose another --out or "
+                          "move it")
     return image_format
+
+
+def _is_our_grid(path: Path) -> bool:
+    """Whether ``path`` is a picture this command wrote (the formats without Exif are never replaced)."""
+    try:
+        with Image.open(path) as image:
+            return image.getexif().get(SOFTWARE_TAG) == SOFTWARE
+    except (OSError, ValueError, SyntaxError):  # not an image, or one Pillow cannot parse
+        return False
 
 
 def check_grid(rows: int, columns: int, height: int, width: int) -> None:
@@ -98,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     # Written beside the target and renamed, so that a failed write never leaves half a picture at --out.
     partial = out.with_name(f".{out.name}.part")
     try:
-        grid.save(partial, format=image_format)
+        exif = Image.Exif()
+        exif[SOFTWARE_TAG] = SOFTWARE
+        grid.save(partial, format=image_format, exif=exif)
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)

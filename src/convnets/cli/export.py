@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from convnets.cli.options import number, parse_model_args, path_text
+from convnets.errors import ConfigError
 from convnets.evaluate import trained_data
 from convnets.export import (
     accuracy_of,
@@ -48,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_model_or_run(args.source, **parse_model_args(args.model_arg))
     path = Path(args.source)
     out = Path(args.out) if args.out else (path / "export" if path.is_dir() else Path(f"export-{model.name}"))
+    if out.suffix.lower() == ".onnx" and not out.is_dir():  # a file name where the folder goes
+        raise ConfigError(f"--out {out} names a file, but --out is the folder the export goes into (as "
+                          f"FOLDER/{model.name}.onnx); give a folder, e.g. --out {out.parent / 'export'}")
     onnx_path, int8_path = out / f"{model.name}.onnx", out / f"{model.name}.int8.onnx"
     check_export_targets(onnx_path, *([int8_path] if args.int8 else []))  # before any work
     data_args = {"data": args.data, "data_dir": args.data_dir}

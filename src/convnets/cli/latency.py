@@ -11,6 +11,7 @@ import torch
 from convnets.analysis import count
 from convnets.cli.options import number, size_type
 from convnets.device import set_threads
+from convnets.errors import ConfigError
 from convnets.export import export_onnx, load_model_or_run, onnx_latency_ms, quantize_int8, torch_latency_ms
 
 
@@ -31,6 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # A size given twice would be measured twice, two different medians for one figure.
+    repeated = sorted({b for b in args.batch if args.batch.count(b) > 1})
+    if repeated:
+        raise ConfigError(f"--batch {repeated[0]} is given twice; each batch size is measured once")
     set_threads(args.threads)
     # Every source is loaded and its input size checked before anything is measured.
     models = []

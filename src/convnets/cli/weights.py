@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    name = model_entry(args.model).name if args.model else None  # an unknown name gets close suggestions
+    name = model_entry(args.model).name if args.model is not None else None  # an unknown name gets close suggestions
     specs = list_weights(name)
     if not specs:
         having = ", ".join(sorted({w.model for w in list_weights()}))
