@@ -94,6 +94,7 @@ from PIL import Image, ImageOps
 from torch import nn
 
 import convnets
+from convnets.cli.options import number
 from convnets.data.augment import PRESETS, AugmentConfig, flip_shift, pca_basis
 from convnets.data.datasets import Dataset, load_dataset
 from convnets.device import keep_freed_memory
@@ -1021,17 +1022,6 @@ def compile_end_to_end(name: str, epochs: int, seed: int, runs: Path, per_class:
             "plain_over_baseline_wall": round(plain["images_per_s_wall"] / base["images_per_s"], 3)}
 
 
-def positive(text: str) -> int:
-    """A whole number >= 1 from the command line (argparse's ``type``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
 def cpu_flags() -> list[str]:
     """The bf16 instructions this CPU has, as ``lscpu | grep -o 'avx512_bf16\\|amx_bf16'`` lists them."""
     try:
@@ -1194,7 +1184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compiled-side", action="store_true",
                         help="in 2., the Trainer compiled (--compile-backend) as one more side: its steady state, "
                              "its compile seconds and when compiling pays for itself")
-    parser.add_argument("--malloc-compare", type=positive, metavar="PAIRS",
+    parser.add_argument("--malloc-compare", type=number(int, 1), metavar="PAIRS",
                         help="after 2., the Trainer with and without glibc keeping freed memory, in PAIRS pairs of "
                              "fresh processes (3 chunks of --steps, default 16, each)")
     # One arm of --malloc-compare, run in a process of its own by the benchmark itself.

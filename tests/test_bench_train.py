@@ -268,7 +268,7 @@ def test_malloc_compare_needs_a_whole_number_of_pairs(bench, capsys, pairs):
     with pytest.raises(SystemExit) as stop:
         bench.main(["--malloc-compare", pairs])
     err = capsys.readouterr().err
-    assert stop.value.code == 2 and "argument --malloc-compare: expected a whole number >= 1, got" in err
+    assert stop.value.code == 2 and "argument --malloc-compare: must be a whole number >= 1; got" in err
 
 
 def test_a_malloc_arm_is_kept_or_default(bench, tmp_path):

@@ -675,11 +675,11 @@ def _check_same_setting(out: Path, setting: dict[str, str]) -> None:
     resuming them with other settings is refused anyway, but only once the experiment reaches them.
     Directories written before :data:`SETTING_FILE` existed are judged by their ``results.json``.
     """
-    if (out / SETTING_FILE).exists() and _read_json(out / SETTING_FILE) is None:
+    saved = _read_json(out / SETTING_FILE)
+    if saved is None and (out / SETTING_FILE).exists():
         raise ConfigError(f"{out / SETTING_FILE} is damaged, so what {out} was made with is unknown and its runs "
                           "cannot be reused safely: repair it (name, budget, data) or choose another --out")
-    before = _read_json(out / SETTING_FILE) or {k: v for k, v in (_read_json(out / "results.json") or {}).items()
-                                                 if k in ("name", "budget")}
+    before = saved or {k: v for k, v in (_read_json(out / "results.json") or {}).items() if k in ("name", "budget")}
     differ = [k for k in ("name", "budget", "data") if k in before and before[k] != setting[k]]
     if differ:
         held = " ".join(f"--{k} {before[k]}" for k in ("budget", "data") if k in before)

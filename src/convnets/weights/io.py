@@ -14,6 +14,7 @@ progress bar, and an error that says what happened when the server is missing, s
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import hashlib
 import http.client
@@ -95,7 +96,7 @@ def check_writable(folder: str | Path, named: str | Path) -> None:
     while not base.exists() and base != base.parent:
         base = base.parent
     if not base.is_dir():
-        raise NotADirectoryError(20, f"{base} is a file, not a folder", str(named))
+        raise NotADirectoryError(errno.ENOTDIR, f"{base} is a file, not a folder", str(named))
     try:
         tempfile.TemporaryFile(dir=base).close()
     except OSError as err:
