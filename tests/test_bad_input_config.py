@@ -98,6 +98,13 @@ CASES = [
     C("lr-nan", 3, train("--lr", "nan"), r"lr must be > 0.*got nan", after=no_run),
     C("lr-inf", 3, train("--lr", "inf"), r"lr must be > 0.*got inf", after=no_run),
     C("seed-negative", 3, train("--seed", "-1"), r"seed must be a whole number from 0", after=no_run),
+    # Python's int() and float() read "1_0" as 10 and other scripts' digits: on the command line that is a typo
+    C("epochs-underscore", 2, train("--epochs", "1_0"), r"argument --epochs: must be a whole number; got '1_0'",
+      after=no_run),
+    C("batch-size-arabic-digits", 2, train("--batch-size", "\u0661\u0660"), r"argument --batch-size: must be a whole "
+      r"number", after=no_run),
+    C("lr-underscore", 2, train("--lr", "0.1_0"), r"argument --lr: must be a number; got '0.1_0'", after=no_run),
+    C("ema-fullwidth-digits", 2, train("--ema", "\uff10.9"), r"argument --ema: must be a number", after=no_run),
     C("workers-negative", 3, train("--workers", "-1"), r"num_workers must be a whole number from 0 to 256",
       after=no_run),
     C("device-banana", 3, train("--device", "banana"), r"device must be cpu, cuda, cuda:N or mps.*'banana'",
@@ -310,6 +317,14 @@ def test_edge_values_inside_the_ranges_train(tmp_path: Path, capsys: pytest.Capt
     saved = json.loads((out / "config.json").read_text())
     assert (saved["label_smoothing"], saved["grad_clip"], saved["momentum"], saved["train_per_class"]) == (
         0.0, 1.0, 0.0, 16)
+
+
+@pytest.mark.parametrize(("option", "text", "value"), [
+    ("--epochs", "12", 12), ("--epochs", " +3 ", 3), ("--seed", "-1", -1), ("--lr", "1e-3", 1e-3),
+    ("--lr", ".5", 0.5), ("--lr", "2.", 2.0), ("--momentum", "9E-1", 0.9), ("--label-smoothing", "-0", 0.0)])
+def test_numbers_in_every_usual_spelling_are_read(option: str, text: str, value: float) -> None:
+    args = build_parser().parse_args(["train", "lenet5", option, text])
+    assert getattr(args, option[2:].replace("-", "_")) == value
 
 
 def test_config_file_with_options_beside_it(tmp_path: Path) -> None:

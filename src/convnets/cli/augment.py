@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from convnets.cli.options import number, parse_key_values
+from convnets.cli.options import integer, number, parse_key_values
 from convnets.data.augment import PRESETS, Augmenter, get_preset
 from convnets.data.core import check_image_size
 from convnets.data.datasets import load_dataset
@@ -46,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--image-size", type=number(int, 1, MAX_SIDE),
                    help=f"resize images to this side first (1-{MAX_SIDE})")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="convert to 1 or 3 channels")
+    p.add_argument("--channels", type=integer, choices=(1, 3), help="convert to 1 or 3 channels")
     p.add_argument("--rows", type=number(int, 1, MAX_ROWS), default=8,
                    help=f"how many training images (1-{MAX_ROWS}, default 8)")
     p.add_argument("--variants", type=number(int, 0, MAX_VARIANTS), default=7,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from convnets.cli.options import number, path_text
+from convnets.cli.options import integer, number, path_text
 from convnets.errors import ConfigError
 from convnets.experiments import BUDGETS, DEFAULT_SEEDS, EXPERIMENTS, register_all, run_all, run_experiment
 
@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="fashion-mnist", help="dataset of the experiments that train (default "
                    "fashion-mnist; cifar10 when you have its files)")
     p.add_argument("--data-dir", help="where named datasets are looked up")
-    p.add_argument("--threads", type=int, help="CPU threads (1 avoids stalls on a machine shared with other work)")
+    p.add_argument("--threads", type=integer, help="CPU threads (1 avoids stalls on a machine shared with other work)")
     p.set_defaults(run=run)
 
 

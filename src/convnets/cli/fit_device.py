@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from convnets.cli.options import number
+from convnets.cli.options import number, real
 from convnets.fit import FAMILIES, fit_device
 
 
@@ -14,7 +14,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Measure candidate scalings (phi for EfficientNet; width and resolution for MobileNet) on this "
         "machine and print the largest that runs within --latency-ms.")
     p.add_argument("--family", required=True, choices=FAMILIES)
-    p.add_argument("--latency-ms", type=float, required=True, help="the budget, milliseconds per batch (> 0)")
+    p.add_argument("--latency-ms", type=real, required=True, help="the budget, milliseconds per batch (> 0)")
     p.add_argument("--batch", type=number(int, 1), default=1, help="batch size measured (default 1)")
     p.add_argument("--repeats", type=number(int, 1), default=10, help="timed runs per candidate (default 10)")
     p.set_defaults(run=run)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from convnets.analysis import count
-from convnets.cli.options import number, size_type
+from convnets.cli.options import integer, number, size_type
 from convnets.device import set_threads
 from convnets.errors import ConfigError
 from convnets.export import export_onnx, load_model_or_run, onnx_latency_ms, quantize_int8, torch_latency_ms
@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", action="store_true",
                    help="also quantize to int8 (calibrated on random inputs: latency does not depend on the values)")
     p.add_argument("--repeats", type=number(int, 1), default=20, help="timed runs per figure (default 20)")
-    p.add_argument("--threads", type=int, help="CPU threads for both runtimes (default: all)")
+    p.add_argument("--threads", type=integer, help="CPU threads for both runtimes (default: all)")
     p.set_defaults(run=run)
 
 
@@ -58,5 +58,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{model.name:<24} {counts.params / 1e6:>9.2f}M {counts.macs / 1e6:>8.1f}M {batch:>5} "
                       f"{eager:>9.2f} {ort:>8.2f} " + (f"{q:>8.2f} " if q is not None else "")
                       + f"{1000 * batch / best:>15,.0f}")
-    print("\nMedian of repeated runs on this machine; MACs per image (see `convnets summary`).")
+    # median_latency_ms stops a figure's runs after 20 s (at least 3 runs): --repeats 1000 on a big model
+    # would otherwise take hours. Said here, so that a median of fewer runs than asked is not taken for one of all.
+    print(f"\nMedian of {args.repeats} timed runs per figure on this machine (fewer where a figure's runs "
+          "passed 20 s); MACs per image (see `convnets summary`).")
     return 0

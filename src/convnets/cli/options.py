@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,28 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
     return parse_key_values(items, "--model-arg")
 
 
+# What a number may look like on the command line: ASCII digits, no "_". Python's int() and float() also read
+# "1_0" as 10 and other scripts' digits ("١٠"), a typo passing as a number. nan and inf pass here so that
+# the library's own check names the field and its range.
+_WHOLE_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*")
+_REAL_TEXT = re.compile(r"\s*[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?|inf(?:inity)?|nan)\s*",
+                        re.IGNORECASE)
+
+
+def integer(text: str) -> int:
+    """An argparse type: a whole number in ASCII digits (ranges are checked where the value is used)."""
+    if not _WHOLE_TEXT.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be a whole number; got {text!r}")
+    return int(text)
+
+
+def real(text: str) -> float:
+    """An argparse type: a number in ASCII digits, ``1e-3`` or ``.5`` (ranges are checked where it is used)."""
+    if not _REAL_TEXT.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"must be a number; got {text!r}")
+    return float(text)
+
+
 def number(kind: type = int, low: float | None = None, high: float | None = None) -> Callable[[str], Any]:
     """An argparse type: an ``int`` or finite ``float`` from ``low`` to ``high`` (inclusive; None: unbounded)."""
     noun = "a whole number" if kind is int else "a number"
@@ -57,8 +80,8 @@ def number(kind: type = int, low: float | None = None, high: float | None = None
 
     def parse(text: str) -> Any:
         try:
-            value = kind(text)
-        except ValueError:
+            value = (integer if kind is int else real)(text)
+        except argparse.ArgumentTypeError:
             raise argparse.ArgumentTypeError(f"must be {noun}{bounds}; got {text!r}") from None
         if (kind is float and not math.isfinite(value)) or (low is not None and value < low) or (
                 high is not None and value > high):
