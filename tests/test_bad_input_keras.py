@@ -77,6 +77,30 @@ def keras3_without_names(tmp: Path) -> None:
         f.create_dataset("layers/conv2d/vars/0", data=np.zeros((3, 3, 3, 8), np.float32))
 
 
+def keras_archive_without_weights(tmp: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(tmp / "model.keras", "w") as archive:  # a zip named .keras: config, no weights
+        archive.writestr("config.json", "{}")
+
+
+def group_for_a_weight(tmp: Path) -> None:
+    path = legacy(tmp / "w.h5", vgg_like(13))
+    with h5py().File(path, "a") as f:
+        del f["block1_conv1/block1_conv1/w0:0"]
+        f.create_group("block1_conv1/block1_conv1/w0:0")
+
+
+def int8_kernel(tmp: Path) -> None:
+    # Keras's model.quantize("int8") on a Dense without bias saves (int8 kernel, float kernel_scale): two
+    # arrays that read as a kernel and a bias; they loaded as kernel values 127 and the scales as biases.
+    layers = vgg_like(13)
+    path = legacy(tmp / "q.h5", {**layers, "predictions": [(4, 3), (3,)]})
+    with h5py().File(path, "a") as f:
+        del f["predictions/predictions/w0:0"]
+        f.create_dataset("predictions/predictions/w0:0", data=np.full((4, 3), 127, np.int8))
+
+
 def keras_app(build: str, name: str, size: int = 32, **kwargs: Any) -> Callable[[Path], Path]:
     """A case's setup: ``tmp/name`` holds the weights of a Keras application (random), in legacy HDF5."""
 
@@ -133,6 +157,13 @@ CASES = [
          call=lambda tmp: load(tmp / "data.h5")),
     Case("layer-listed-not-there", 3, [], r"w\.h5: a damaged Keras weights file.*block1_conv1", setup=missing_layer,
          call=lambda tmp: load(tmp / "w.h5")),
+    Case("keras-archive-without-weights", 3, [],
+         r"model\.keras: a zip archive without model\.weights\.h5.*config\.json",
+         setup=keras_archive_without_weights, call=lambda tmp: load(tmp / "model.keras")),
+    Case("group-in-place-of-a-weight", 3, [], r"w\.h5: a damaged Keras weights file.*w0:0 is a group, not an array",
+         setup=group_for_a_weight, call=lambda tmp: load(tmp / "w.h5")),
+    Case("int8-quantized-layer", 3, [], r"Keras layer 'predictions' holds int8 weights \(a model quantized",
+         setup=int8_kernel, call=lambda tmp: load(tmp / "q.h5")),
     Case("keras3-without-layer-names", 3, [], r"does not record its layers' names.*save it again",
          setup=keras3_without_names, call=lambda tmp: load(tmp / "old.weights.h5")),
     Case("resnet-v2", 3, [], r"a Keras ResNetV2 \(pre-activation\): convnets has the original ResNet only",

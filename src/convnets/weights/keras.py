@@ -268,7 +268,15 @@ def _attribute_list(group: Any, name: str) -> list[str]:
     return values
 
 
-def _legacy_layers(root: Any) -> Layers:
+def _dataset(group: Any, key: str, h5py: Any) -> Any:
+    """``group[key]``, which must be an array; a KeyError (absent, or not an array) is named by :func:`_layers`."""
+    item = group[key]
+    if not isinstance(item, h5py.Dataset):
+        raise KeyError(f"{item.name} is a {type(item).__name__.lower()}, not an array")
+    return item
+
+
+def _legacy_layers(root: Any, h5py: Any) -> Layers:
     """The legacy format: a group per layer, ``weight_names`` giving its weights in Keras's order.
 
     A model nested in the saved one (``Sequential([EfficientNetB0(...), ...])``) is one group whose
@@ -280,7 +288,7 @@ def _legacy_layers(root: Any) -> Layers:
         group, owners = root[name], {}
         for weight in _attribute_list(group, "weight_names"):
             parts = weight.split("/")
-            owners.setdefault(parts[-2] if len(parts) > 1 else name, []).append(group[weight])
+            owners.setdefault(parts[-2] if len(parts) > 1 else name, []).append(_dataset(group, weight, h5py))
         for owner, weights in owners.items():
             if owner in layers:
                 raise WeightsError(f"two layers are named {owner!r}")
@@ -302,7 +310,7 @@ def _keras3_layers(group: Any, h5py: Any, layers: Layers) -> None:
             name = _text(variables.attrs["name"])
             if name in layers:
                 raise WeightsError(f"two layers are named {name!r}")
-            layers[name] = [variables[str(i)] for i in range(len(variables))]
+            layers[name] = [_dataset(variables, str(i), h5py) for i in range(len(variables))]
         _keras3_layers(child, h5py, layers)
 
 
@@ -319,6 +327,9 @@ def open_layers(path: Path) -> Iterator[Layers]:
     try:
         if path.suffix.lower() == ".keras":  # a zip archive holding model.weights.h5
             with zipfile.ZipFile(path) as archive:
+                if "model.weights.h5" not in archive.namelist():
+                    raise WeightsError(f"{path}: a zip archive without model.weights.h5, so not a .keras model file "
+                                       f"(it holds {', '.join(archive.namelist()[:5]) or 'nothing'})")
                 source: Any = io.BytesIO(archive.read("model.weights.h5"))
         else:
             source = path
@@ -333,7 +344,7 @@ def _layers(f: Any, h5py: Any, path: Path) -> Layers:
     root = f.get("model_weights", f)  # a whole model saved by model.save("x.h5")
     try:
         if _attribute_list(root, "layer_names"):
-            layers = _legacy_layers(root)
+            layers = _legacy_layers(root, h5py)
         elif isinstance(f.get("layers"), h5py.Group):
             layers = {}
             _keras3_layers(f["layers"], h5py, layers)
@@ -436,6 +447,12 @@ def _layer_tensors(name: str, ours: str, weights: list[Any]) -> dict[str, torch.
     """Our tensors for one Keras layer, its kind told by its weights (Keras's order: kernel, bias; gamma,
     beta, moving mean, moving variance)."""
     shapes = [tuple(w.shape) for w in weights]
+    kinds = sorted({str(w.dtype) for w in weights if w.dtype.kind != "f"})
+    if kinds:
+        # Keras's model.quantize("int8") stores int8 kernels beside a kernel_scale: read as floats, they would
+        # load as other weights (a scale taken for a bias), without a word.
+        raise LayoutError(f"Keras layer {name!r} holds {', '.join(kinds)} weights (a model quantized with "
+                          "model.quantize?): convnets reads float weights; save the model before quantizing it")
     if len(shapes) == 4 and len(set(shapes)) == 1 and len(shapes[0]) == 1:  # BatchNormalization
         gamma, beta, mean, var = (_tensor(w) for w in weights)
         return {f"{ours}.weight": gamma, f"{ours}.bias": beta, f"{ours}.running_mean": mean,
