@@ -137,6 +137,10 @@ TRANSFER = ["transfer", "mobilenet_v1_025", "--data", "digits", "--out", "{tmp}/
             "--epochs", "1", "--weights"]
 
 
+def nothing_written(tmp: Path) -> None:
+    assert sorted(p.name for p in tmp.iterdir()) == ["v.h5"]
+
+
 def no_run(tmp: Path) -> None:
     assert not (tmp / "run").exists()
 
@@ -164,6 +168,13 @@ CASES = [
          setup=group_for_a_weight, call=lambda tmp: load(tmp / "w.h5")),
     Case("int8-quantized-layer", 3, [], r"Keras layer 'predictions' holds int8 weights \(a model quantized",
          setup=int8_kernel, call=lambda tmp: load(tmp / "q.h5")),
+    # 3: Keras weights where a file saved by convnets is needed: said so (was "damaged, truncated or another format",
+    # export after loading the whole model).
+    *[Case(f"keras-file-to-{cmd}", 3, [cmd, "{tmp}/v.h5", *more], r"v\.h5: not a readable safetensors file: it is "
+           r"Keras weights .*convnets transfer MODEL --weights PATH", setup=writes("v.h5", vgg_like(13)),
+           after=nothing_written)
+      for cmd, more in [("predict", ["{tmp}/v.h5"]), ("evaluate", ["--out", "{tmp}/report"]),
+                        ("export", ["--out", "{tmp}/export"])]],
     Case("keras3-without-layer-names", 3, [], r"does not record its layers' names.*save it again",
          setup=keras3_without_names, call=lambda tmp: load(tmp / "old.weights.h5")),
     Case("resnet-v2", 3, [], r"a Keras ResNetV2 \(pre-activation\): convnets has the original ResNet only",

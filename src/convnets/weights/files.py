@@ -83,7 +83,8 @@ def _check_file(path: Path) -> None:
 
 def file_format(path: str | Path) -> str:
     """What a file holds, from its first bytes rather than its name: ``safetensors``, ``torch`` (a
-    ``torch.save`` checkpoint), ``zip`` (another archive), ``html``, ``json`` or ``unknown``."""
+    ``torch.save`` checkpoint), ``keras`` (Keras's HDF5 weights or .keras archive), ``zip`` (another
+    archive), ``html``, ``json`` or ``unknown``."""
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(16)
@@ -95,7 +96,11 @@ def file_format(path: str | Path) -> str:
                 names = archive.namelist()
         except (zipfile.BadZipFile, OSError):  # a truncated checkpoint: torch.load will say so
             return "torch"
+        if "model.weights.h5" in names:
+            return "keras"
         return "torch" if any(n.endswith("data.pkl") for n in names) else "zip"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "keras"
     if head[:1] == b"\x80":  # a pickle: torch.save's legacy format
         return "torch"
     text = head.lstrip()
@@ -109,6 +114,9 @@ def file_format(path: str | Path) -> str:
 _FORMAT_WORDS = {
     "torch": "it is a PyTorch checkpoint, saved with torch.save; weights saved by convnets are .safetensors files "
              "such as a run's best.safetensors",
+    "keras": "it is Keras weights (HDF5 or a .keras archive), which convnets.weights.load(PATH) reads and "
+             "convnets transfer MODEL --weights PATH fine-tunes from; evaluate, predict and export take the run "
+             "that writes (or a file saved by convnets)",
     "zip": "it is a zip archive that is not a PyTorch checkpoint, a NumPy .npz perhaps",
     "html": "it is a web page (HTML), not weights: a login or error page saved in place of the file?",
     "json": "it is JSON text, not weights: a run's config.json? Give the run directory or its best.safetensors",
