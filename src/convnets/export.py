@@ -365,6 +365,7 @@ def load_model_or_run(source: str, **model_kwargs) -> tuple[ConvNet, dict]:
     from convnets.evaluate import weights_path
     from convnets.registry import create_model
     from convnets.weights import load_weights, read_metadata
+    from convnets.weights.files import file_format
 
     path = Path(source)
     if path.exists():
@@ -372,6 +373,8 @@ def load_model_or_run(source: str, **model_kwargs) -> tuple[ConvNet, dict]:
         if model_kwargs:
             raise ConfigError(f"--model-arg applies to a registered model name; the weights in {source} fix its "
                               f"architecture (got {', '.join(model_kwargs)})")
+        if file_format(path) == "keras":  # refused as not ours before its weights are converted (or misfit)
+            read_metadata(path)
         return load_weights(path).eval(), read_metadata(path)
     if path.suffix or "/" in source or os.sep in source:
         raise FileNotFoundError(f"{source}: no such run directory or weights file")
