@@ -358,6 +358,11 @@ def _kind(tensor: torch.Tensor) -> str:
     return "complex" if tensor.is_complex() else "float" if tensor.is_floating_point() else "integer"
 
 
+def _finite(tensor: torch.Tensor) -> bool:
+    # PyTorch has no isfinite for the one-byte floats (float8_e4m3fn, float8_e5m2...): their float32 values tell.
+    return bool(torch.isfinite(tensor if tensor.element_size() > 1 else tensor.float()).all())
+
+
 def check_values(state: Mapping[str, torch.Tensor], label: str, *, into_meta: bool = False) -> None:
     """Refuse weights without usable values: meta tensors (shapes only), NaN or infinity (a diverged training's).
 
@@ -378,7 +383,7 @@ def check_values(state: Mapping[str, torch.Tensor], label: str, *, into_meta: bo
         raise WeightsError(f"{label}: {listed(empty)} are meta tensors, shapes without values (saved from a model "
                            "on the meta device?)")
     bad = [k for k, v in state.items()
-           if not v.is_meta and (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
+           if not v.is_meta and (v.is_floating_point() or v.is_complex()) and not _finite(v)]
     if bad:
         raise WeightsError(f"{label} holds NaN or infinite values in {listed(bad)}: the training that made them "
                            "diverged; use an earlier checkpoint")
