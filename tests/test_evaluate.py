@@ -259,6 +259,7 @@ def test_the_default_report_goes_under_the_working_directory(two_runs: list[Path
     assert default_report_dir([two_runs[0] / "last.safetensors"]) == evaluate_dir / "seed0-last"
     assert default_report_dir(two_runs) == evaluate_dir / "seed0+seed1"
     assert default_report_dir("resnet20:fashion-mnist") == evaluate_dir / "resnet20-fashion-mnist"
+    assert default_report_dir("ResNet20:Fashion-MNIST ") == evaluate_dir / "resnet20-fashion-mnist"  # the same weights
     shipped = PACKAGE_DIR / "lenet5-fashion-mnist.safetensors"
     assert default_report_dir([shipped]) == evaluate_dir / "lenet5-fashion-mnist"
 

@@ -63,6 +63,14 @@ def test_unknown_tags_list_the_known_ones() -> None:
         get_weights("lenet5", "cifar")
 
 
+def test_registered_weights_are_named_as_freely_as_models() -> None:
+    # create_model("LeNet5") builds lenet5, but "LeNet5:Fashion-MNIST" was "no weights for LeNet5: it has none".
+    spec = get_weights("lenet5", "fashion-mnist")
+    for model, tag in [("LeNet5", "Fashion-MNIST"), (" lenet-5", "fashion-mnist "), ("LENET5", "FASHION-MNIST")]:
+        assert get_weights(model, tag) is spec
+    assert convnets.create_model("LeNet5", weights="Fashion-MNIST").name == "lenet5"
+
+
 def test_preprocessing_comes_from_the_weights() -> None:
     pre = weights_preprocessing("fashion-mnist", "lenet5")
     assert pre["input_size"] == (1, 32, 32) and len(pre["mean"]) == 1

@@ -574,9 +574,18 @@ def _capped(name: str, count: int) -> str:
 
 
 def source_key(source: str | Path) -> str:
-    """What a report records of a source: its absolute path, or the tag (``MODEL:TAG``) as given."""
+    """What a report records of a source: its absolute path, or the registered weights' ``MODEL:TAG``."""
     path = Path(source)
-    return str(path.resolve()) if path.exists() else os.fspath(source)
+    return str(path.resolve()) if path.exists() else _registered_name(source)
+
+
+def _registered_name(source: str | Path) -> str:
+    """``MODEL:TAG`` as the registry spells it (``LeNet5:Fashion-MNIST`` is ``lenet5:fashion-mnist``), else as given."""
+    try:
+        spec = registered_weights(source)
+    except WeightsError:  # unknown weights: refused where they are loaded
+        spec = None
+    return f"{spec.model}:{spec.tag}" if spec is not None else os.fspath(source)
 
 
 def _report_sources(directory: Path) -> list[str] | None:
@@ -598,7 +607,7 @@ def _report_name(source: str | Path) -> str:
             return path.stem
         run = path.parent.name
         return run if path.stem == "best" else f"{run}-{path.stem}"
-    return os.fspath(source).replace(":", "-")  # MODEL:TAG (":" cannot be in a Windows file name)
+    return _registered_name(source).replace(":", "-")  # MODEL:TAG (":" cannot be in a Windows file name)
 
 
 def _protected_folders() -> list[tuple[str, Path]]:
