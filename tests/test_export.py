@@ -103,6 +103,14 @@ def test_cli_export_of_a_registered_name_prints_its_table(tmp_path: Path, capsys
     assert run_onnx(session(tmp_path / "lenet5.onnx"), torch.randn(3, 1, 32, 32)).shape == (3, 10)
 
 
+def test_the_export_check_of_random_weights_compares_outputs_that_depend_on_the_input(tmp_path: Path) -> None:
+    # A freshly built MobileNet's BatchNorm statistics (mean 0, variance 1) let the signal die out: its outputs were
+    # the classifier's bias, equal for every input, and the check against PyTorch compared constants.
+    assert cli_main(["export", "mobilenet_v1_025", "--out", str(tmp_path)]) == 0
+    out = run_onnx(session(tmp_path / "mobilenet_v1_025.onnx"), torch.randn(4, 3, 224, 224))
+    assert (out - out[0]).abs().max() > 100 * 1e-3  # the spread over inputs, beside the check's tolerance
+
+
 def test_an_export_replaces_only_its_own_earlier_file(tmp_path: Path) -> None:
     import onnx
 

@@ -353,6 +353,31 @@ def onnx_latency_ms(path: str | Path, x: torch.Tensor, **kwargs) -> float:
 # ---- what the commands build on
 
 
+@torch.no_grad()
+def settle_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
+    """Running statistics of a freshly built model's BatchNorm layers, measured on ``x`` (the model left in eval mode).
+
+    At their initial values (mean 0, variance 1) the layers scale nothing in eval mode, and with PyTorch's
+    initialisation the signal of MobileNet and EfficientNet shrinks about tenfold per stage: their
+    outputs are the classifier's bias, the same for every input (features ~1e-8). An export check on
+    them compares constants and would pass a graph that ignores its input.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: this one batch's statistics
+    model.train()
+    try:
+        model(x)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.eval()
+
+
 def load_model_or_run(source: str, **model_kwargs) -> tuple[ConvNet, dict]:
     """A run directory or weights file (trained model, with its metadata), or a registered name (random weights).
 
