@@ -207,6 +207,10 @@ CASES = [
     Case("mobilenet_v2-0.35-width-1.0", 3, [], r"needs mobilenet_v2 built with tf_same=True, width=0\.35; this "
          r"one has width=1\.0", setup=keras_app("MobileNetV2", "v2.h5", alpha=0.35),
          call=lambda tmp: convnets.create_model("mobilenet_v2", weights=str(tmp / "v2.h5"), width=1.0)),
+    Case("mobilenet-file-for-mobilenet_v2", 3, [], r"cannot build mobilenet_v2 with .*: the weights are for "
+         r"mobilenet_v1_025, whose options mobilenet_v2 does not take \(mobilenet_v2 takes no argument 'relu6'",
+         setup=keras_app("MobileNet", "mobilenet_2_5_224_tf.h5", alpha=0.25),
+         call=lambda tmp: convnets.create_model("mobilenet_v2", weights=str(tmp / "mobilenet_2_5_224_tf.h5"))),
     Case("efficientnet-b0-into-b1", 3, [], r"does not fit efficientnet_b1:.*missing.*stages\.0\.1\.dw",
          setup=keras_app("EfficientNetB0", "efficientnetb0.h5"),
          call=lambda tmp: convnets.create_model("efficientnet_b1", weights=str(tmp / "efficientnetb0.h5"))),
