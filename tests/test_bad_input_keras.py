@@ -128,6 +128,17 @@ def fine_tuned(tmp: Path) -> Path:
     return tmp / "fine_tuned.weights.h5"
 
 
+def normalised_in_front(tmp: Path) -> Path:
+    """Keras's recipe for new data: a Normalization adapted to it, in front of EfficientNetB0 (its own inside)."""
+    os.environ["KERAS_BACKEND"] = "torch"
+    keras = pytest.importorskip("keras")
+    norm = keras.layers.Normalization()
+    norm.adapt(np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32))
+    base = keras.applications.EfficientNetB0(weights=None, include_top=False, input_shape=(32, 32, 3))
+    keras.Sequential([keras.Input((32, 32, 3)), norm, base]).save_weights(tmp / "normalised.weights.h5")
+    return tmp / "normalised.weights.h5"
+
+
 def without_h5py(tmp: Path) -> None:
     with mock.patch.dict(sys.modules, {"h5py": None}):
         load(tmp / "resnet50.h5")
@@ -221,6 +232,11 @@ CASES = [
     Case("mobilenet-relu", 3, [], r"needs mobilenet_v1_025 built with tf_same=True, relu6=True; this one has "
          r"relu6=False", setup=keras_app("MobileNet", "m.h5", alpha=0.25),
          call=lambda tmp: convnets.create_model("mobilenet_v1_025", weights=str(tmp / "m.h5"), relu6=False)),
+    # One of the two became the preprocessing and the other was dropped, without a word (which one: the format's
+    # order, so the .h5 and .weights.h5 of one model normalised differently).
+    Case("normalization-in-front-of-efficientnet", 3, [], r"normalised\.weights\.h5: 2 Normalization layers "
+         r"\(normalization.*\), where EfficientNet has one", setup=normalised_in_front,
+         call=lambda tmp: load(tmp / "normalised.weights.h5")),
     Case("fine-tuned-with-own-classifier", 3, [], r"keras:mobilenet_0\.25: 1 Keras layer\(s\) that no rule "
          r"covers: dense", setup=fine_tuned, call=lambda tmp: load(tmp / "fine_tuned.weights.h5")),
     Case("vgg19-as-vgg16", 3, [], r"does not fit vgg16:.*not in the model.*stages\.2\.conv4",

@@ -583,6 +583,12 @@ def read_keras(path: str | Path, layout: str | None = None, *, tensors: bool = T
             raise LayoutError(f"unknown Keras layout {layout!r}; known: {', '.join(KERAS_LAYOUTS)}")
         peer = variant.layout
         if variant.family == "efficientnet":
+            norms = [n for n in layers if _NORMALIZATION.fullmatch(n)]
+            if len(norms) > 1:
+                # One would become the preprocessing, the other be dropped (which one: the file format's order).
+                raise LayoutError(f"{path.name}: {len(norms)} Normalization layers ({', '.join(norms)}), where "
+                                  "EfficientNet has one, whose statistics become the preprocessing: a Normalization "
+                                  "in front of the application cannot be taken with it; save the application alone")
             norm = next((w for n, w in layers.items() if _NORMALIZATION.fullmatch(n) and len(w) >= 2), None)
             # A file without the layer (keras_applications 1.0) expects ImageNet's normalisation.
             mean, std = _normalization(norm) if norm else (IMAGENET_MEAN, IMAGENET_STD)
