@@ -86,13 +86,17 @@ def h5py_module() -> Any:
 
 
 def is_keras_file(path: Path) -> bool:
-    """Whether ``path`` is read by this module: a .h5/.hdf5/.keras name, or an HDF5 file by its signature."""
+    """Whether ``path`` is read by this module: a .h5/.hdf5/.keras name, or by its content an HDF5 file or a
+    zip archive holding ``model.weights.h5`` (a .keras file renamed)."""
     if path.suffix.lower() in SUFFIXES:
         return True
     try:
         with open(path, "rb") as f:
-            return f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
-    except OSError:
+            if f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+                return True
+        with zipfile.ZipFile(path) as archive:
+            return "model.weights.h5" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
         return False
 
 
@@ -325,7 +329,7 @@ def open_layers(path: Path) -> Iterator[Layers]:
     """
     h5py = h5py_module()
     try:
-        if path.suffix.lower() == ".keras":  # a zip archive holding model.weights.h5
+        if path.suffix.lower() == ".keras" or zipfile.is_zipfile(path):  # a zip archive holding model.weights.h5
             with zipfile.ZipFile(path) as archive:
                 if "model.weights.h5" not in archive.namelist():
                     raise WeightsError(f"{path}: a zip archive without model.weights.h5, so not a .keras model file "
