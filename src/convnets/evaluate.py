@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 import warnings
 from collections.abc import Iterable, Sequence
@@ -445,7 +446,7 @@ def _test_data(member: Member, data: str, data_dir: str | None, given: bool) -> 
             f"{member.name} predicts {len(member.classes)} classes ({_preview(member.classes)}) but {data} has "
             f"{len(dataset.classes)} ({_preview(dataset.classes)}); evaluate it on the data it was trained on"
             + (f" ({member.data})" if member.data else ""))
-    if list(dataset.classes) != list(member.classes):
+    if not same_classes(member.classes, dataset.classes):
         # Labels are compared by index: the same count under other names (digits' 0-9 against Fashion-MNIST's
         # garments) made an accuracy that measures nothing, printed after a warning; export refuses it too.
         raise ConfigMismatchError(
@@ -453,6 +454,18 @@ def _test_data(member: Member, data: str, data_dir: str | None, given: bool) -> 
             f"{_preview(dataset.classes)}: evaluate it on the data it was trained on"
             + (f" ({member.data})" if member.data else "") + ", or name the folders as its classes")
     return dataset
+
+
+def same_classes(model: Sequence[str], data: Sequence[str]) -> bool:
+    """Whether data labelled by index ``data`` gives ``model``'s classes: the same names in the same order, or
+    ImageNet's folders named by WordNet id (``n01440764``...), whose sorted order is the 1000 classes' output order
+    (``weights/imagenet_classes.txt``)."""
+    from convnets.weights import IMAGENET_CLASSES
+
+    if list(model) == list(data):
+        return True
+    return (tuple(model) == tuple(IMAGENET_CLASSES) and len(data) == len(model)
+            and all(re.fullmatch(r"n\d{8}", str(c)) for c in data) and list(data) == sorted(data))
 
 
 def _preview(names: Sequence[str], shown: int = 4) -> str:

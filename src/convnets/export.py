@@ -429,6 +429,7 @@ def dataset_images(meta: dict, split: str, limit: int | None = None, *, data: st
     from convnets.data.datasets import load_dataset
     from convnets.data.loader import make_loader
     from convnets.data.preprocess import Preprocessing
+    from convnets.evaluate import same_classes
 
     prep = Preprocessing.from_metadata(meta)  # the weights' recipe: what the model was trained and evaluated on
     ds = load_dataset(data, data_dir=data_dir, preprocessing=prep)
@@ -437,7 +438,7 @@ def dataset_images(meta: dict, split: str, limit: int | None = None, *, data: st
                                   f"{len(ds.classes)}; pass the --data it was trained on")
     # Labels are compared by index: the same count under other names (digits' 0-9 against Fashion-MNIST's
     # garments) would make an accuracy that measures nothing.
-    if "classes" in meta and list(meta["classes"]) != list(ds.classes):
+    if "classes" in meta and not same_classes(meta["classes"], ds.classes):
         raise ConfigMismatchError(f"the model predicts the classes {_few(meta['classes'])} but {data} has "
                                   f"{_few(ds.classes)}; pass the --data it was trained on")
     ds = dataclasses.replace(ds, mean=prep.mean, std=prep.std)
