@@ -41,6 +41,9 @@ CASES = [
     Case("cost-depthwise-stride-word", 3, ["cost", "depthwise", "-s", "two"], r"--stride.*'two'"),
     Case("experiment-unknown", 3, ["experiment", "degredation"], r"unknown experiment 'degredation'"),
     Case("weights-unknown-model", 3, ["weights", "resnet21"], r"resnet21"),
+    # MODEL:TAG, as predict and evaluate take registered weights: it was "Unknown model 'lenet5:imagenet'".
+    Case("weights-unknown-tag", 3, ["weights", "LeNet5:imagenet"], r"no 'imagenet' weights for lenet5; known for it: "
+         r"fashion-mnist"),
     # An empty name (an unset shell variable) is an unknown model, not "all models".
     Case("weights-empty-model", 3, ["weights", ""], r"unknown model ''"),
     # An option the command does not know is reported by that command, like any other bad option.

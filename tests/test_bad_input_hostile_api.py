@@ -316,6 +316,12 @@ CASES = [
     Case("evaluate-inf-bias", 10, call=lambda tmp: load_weights(tmp / "w.safetensors"),
          expect=r"NaN or infinite values in head\.fc\.bias",
          setup=raw_file("w.safetensors", with_values(float("inf"), "head.fc.bias"))),
+    # float8 weights (a quantization experiment's file): PyTorch has no isfinite for them, a traceback.
+    Case("evaluate-nan-float8-weights", 10, ["evaluate", "{tmp}/w.safetensors", "--out", "{tmp}/eval"],
+         r"weights file w\.safetensors holds NaN or infinite values in head\.fc\.bias",
+         setup=raw_file("w.safetensors", {k: v.to(torch.float8_e4m3fn) for k, v in with_values(float("nan"),
+                                                                                               "head.fc").items()}),
+         after=nothing_but("w.safetensors")),
     # Finite weights whose logits overflow float32: argmax still picked a class for every image.
     Case("evaluate-overflowing-outputs", 10, call=lambda tmp: evaluate(tmp / "w.safetensors", "digits"),
          expect=r"gives NaN or infinite outputs for 360 of 360 test images",

@@ -77,6 +77,30 @@ def keras3_without_names(tmp: Path) -> None:
         f.create_dataset("layers/conv2d/vars/0", data=np.zeros((3, 3, 3, 8), np.float32))
 
 
+def keras_archive_without_weights(tmp: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(tmp / "model.keras", "w") as archive:  # a zip named .keras: config, no weights
+        archive.writestr("config.json", "{}")
+
+
+def group_for_a_weight(tmp: Path) -> None:
+    path = legacy(tmp / "w.h5", vgg_like(13))
+    with h5py().File(path, "a") as f:
+        del f["block1_conv1/block1_conv1/w0:0"]
+        f.create_group("block1_conv1/block1_conv1/w0:0")
+
+
+def int8_kernel(tmp: Path) -> None:
+    # Keras's model.quantize("int8") on a Dense without bias saves (int8 kernel, float kernel_scale): two
+    # arrays that read as a kernel and a bias; they loaded as kernel values 127 and the scales as biases.
+    layers = vgg_like(13)
+    path = legacy(tmp / "q.h5", {**layers, "predictions": [(4, 3), (3,)]})
+    with h5py().File(path, "a") as f:
+        del f["predictions/predictions/w0:0"]
+        f.create_dataset("predictions/predictions/w0:0", data=np.full((4, 3), 127, np.int8))
+
+
 def keras_app(build: str, name: str, size: int = 32, **kwargs: Any) -> Callable[[Path], Path]:
     """A case's setup: ``tmp/name`` holds the weights of a Keras application (random), in legacy HDF5."""
 
@@ -104,6 +128,17 @@ def fine_tuned(tmp: Path) -> Path:
     return tmp / "fine_tuned.weights.h5"
 
 
+def normalised_in_front(tmp: Path) -> Path:
+    """Keras's recipe for new data: a Normalization adapted to it, in front of EfficientNetB0 (its own inside)."""
+    os.environ["KERAS_BACKEND"] = "torch"
+    keras = pytest.importorskip("keras")
+    norm = keras.layers.Normalization()
+    norm.adapt(np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32))
+    base = keras.applications.EfficientNetB0(weights=None, include_top=False, input_shape=(32, 32, 3))
+    keras.Sequential([keras.Input((32, 32, 3)), norm, base]).save_weights(tmp / "normalised.weights.h5")
+    return tmp / "normalised.weights.h5"
+
+
 def without_h5py(tmp: Path) -> None:
     with mock.patch.dict(sys.modules, {"h5py": None}):
         load(tmp / "resnet50.h5")
@@ -111,6 +146,10 @@ def without_h5py(tmp: Path) -> None:
 
 TRANSFER = ["transfer", "mobilenet_v1_025", "--data", "digits", "--out", "{tmp}/run", "--no-progress",
             "--epochs", "1", "--weights"]
+
+
+def nothing_written(tmp: Path) -> None:
+    assert sorted(p.name for p in tmp.iterdir()) == ["v.h5"]
 
 
 def no_run(tmp: Path) -> None:
@@ -133,6 +172,20 @@ CASES = [
          call=lambda tmp: load(tmp / "data.h5")),
     Case("layer-listed-not-there", 3, [], r"w\.h5: a damaged Keras weights file.*block1_conv1", setup=missing_layer,
          call=lambda tmp: load(tmp / "w.h5")),
+    Case("keras-archive-without-weights", 3, [],
+         r"model\.keras: a zip archive without model\.weights\.h5.*config\.json",
+         setup=keras_archive_without_weights, call=lambda tmp: load(tmp / "model.keras")),
+    Case("group-in-place-of-a-weight", 3, [], r"w\.h5: a damaged Keras weights file.*w0:0 is a group, not an array",
+         setup=group_for_a_weight, call=lambda tmp: load(tmp / "w.h5")),
+    Case("int8-quantized-layer", 3, [], r"Keras layer 'predictions' holds int8 weights \(a model quantized",
+         setup=int8_kernel, call=lambda tmp: load(tmp / "q.h5")),
+    # 3: Keras weights where a file saved by convnets is needed: said so (was "damaged, truncated or another format",
+    # export after loading the whole model).
+    *[Case(f"keras-file-to-{cmd}", 3, [cmd, "{tmp}/v.h5", *more], r"v\.h5: not a readable safetensors file: it is "
+           r"Keras weights .*convnets transfer MODEL --weights PATH", setup=writes("v.h5", vgg_like(13)),
+           after=nothing_written)
+      for cmd, more in [("predict", ["{tmp}/v.h5"]), ("evaluate", ["--out", "{tmp}/report"]),
+                        ("export", ["--out", "{tmp}/export"])]],
     Case("keras3-without-layer-names", 3, [], r"does not record its layers' names.*save it again",
          setup=keras3_without_names, call=lambda tmp: load(tmp / "old.weights.h5")),
     Case("resnet-v2", 3, [], r"a Keras ResNetV2 \(pre-activation\): convnets has the original ResNet only",
@@ -165,6 +218,10 @@ CASES = [
     Case("mobilenet_v2-0.35-width-1.0", 3, [], r"needs mobilenet_v2 built with tf_same=True, width=0\.35; this "
          r"one has width=1\.0", setup=keras_app("MobileNetV2", "v2.h5", alpha=0.35),
          call=lambda tmp: convnets.create_model("mobilenet_v2", weights=str(tmp / "v2.h5"), width=1.0)),
+    Case("mobilenet-file-for-mobilenet_v2", 3, [], r"cannot build mobilenet_v2 with .*: the weights are for "
+         r"mobilenet_v1_025, whose options mobilenet_v2 does not take \(mobilenet_v2 takes no argument 'relu6'",
+         setup=keras_app("MobileNet", "mobilenet_2_5_224_tf.h5", alpha=0.25),
+         call=lambda tmp: convnets.create_model("mobilenet_v2", weights=str(tmp / "mobilenet_2_5_224_tf.h5"))),
     Case("efficientnet-b0-into-b1", 3, [], r"does not fit efficientnet_b1:.*missing.*stages\.0\.1\.dw",
          setup=keras_app("EfficientNetB0", "efficientnetb0.h5"),
          call=lambda tmp: convnets.create_model("efficientnet_b1", weights=str(tmp / "efficientnetb0.h5"))),
@@ -175,6 +232,11 @@ CASES = [
     Case("mobilenet-relu", 3, [], r"needs mobilenet_v1_025 built with tf_same=True, relu6=True; this one has "
          r"relu6=False", setup=keras_app("MobileNet", "m.h5", alpha=0.25),
          call=lambda tmp: convnets.create_model("mobilenet_v1_025", weights=str(tmp / "m.h5"), relu6=False)),
+    # One of the two became the preprocessing and the other was dropped, without a word (which one: the format's
+    # order, so the .h5 and .weights.h5 of one model normalised differently).
+    Case("normalization-in-front-of-efficientnet", 3, [], r"normalised\.weights\.h5: 2 Normalization layers "
+         r"\(normalization.*\), where EfficientNet has one", setup=normalised_in_front,
+         call=lambda tmp: load(tmp / "normalised.weights.h5")),
     Case("fine-tuned-with-own-classifier", 3, [], r"keras:mobilenet_0\.25: 1 Keras layer\(s\) that no rule "
          r"covers: dense", setup=fine_tuned, call=lambda tmp: load(tmp / "fine_tuned.weights.h5")),
     Case("vgg19-as-vgg16", 3, [], r"does not fit vgg16:.*not in the model.*stages\.2\.conv4",

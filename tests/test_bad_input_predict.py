@@ -152,6 +152,22 @@ CASES = [
       call=lambda tmp: predict(create_model("lenet5", num_classes=3), an_image(tmp), classes=["a", "b"], mean=[0.5],
                                std=[0.5], device="cpu"),
       expect=r"2 class names for lenet5, which predicts 3 classes"),
+    # A normalisation that cannot be applied was each image's "error" and the call returned as if it had worked.
+    C("api-bare-model-std-zero", 3,
+      call=lambda tmp: predict(create_model("lenet5"), an_image(tmp), mean=[0.5], std=[0], device="cpu"),
+      expect=r"preprocessing std must be positive"),
+    C("api-bare-model-mean-per-rgb-channel", 3,
+      call=lambda tmp: predict(create_model("lenet5"), an_image(tmp), mean=[0.5] * 3, std=[0.5] * 3, device="cpu"),
+      expect=r"preprocessing mean has 3 values for 1 channel"),
+    # Features only: every image got an empty top-k, without a word.
+    C("api-bare-model-without-classifier", 3,
+      call=lambda tmp: predict(create_model("lenet5", num_classes=0), an_image(tmp), mean=[0.5], std=[0.5],
+                               device="cpu"),
+      expect=r"lenet5 has no classifier \(num_classes=0\): its outputs are features"),
+    # A traceback from PyTorch ("Cannot copy out of meta tensor").
+    C("api-bare-model-on-meta", 3,
+      call=lambda tmp: predict(create_model("lenet5").to("meta"), an_image(tmp), mean=[0.5], std=[0.5], device="cpu"),
+      expect=r"lenet5 is on the meta device"),
     C("api-model-of-a-wrong-type", 3, call=lambda tmp: predict(42, an_image(tmp), device="cpu"),
       expect=r"run directory or a weights file.*got 42"),
     C("api-write-over-a-foreign-file", 2, call=lambda tmp: write_predictions([], tmp / "mine.csv"),

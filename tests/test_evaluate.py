@@ -259,6 +259,7 @@ def test_the_default_report_goes_under_the_working_directory(two_runs: list[Path
     assert default_report_dir([two_runs[0] / "last.safetensors"]) == evaluate_dir / "seed0-last"
     assert default_report_dir(two_runs) == evaluate_dir / "seed0+seed1"
     assert default_report_dir("resnet20:fashion-mnist") == evaluate_dir / "resnet20-fashion-mnist"
+    assert default_report_dir("ResNet20:Fashion-MNIST ") == evaluate_dir / "resnet20-fashion-mnist"  # the same weights
     shipped = PACKAGE_DIR / "lenet5-fashion-mnist.safetensors"
     assert default_report_dir([shipped]) == evaluate_dir / "lenet5-fashion-mnist"
 
@@ -326,3 +327,16 @@ def test_force_replaces_a_file_of_the_report_s_names(two_runs: list[Path], tmp_p
     assert cli_main([*argv, "--force"]) == 0
     assert json.loads((tmp_path / "mine" / "evaluation.json").read_text())["results"]
     assert (tmp_path / "mine" / "evaluation.txt").read_text() != "my notes"
+
+
+def test_imagenet_folders_named_by_wordnet_id_are_the_classes_of_imagenet_weights() -> None:
+    # Data whose class names differ from the model's is refused (an accuracy matched by index measures nothing),
+    # except ImageNet's own layout: folders n01440764... whose sorted order is the 1000 outputs' order.
+    from convnets.evaluate import same_classes
+    from convnets.weights import IMAGENET_CLASSES
+
+    wnids = [f"n{i:08d}" for i in range(1440764, 1440764 + 1000)]
+    assert same_classes(IMAGENET_CLASSES, wnids)
+    assert not same_classes(IMAGENET_CLASSES, [f"class{i:04d}" for i in range(1000)])
+    assert not same_classes(IMAGENET_CLASSES, wnids[:999])
+    assert not same_classes([str(i) for i in range(10)], ["T-shirt/top", *[f"n{i:08d}" for i in range(9)]])

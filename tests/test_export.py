@@ -84,6 +84,30 @@ def test_cli_export_with_int8_reports_the_accuracy_change(tmp_path: Path, capsys
     assert (run / "export" / "lenet5.onnx").exists() and (run / "export" / "lenet5.int8.onnx").exists()
 
 
+def test_a_run_whose_training_data_is_not_here_exports_on_random_inputs(tmp_path: Path, capsys) -> None:
+    # The deploy machine seldom has the training images: the export was refused ("unknown dataset").
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "imgs" / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (16, 16), (80 * i, 200 if c == "a" else 0, 0)).save(tmp_path / "imgs" / split / c
+                                                                                     / f"{i}.png")
+    run = tmp_path / "run"
+    train(TrainConfig(model="lenet5", data=str(tmp_path / "imgs"), image_size=32, epochs=1, progress=False,
+                      out=str(run)))
+    (tmp_path / "imgs").rename(tmp_path / "elsewhere")
+    assert cli_main(["export", str(run), "--out", str(tmp_path / "x")]) == 0
+    out = capsys.readouterr().out
+    assert "which is not found from here" in out and "on 8 random inputs" in out
+    assert "accuracy: - (the test data was not found)" in out
+    # int8 needs its calibration images: refused before anything is written
+    assert cli_main(["export", str(run), "--out", str(tmp_path / "y"), "--int8"]) == 2
+    assert "--int8 calibrates on its training images; pass --data" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
+
+
 def test_export_without_onnx_says_what_to_install(tmp_path: Path, monkeypatch) -> None:
     import sys
 
@@ -101,6 +125,14 @@ def test_cli_export_of_a_registered_name_prints_its_table(tmp_path: Path, capsys
     assert "accuracy: - (a registered name has random weights and no test data)" in out
     assert [p.name for p in tmp_path.iterdir()] == ["lenet5.onnx"]
     assert run_onnx(session(tmp_path / "lenet5.onnx"), torch.randn(3, 1, 32, 32)).shape == (3, 10)
+
+
+def test_the_export_check_of_random_weights_compares_outputs_that_depend_on_the_input(tmp_path: Path) -> None:
+    # A freshly built MobileNet's BatchNorm statistics (mean 0, variance 1) let the signal die out: its outputs were
+    # the classifier's bias, equal for every input, and the check against PyTorch compared constants.
+    assert cli_main(["export", "mobilenet_v1_025", "--out", str(tmp_path)]) == 0
+    out = run_onnx(session(tmp_path / "mobilenet_v1_025.onnx"), torch.randn(4, 3, 224, 224))
+    assert (out - out[0]).abs().max() > 100 * 1e-3  # the spread over inputs, beside the check's tolerance
 
 
 def test_an_export_replaces_only_its_own_earlier_file(tmp_path: Path) -> None:

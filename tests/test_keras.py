@@ -411,6 +411,17 @@ def test_whole_model_files_give_their_weights(keras: Any, container: str, tmp_pa
 
 
 @pytest.mark.keras
+def test_a_renamed_keras_archive_is_read_by_its_content(keras: Any, tmp_path: Path) -> None:
+    # A .keras file stored under another name (a download's, "model.bin") was "not a weights file: a zip archive
+    # that is not a PyTorch checkpoint, a NumPy .npz perhaps".
+    model = keras.applications.MobileNet(weights=None, include_top=False, input_shape=(32, 32, 3), alpha=0.25)
+    model.save(tmp_path / "m.keras")
+    (tmp_path / "model.bin").write_bytes((tmp_path / "m.keras").read_bytes())
+    named, renamed = load(tmp_path / "m.keras").state_dict(), load(tmp_path / "model.bin").state_dict()
+    assert named.keys() == renamed.keys() and all(torch.equal(named[k], renamed[k]) for k in named)
+
+
+@pytest.mark.keras
 @pytest.mark.parametrize("fmt", ["nested.h5", "nested.weights.h5"])
 def test_an_application_nested_in_a_model(keras: Any, fmt: str, tmp_path: Path) -> None:
     # keras.Sequential([MobileNet(...)]): the legacy file has one group for the inner model, whose weight

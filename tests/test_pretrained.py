@@ -63,6 +63,22 @@ def test_unknown_tags_list_the_known_ones() -> None:
         get_weights("lenet5", "cifar")
 
 
+def test_registered_weights_are_named_as_freely_as_models() -> None:
+    # create_model("LeNet5") builds lenet5, but "LeNet5:Fashion-MNIST" was "no weights for LeNet5: it has none".
+    spec = get_weights("lenet5", "fashion-mnist")
+    for model, tag in [("LeNet5", "Fashion-MNIST"), (" lenet-5", "fashion-mnist "), ("LENET5", "FASHION-MNIST")]:
+        assert get_weights(model, tag) is spec
+    assert convnets.create_model("LeNet5", weights="Fashion-MNIST").name == "lenet5"
+
+
+def test_the_weights_command_shows_one_set_named_as_predict_takes_it(capsys: pytest.CaptureFixture[str]) -> None:
+    from convnets.cli import main
+
+    assert main(["weights", "LeNet5:Fashion-MNIST"]) == 0
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:] if line.strip()]
+    assert rows[0] == ["lenet5", "fashion-mnist"] and len(rows) == 2  # the set, then the "Use:" line
+
+
 def test_preprocessing_comes_from_the_weights() -> None:
     pre = weights_preprocessing("fashion-mnist", "lenet5")
     assert pre["input_size"] == (1, 32, 32) and len(pre["mean"]) == 1

@@ -223,6 +223,16 @@ def test_resnet_recipe_is_the_measured_one_and_plain_nets_share_it() -> None:
     assert recipe("plain20") == recipe("resnet56") == recipe("resnet20")
 
 
+def test_a_model_named_as_create_model_takes_it_gets_its_own_recipe() -> None:
+    # "LeNet5" builds lenet5, but the recipes are matched by name: it trained with the generic recipe (SGD at 0.01,
+    # chance accuracy after an epoch on digits where lenet5's reaches 0.53), and named its run " LeNet5".
+    lenet = resolve(TrainConfig(model="lenet5", out="unused"))
+    for spelling in ("LeNet5", " lenet-5 ", "LENET5"):
+        c = resolve(TrainConfig(model=spelling, out="unused"))
+        assert c.model == "lenet5" and (c.optimizer, c.lr, c.schedule) == (lenet.optimizer, lenet.lr, lenet.schedule)
+    assert TrainConfig(model="LeNet5").given == TrainConfig(model="lenet5").given  # what resume compares
+
+
 def test_cli_train_and_config_file(tmp_path: Path, capsys) -> None:
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps({"data": "digits", "image_size": 32, "epochs": 1, "batch_size": 128}))

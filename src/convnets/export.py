@@ -353,6 +353,31 @@ def onnx_latency_ms(path: str | Path, x: torch.Tensor, **kwargs) -> float:
 # ---- what the commands build on
 
 
+@torch.no_grad()
+def settle_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
+    """Running statistics of a freshly built model's BatchNorm layers, measured on ``x`` (the model left in eval mode).
+
+    At their initial values (mean 0, variance 1) the layers scale nothing in eval mode, and with PyTorch's
+    initialisation the signal of MobileNet and EfficientNet shrinks about tenfold per stage: their
+    outputs are the classifier's bias, the same for every input (features ~1e-8). An export check on
+    them compares constants and would pass a graph that ignores its input.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average: this one batch's statistics
+    model.train()
+    try:
+        model(x)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.eval()
+
+
 def load_model_or_run(source: str, **model_kwargs) -> tuple[ConvNet, dict]:
     """A run directory or weights file (trained model, with its metadata), or a registered name (random weights).
 
@@ -365,6 +390,7 @@ def load_model_or_run(source: str, **model_kwargs) -> tuple[ConvNet, dict]:
     from convnets.evaluate import weights_path
     from convnets.registry import create_model
     from convnets.weights import load_weights, read_metadata
+    from convnets.weights.files import file_format
 
     path = Path(source)
     if path.exists():
@@ -372,6 +398,8 @@ def load_model_or_run(source: str, **model_kwargs) -> tuple[ConvNet, dict]:
         if model_kwargs:
             raise ConfigError(f"--model-arg applies to a registered model name; the weights in {source} fix its "
                               f"architecture (got {', '.join(model_kwargs)})")
+        if file_format(path) == "keras":  # refused as not ours before its weights are converted (or misfit)
+            read_metadata(path)
         return load_weights(path).eval(), read_metadata(path)
     if path.suffix or "/" in source or os.sep in source:
         raise FileNotFoundError(f"{source}: no such run directory or weights file")
@@ -401,6 +429,7 @@ def dataset_images(meta: dict, split: str, limit: int | None = None, *, data: st
     from convnets.data.datasets import load_dataset
     from convnets.data.loader import make_loader
     from convnets.data.preprocess import Preprocessing
+    from convnets.evaluate import same_classes
 
     prep = Preprocessing.from_metadata(meta)  # the weights' recipe: what the model was trained and evaluated on
     ds = load_dataset(data, data_dir=data_dir, preprocessing=prep)
@@ -409,7 +438,7 @@ def dataset_images(meta: dict, split: str, limit: int | None = None, *, data: st
                                   f"{len(ds.classes)}; pass the --data it was trained on")
     # Labels are compared by index: the same count under other names (digits' 0-9 against Fashion-MNIST's
     # garments) would make an accuracy that measures nothing.
-    if "classes" in meta and list(meta["classes"]) != list(ds.classes):
+    if "classes" in meta and not same_classes(meta["classes"], ds.classes):
         raise ConfigMismatchError(f"the model predicts the classes {_few(meta['classes'])} but {data} has "
                                   f"{_few(ds.classes)}; pass the --data it was trained on")
     ds = dataclasses.replace(ds, mean=prep.mean, std=prep.std)

@@ -234,6 +234,9 @@ def as_member(model: Member | nn.Module | str | os.PathLike, device: torch.devic
     if not isinstance(model, nn.Module):
         return load_member(model, device)
     name = getattr(model, "name", "") or type(model).__name__
+    if any(t.is_meta for t in model.state_dict().values()):
+        raise ConfigError(f"{name} is on the meta device (shapes without values): build it on a real device, or "
+                          "give a run directory, a weights file or 'MODEL:TAG'")
     if mean is None or std is None:
         raise ConfigError(f"predict with a bare {name} model needs mean= and std= (the normalisation it was "
                           "trained with); or give a run directory, a weights file or 'MODEL:TAG'")
@@ -245,7 +248,13 @@ def as_member(model: Member | nn.Module | str | os.PathLike, device: torch.devic
     names = list(classes) if classes is not None else [str(i) for i in range(count or 0)]
     if count and len(names) != count:
         raise ConfigError(f"{len(names)} class names for {name}, which predicts {count} classes")
-    return Member(name, model.to(device).eval(), names, input_size, tuple(mean), tuple(std), name)
+    if not names:  # every image would get an empty top-k
+        raise ConfigError(f"{name} has no classifier (num_classes=0): its outputs are features, not classes"
+                          if count == 0 else f"{name} does not say how many classes it predicts: give classes=")
+    member = Member(name, model, names, input_size, tuple(mean), tuple(std), name)
+    preprocessing_of(member)  # mean/std that cannot normalise its input are refused once, not for every image
+    member.model = model.to(device).eval()
+    return member
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from convnets.cli.options import number, parse_model_args, path_text
-from convnets.errors import ConfigError
+from convnets.errors import ConfigError, DataError
 from convnets.evaluate import trained_data
 from convnets.export import (
     accuracy_of,
@@ -20,6 +20,7 @@ from convnets.export import (
     quantize_int8,
     run_onnx,
     session,
+    settle_batchnorm,
     torch_latency_ms,
 )
 
@@ -58,8 +59,22 @@ def run(args: argparse.Namespace) -> int:
     if meta and not args.data:
         data_args["data"], data_args["data_dir"] = trained_data(path, meta)
         data_args["data_dir"] = args.data_dir or data_args["data_dir"]
-    data = dataset_images(meta, "test", **data_args)
+    try:
+        data = dataset_images(meta, "test", **data_args)
+    except FileNotFoundError as err:
+        if args.data or not meta:
+            raise
+        # The training data is often not where the model is deployed: the export does not need it.
+        missing = f"{args.source} was trained on {data_args['data']!r}, which is not found from here ({err})"
+        if args.int8:
+            raise DataError(f"{missing}: --int8 calibrates on its training images; pass --data with its "
+                            "location") from err
+        print(f"note: {missing}: checked on random inputs, without accuracy; pass --data with its location for "
+              "both")
+        data = None
     check = data[0][:64] if data else torch.randn(8, *model.input_size)
+    if not meta:  # random weights: statistics that let the outputs depend on the inputs the check compares
+        settle_batchnorm(model, torch.randn(8, *model.input_size))
     result = export_onnx(model, onnx_path, check)
     print(f"wrote {result.path}: max |ONNX - PyTorch| = {result.max_abs_diff:.2e} on {len(check)} "
           f"{'test images' if data else 'random inputs'} (largest {'logit' if model.num_classes else 'feature'} "
@@ -87,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     for name, ms, acc in rows:
         print(f"{name:<22} {ms:>10.2f} {base / ms:>8.2f}x {'-' if acc is None else f'{acc:.4f}':>9}")
     if not data:
-        print("accuracy: - (a registered name has random weights and no test data)")
+        print("accuracy: - (the test data was not found)" if meta else
+              "accuracy: - (a registered name has random weights and no test data)")
     elif args.int8:
         print(f"int8 changes test accuracy by {100 * (rows[-1][2] - rows[0][2]):+.2f} points")
     return 0

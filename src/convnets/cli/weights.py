@@ -6,20 +6,22 @@ import argparse
 
 from convnets.errors import WeightsError
 from convnets.registry import model_entry
-from convnets.weights import CACHE_ENV, cache_root, list_weights
+from convnets.weights import CACHE_ENV, cache_root, get_weights, list_weights
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("weights", help="the pretrained weights known to convnets, with their accuracy",
                               description="List registered weights: model, tag, dataset, measured accuracy, input "
                               "and normalisation, and where the file comes from.")
-    p.add_argument("model", nargs="?", help="only this model's weights")
+    p.add_argument("model", nargs="?", help="only this model's weights, or one of them as MODEL:TAG (as predict and "
+                   "evaluate take it)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    name = model_entry(args.model).name if args.model is not None else None  # an unknown name gets close suggestions
-    specs = list_weights(name)
+    model, _, tag = (args.model or "").partition(":")
+    name = model_entry(model).name if args.model is not None else None  # an unknown name gets close suggestions
+    specs = [get_weights(name, tag)] if tag else list_weights(name)
     if not specs:
         having = ", ".join(sorted({w.model for w in list_weights()}))
         raise WeightsError(f"no registered weights for {name}; models with weights: {having}")

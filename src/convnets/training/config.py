@@ -174,6 +174,9 @@ class TrainConfig:
                 setattr(self, name, os.fspath(getattr(self, name)))
         for f in dataclasses.fields(self):
             check_field(f.name, getattr(self, f.name))
+        # "LeNet5" and " lenet-5" build lenet5: they also take its recipe (fnmatch on the name as typed gave
+        # them the generic one, SGD at 0.01), its run directory name and its metadata.
+        self.model = registered_spelling(self.model)
         # A shell expands ~ only where it stands unquoted; from a config file or the Python API
         # "~/runs/x" would otherwise become a folder named "~" in the current directory.
         for name in ("data", "data_dir", "out", "cache_dir"):
@@ -457,6 +460,17 @@ def model_source(name: str, model: Any = None) -> ModelSource:
     if callable(model) and not isinstance(model, nn.Module):  # a module that is no ConvNet lacks what training needs
         return ModelSource(name, builder=model)
     raise ConfigError(f"train(model=...) takes a ConvNet or a builder returning one, not {type(model).__name__}")
+
+
+def registered_spelling(name: str) -> str:
+    """The registry's name for ``name`` (``LeNet5`` is ``lenet5``), or ``name`` itself: a network of the
+    user's own (``train(config, model=...)``), or an unknown name, refused by :func:`resolve` with close names."""
+    from convnets.registry import UnknownModelError, model_entry
+
+    try:
+        return model_entry(name).name
+    except UnknownModelError:
+        return name
 
 
 def _checked(model: Any, name: str) -> ConvNet:

@@ -83,7 +83,8 @@ def _check_file(path: Path) -> None:
 
 def file_format(path: str | Path) -> str:
     """What a file holds, from its first bytes rather than its name: ``safetensors``, ``torch`` (a
-    ``torch.save`` checkpoint), ``zip`` (another archive), ``html``, ``json`` or ``unknown``."""
+    ``torch.save`` checkpoint), ``keras`` (Keras's HDF5 weights or .keras archive), ``zip`` (another
+    archive), ``html``, ``json`` or ``unknown``."""
     path = Path(path)
     with open(path, "rb") as f:
         head = f.read(16)
@@ -95,7 +96,11 @@ def file_format(path: str | Path) -> str:
                 names = archive.namelist()
         except (zipfile.BadZipFile, OSError):  # a truncated checkpoint: torch.load will say so
             return "torch"
+        if "model.weights.h5" in names:
+            return "keras"
         return "torch" if any(n.endswith("data.pkl") for n in names) else "zip"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "keras"
     if head[:1] == b"\x80":  # a pickle: torch.save's legacy format
         return "torch"
     text = head.lstrip()
@@ -109,6 +114,9 @@ def file_format(path: str | Path) -> str:
 _FORMAT_WORDS = {
     "torch": "it is a PyTorch checkpoint, saved with torch.save; weights saved by convnets are .safetensors files "
              "such as a run's best.safetensors",
+    "keras": "it is Keras weights (HDF5 or a .keras archive), which convnets.weights.load(PATH) reads and "
+             "convnets transfer MODEL --weights PATH fine-tunes from; evaluate, predict and export take the run "
+             "that writes (or a file saved by convnets)",
     "zip": "it is a zip archive that is not a PyTorch checkpoint, a NumPy .npz perhaps",
     "html": "it is a web page (HTML), not weights: a login or error page saved in place of the file?",
     "json": "it is JSON text, not weights: a run's config.json? Give the run directory or its best.safetensors",
@@ -350,6 +358,11 @@ def _kind(tensor: torch.Tensor) -> str:
     return "complex" if tensor.is_complex() else "float" if tensor.is_floating_point() else "integer"
 
 
+def _finite(tensor: torch.Tensor) -> bool:
+    # PyTorch has no isfinite for the one-byte floats (float8_e4m3fn, float8_e5m2...): their float32 values tell.
+    return bool(torch.isfinite(tensor if tensor.element_size() > 1 else tensor.float()).all())
+
+
 def check_values(state: Mapping[str, torch.Tensor], label: str, *, into_meta: bool = False) -> None:
     """Refuse weights without usable values: meta tensors (shapes only), NaN or infinity (a diverged training's).
 
@@ -370,7 +383,7 @@ def check_values(state: Mapping[str, torch.Tensor], label: str, *, into_meta: bo
         raise WeightsError(f"{label}: {listed(empty)} are meta tensors, shapes without values (saved from a model "
                            "on the meta device?)")
     bad = [k for k, v in state.items()
-           if not v.is_meta and (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
+           if not v.is_meta and (v.is_floating_point() or v.is_complex()) and not _finite(v)]
     if bad:
         raise WeightsError(f"{label} holds NaN or infinite values in {listed(bad)}: the training that made them "
                            "diverged; use an earlier checkpoint")

@@ -86,13 +86,17 @@ def h5py_module() -> Any:
 
 
 def is_keras_file(path: Path) -> bool:
-    """Whether ``path`` is read by this module: a .h5/.hdf5/.keras name, or an HDF5 file by its signature."""
+    """Whether ``path`` is read by this module: a .h5/.hdf5/.keras name, or by its content an HDF5 file or a
+    zip archive holding ``model.weights.h5`` (a .keras file renamed)."""
     if path.suffix.lower() in SUFFIXES:
         return True
     try:
         with open(path, "rb") as f:
-            return f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
-    except OSError:
+            if f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+                return True
+        with zipfile.ZipFile(path) as archive:
+            return "model.weights.h5" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
         return False
 
 
@@ -268,7 +272,15 @@ def _attribute_list(group: Any, name: str) -> list[str]:
     return values
 
 
-def _legacy_layers(root: Any) -> Layers:
+def _dataset(group: Any, key: str, h5py: Any) -> Any:
+    """``group[key]``, which must be an array; a KeyError (absent, or not an array) is named by :func:`_layers`."""
+    item = group[key]
+    if not isinstance(item, h5py.Dataset):
+        raise KeyError(f"{item.name} is a {type(item).__name__.lower()}, not an array")
+    return item
+
+
+def _legacy_layers(root: Any, h5py: Any) -> Layers:
     """The legacy format: a group per layer, ``weight_names`` giving its weights in Keras's order.
 
     A model nested in the saved one (``Sequential([EfficientNetB0(...), ...])``) is one group whose
@@ -280,7 +292,7 @@ def _legacy_layers(root: Any) -> Layers:
         group, owners = root[name], {}
         for weight in _attribute_list(group, "weight_names"):
             parts = weight.split("/")
-            owners.setdefault(parts[-2] if len(parts) > 1 else name, []).append(group[weight])
+            owners.setdefault(parts[-2] if len(parts) > 1 else name, []).append(_dataset(group, weight, h5py))
         for owner, weights in owners.items():
             if owner in layers:
                 raise WeightsError(f"two layers are named {owner!r}")
@@ -302,7 +314,7 @@ def _keras3_layers(group: Any, h5py: Any, layers: Layers) -> None:
             name = _text(variables.attrs["name"])
             if name in layers:
                 raise WeightsError(f"two layers are named {name!r}")
-            layers[name] = [variables[str(i)] for i in range(len(variables))]
+            layers[name] = [_dataset(variables, str(i), h5py) for i in range(len(variables))]
         _keras3_layers(child, h5py, layers)
 
 
@@ -317,8 +329,11 @@ def open_layers(path: Path) -> Iterator[Layers]:
     """
     h5py = h5py_module()
     try:
-        if path.suffix.lower() == ".keras":  # a zip archive holding model.weights.h5
+        if path.suffix.lower() == ".keras" or zipfile.is_zipfile(path):  # a zip archive holding model.weights.h5
             with zipfile.ZipFile(path) as archive:
+                if "model.weights.h5" not in archive.namelist():
+                    raise WeightsError(f"{path}: a zip archive without model.weights.h5, so not a .keras model file "
+                                       f"(it holds {', '.join(archive.namelist()[:5]) or 'nothing'})")
                 source: Any = io.BytesIO(archive.read("model.weights.h5"))
         else:
             source = path
@@ -333,7 +348,7 @@ def _layers(f: Any, h5py: Any, path: Path) -> Layers:
     root = f.get("model_weights", f)  # a whole model saved by model.save("x.h5")
     try:
         if _attribute_list(root, "layer_names"):
-            layers = _legacy_layers(root)
+            layers = _legacy_layers(root, h5py)
         elif isinstance(f.get("layers"), h5py.Group):
             layers = {}
             _keras3_layers(f["layers"], h5py, layers)
@@ -436,6 +451,12 @@ def _layer_tensors(name: str, ours: str, weights: list[Any]) -> dict[str, torch.
     """Our tensors for one Keras layer, its kind told by its weights (Keras's order: kernel, bias; gamma,
     beta, moving mean, moving variance)."""
     shapes = [tuple(w.shape) for w in weights]
+    kinds = sorted({str(w.dtype) for w in weights if w.dtype.kind != "f"})
+    if kinds:
+        # Keras's model.quantize("int8") stores int8 kernels beside a kernel_scale: read as floats, they would
+        # load as other weights (a scale taken for a bias), without a word.
+        raise LayoutError(f"Keras layer {name!r} holds {', '.join(kinds)} weights (a model quantized with "
+                          "model.quantize?): convnets reads float weights; save the model before quantizing it")
     if len(shapes) == 4 and len(set(shapes)) == 1 and len(shapes[0]) == 1:  # BatchNormalization
         gamma, beta, mean, var = (_tensor(w) for w in weights)
         return {f"{ours}.weight": gamma, f"{ours}.bias": beta, f"{ours}.running_mean": mean,
@@ -566,6 +587,12 @@ def read_keras(path: str | Path, layout: str | None = None, *, tensors: bool = T
             raise LayoutError(f"unknown Keras layout {layout!r}; known: {', '.join(KERAS_LAYOUTS)}")
         peer = variant.layout
         if variant.family == "efficientnet":
+            norms = [n for n in layers if _NORMALIZATION.fullmatch(n)]
+            if len(norms) > 1:
+                # One would become the preprocessing, the other be dropped (which one: the file format's order).
+                raise LayoutError(f"{path.name}: {len(norms)} Normalization layers ({', '.join(norms)}), where "
+                                  "EfficientNet has one, whose statistics become the preprocessing: a Normalization "
+                                  "in front of the application cannot be taken with it; save the application alone")
             norm = next((w for n, w in layers.items() if _NORMALIZATION.fullmatch(n) and len(w) >= 2), None)
             # A file without the layer (keras_applications 1.0) expects ImageNet's normalisation.
             mean, std = _normalization(norm) if norm else (IMAGENET_MEAN, IMAGENET_STD)

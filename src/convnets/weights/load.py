@@ -341,7 +341,10 @@ def _build(ckpt: Checkpoint, model_name: str | None, num_classes: int | None, mo
         with torch.device("meta"):
             probe = create_model(name, **kwargs)
     except (TypeError, ConfigError) as err:  # e.g. a builder argument in the metadata that the builder does not take
-        raise WeightsError(f"{ckpt.label}: cannot build {name} with {kwargs}: {err}") from err
+        other = ckpt.model_name if ckpt.model_name not in (None, name) else None
+        # Options of the model the weights are for (Keras's relu6) refused by another: that other model is the news.
+        why = f"the weights are for {other}, whose options {name} does not take ({err})" if other else err
+        raise WeightsError(f"{ckpt.label}: cannot build {name} with {kwargs}: {why}") from err
     _check_options(probe, ckpt)  # options the weights need, named before the shapes that follow from them
     _fit(probe, ckpt, new_head)  # a misfit is refused before anything is allocated
     return create_model(name, **kwargs)

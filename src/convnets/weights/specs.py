@@ -8,6 +8,7 @@ the classifier. Evaluation and fine-tuning take their preprocessing from the spe
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,9 +158,18 @@ def list_weights(model: str | None = None) -> list[WeightSpec]:
 
 
 def get_weights(model: str, tag: str) -> WeightSpec:
-    """The spec of ``model``'s weights called ``tag``; an unknown tag lists the known ones."""
+    """The spec of ``model``'s weights called ``tag``; an unknown tag lists the known ones.
+
+    Both are spelled as freely as :func:`~convnets.registry.create_model` takes a model's name (``LeNet5``,
+    `` resnet-18 ``) and the tags' case aside (``Fashion-MNIST``).
+    """
+    from convnets.registry import UnknownModelError, model_entry
+
+    with contextlib.suppress(UnknownModelError):  # an unknown name is named as given, with the models that have weights
+        model = model_entry(model).name
+    key = tag.strip().lower()
     for spec in WEIGHTS:
-        if spec.model == model and spec.tag == tag:
+        if spec.model == model and spec.tag == key:
             return spec
     known = ", ".join(w.tag for w in list_weights(model))
     if not known:  # a typo in the model's name, or a model without weights: name the ones that have some
