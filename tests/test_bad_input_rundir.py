@@ -98,6 +98,18 @@ def _state_truncated(tmp: Path) -> None:
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
 
 
+def _state_cut_early(tmp: Path) -> None:
+    """Cut inside the first tensor: PyTorch's zip reader then fails with a bare EINVAL naming no file."""
+    make_run(tmp)
+    state = tmp / "run" / "state.pt"
+    state.write_bytes(state.read_bytes()[:5000])
+
+
+def _state_random_bytes(tmp: Path) -> None:
+    make_run(tmp)
+    (tmp / "run" / "state.pt").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
+
+
 def _state_of_something_else(tmp: Path) -> None:
     make_run(tmp)
     torch.save({"weights": torch.zeros(3)}, tmp / "run" / "state.pt")
@@ -189,6 +201,14 @@ CASES = [
          rf"run is being written by process {os.getpid()} \(.*\): wait for it to end", setup=_held, after=_released),
     Case("state-truncated", 2, [*TRAIN, "--out", "{tmp}/run", "--resume"],
          r"state\.pt cannot be resumed: it is not a readable training state", **unchanged(_state_truncated)),
+    Case("state-cut-early", 2, [*TRAIN, "--out", "{tmp}/run", "--resume"],
+         r"state\.pt cannot be resumed: it is not a readable training state \(truncated: Invalid argument\)",
+         **unchanged(_state_cut_early)),
+    # PyTorch's own first line advises loading with weights_only=False, which would run what the file holds.
+    Case("state-random-bytes", 2, [*TRAIN, "--out", "{tmp}/run", "--resume"],
+         r"state\.pt cannot be resumed: it is not a readable training state \(PyTorch's safe loader refused it "
+         r"\(Unsupported operand \d+\): it is damaged, or not a PyTorch checkpoint\); the run's weights",
+         **unchanged(_state_random_bytes)),
     Case("state-of-something-else", 2, [*TRAIN, "--out", "{tmp}/run", "--resume"],
          r"state\.pt is not a convnets training state \(it has no best, ", **unchanged(_state_of_something_else)),
     Case("state-config-truncated", 2, [*TRAIN, "--out", "{tmp}/run", "--resume"],

@@ -21,6 +21,7 @@ import torch
 from convnets.errors import ConfigMismatchError, RunDirectoryError
 from convnets.training.config import TrainConfig
 from convnets.weights import atomic_write
+from convnets.weights.files import describe_refusal
 
 STATE_FILE = "state.pt"
 STATE_KEYS = frozenset({"model_name", "model", "optimizer", "scheduler", "scaler", "epoch", "position", "step",
@@ -55,10 +56,15 @@ def read_state(out: Path, device: torch.device, model_name: str, *, needs: Colle
     path = out / STATE_FILE
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except OSError:
-        raise
+    except OSError as err:
+        if err.filename is not None:  # the file itself was refused (missing, unreadable, a folder): the OS says why
+            raise
+        # The zip reader's seek past the end of a file cut short: a bare EINVAL that names nothing.
+        raise RunDirectoryError(f"{path} cannot be resumed: it is not a readable training state (truncated: "
+                                f"{err.strerror or err}); the run's weights are in best.safetensors and "
+                                "last.safetensors if it wrote them") from err
     except Exception as err:  # torch reports a damaged or unsafe file with many types; all mean "unusable"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = describe_refusal(path, err)
         raise RunDirectoryError(f"{path} cannot be resumed: it is not a readable training state ({reason}); the "
                                 "run's weights are in best.safetensors and last.safetensors if it wrote them"
                                 ) from err

@@ -267,11 +267,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises UnpicklingError, RuntimeError or others for a file it refuses
-        raise WeightsError(f"{path}: cannot be read as a plain tensor checkpoint: {_refusal(path, err)}") from err
+        raise WeightsError(f"{path}: cannot be read as a plain tensor checkpoint: {describe_refusal(path, err)}"
+                           ) from err
     return tensors_of(state, str(path))
 
 
-def _refusal(path: Path, err: Exception) -> str:
+def describe_refusal(path: Path, err: Exception) -> str:
     """Why ``torch.load(path, weights_only=True)`` refused a file, in a sentence: the objects its pickle asks
     for (read without running them), else the first line of PyTorch's own message."""
     try:
@@ -279,8 +280,13 @@ def _refusal(path: Path, err: Exception) -> str:
     except Exception:  # a legacy or damaged file: its globals cannot be listed
         wanted = []
     if not wanted:
-        first = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
-        return first[0][:200] if first else type(err).__name__
+        lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines() if line.strip()]
+        if lines and lines[0].startswith("Weights only load failed"):
+            # PyTorch's first line advises weights_only=False, which would run whatever a damaged file holds.
+            detail = next((line for line in lines[1:] if not line.startswith(("Please file", "Check the"))), "")
+            return (f"PyTorch's safe loader refused it{f' ({detail[:100]})' if detail else ''}: it is damaged, or "
+                    "not a PyTorch checkpoint")
+        return lines[0][:200] if lines else type(err).__name__
     if any(name.startswith(("torch.nn.modules.", "convnets.models.")) for name in wanted):
         what = ("a whole pickled model (torch.save(model)); save its weights instead: "
                 "torch.save(model.state_dict(), PATH) or convnets.weights.save_weights(model, PATH)")
