@@ -432,3 +432,31 @@ def test_options_are_checked_before_joining_the_process_group(monkeypatch: pytes
     expect_cli_error(["train", "lenet5", "--data", "digits", "--compile", "nosuch", "--out", str(tmp_path / "run")],
                      "nosuch", capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_backend_whose_package_is_missing_is_refused_before_the_data(tmp_path: Path, capsys, monkeypatch) -> None:
+    # torch lists tvm and openxla whether or not their packages are installed; they failed at the first step.
+    monkeypatch.setattr(convnets.training.config, "_installed", lambda module: module != "tvm")
+    expect_cli_error(["train", "lenet5", "--data", str(tmp_path / "no-such-data"), "--compile", "tvm", "--out",
+                      str(tmp_path / "run")], r"--compile tvm needs the tvm package, which is not installed: pip "
+                                              r"install apache-tvm, or choose another backend", capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_backend_that_fails_at_the_first_step_is_one_line_and_the_folder_can_be_reused(tmp_path: Path,
+                                                                                        capsys) -> None:
+    import torch._dynamo
+
+    def no_compiler(graph: Any, inputs: Any) -> Any:
+        raise ImportError("no C++ compiler found")
+
+    if "convnets_test_no_compiler" not in torch._dynamo.list_backends(exclude_tags=()):
+        torch._dynamo.register_backend(no_compiler, name="convnets_test_no_compiler")
+    out = str(tmp_path / "run")
+    expect_cli_error(["train", "lenet5", "--data", "digits", "--max-steps", "2", "--compile",
+                      "convnets_test_no_compiler", "--out", out, "--no-progress"],
+                     r"--compile convnets_test_no_compiler: torch.compile could not compile lenet5 \(ImportError: "
+                     r"no C\+\+ compiler found\); choose another backend or leave out --compile", capsys)
+    status, _, err = run_cli(["train", "lenet5", "--data", "digits", "--max-steps", "2", "--out", out,
+                              "--no-progress"], capsys)
+    assert status == 0, err

@@ -494,6 +494,10 @@ def resolve(config: TrainConfig, source: ModelSource | None = None) -> TrainConf
     return resolved
 
 
+# torch.compile backends torch lists whether or not their package is installed: (module, what pip installs).
+# Without it the backend fails at the first step, after the data was read.
+COMPILE_PACKAGES = {"tvm": ("tvm", "apache-tvm"), "openxla": ("torch_xla", "torch-xla"),
+                    "openxla_eval": ("torch_xla", "torch-xla")}
 # Builder arguments a training run takes from the data, never from model_kwargs.
 FROM_DATA = ("num_classes", "in_chans")
 # Freeze specs that leave exactly the classifier training, as cached features need.
@@ -528,6 +532,12 @@ def _validate(c: TrainConfig, source: ModelSource) -> None:
             raise ConfigError(f"compile {c.compile!r} is not a torch.compile backend; known: "
                               f"{', '.join(torch._dynamo.list_backends())}, and for debugging eager, aot_eager "
                               "(--compile alone means inductor)")
+        package = COMPILE_PACKAGES.get(c.compile)
+        if package is not None and not _installed(package[0]):
+            from convnets.errors import MissingDependencyError
+
+            raise MissingDependencyError(f"--compile {c.compile} needs the {package[0]} package, which is not "
+                                         f"installed: pip install {package[1]}, or choose another backend")
     if c.weights_layout is not None and (c.weights is None or is_tag(c.weights)):
         raise ConfigMismatchError(f"weights_layout {c.weights_layout!r} (--layout) is the layout of a weights file; "
                                   + ("give the file with --weights" if c.weights is None else
@@ -553,9 +563,13 @@ def _validate(c: TrainConfig, source: ModelSource) -> None:
 
 def has_tensorboard() -> bool:
     """Whether the ``tensorboard`` package is installed (found, not imported: importing it takes seconds)."""
+    return _installed("tensorboard")
+
+
+def _installed(module: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("tensorboard") is not None
+    return importlib.util.find_spec(module) is not None
 
 
 def probe_model(name: str, model_kwargs: dict[str, Any]) -> ConvNet:
