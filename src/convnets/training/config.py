@@ -422,8 +422,10 @@ class ModelSource:
 
         if self.module is not None:
             return copy.deepcopy(self.module).to("meta")
+        # Called as build() calls it, before the data is read: the classes and channels are stand-ins (a meta
+        # network's structure, all the probe is for, does not depend on them).
         with torch.device("meta"):
-            return _checked(self.builder(**model_kwargs), self.name)
+            return _checked(self.builder(num_classes=PROBE_CLASSES, in_chans=3, **model_kwargs), self.name)
 
     def build(self, num_classes: int, in_chans: int, model_kwargs: dict[str, Any]) -> ConvNet:
         """The network to train, for the data's classes and channels."""
@@ -498,6 +500,8 @@ def resolve(config: TrainConfig, source: ModelSource | None = None) -> TrainConf
 # Without it the backend fails at the first step, after the data was read.
 COMPILE_PACKAGES = {"tvm": ("tvm", "apache-tvm"), "openxla": ("torch_xla", "torch-xla"),
                     "openxla_eval": ("torch_xla", "torch-xla")}
+# The classes a builder given to train() is probed with before the data says how many.
+PROBE_CLASSES = 10
 # Builder arguments a training run takes from the data, never from model_kwargs.
 FROM_DATA = ("num_classes", "in_chans")
 # Freeze specs that leave exactly the classifier training, as cached features need.
