@@ -30,6 +30,7 @@ from convnets.data.preprocess import Preprocessing
 from convnets.data.views import TTA_VIEWS, tta_views
 from convnets.device import resolve_device
 from convnets.errors import ConfigError, ConfigMismatchError, DataError, RunDirectoryError, WeightsError
+from convnets.training.report import displayable
 from convnets.training.rundir import kind_of
 from convnets.weights import WeightSpec, atomic_write, get_weights, load, load_weights, read_metadata
 from convnets.weights.io import check_writable
@@ -654,7 +655,8 @@ def write_report(report: EvalReport, out: str | Path, force: bool = False) -> Pa
     payload = json.dumps(report.to_dict(), indent=2) + "\n"
     atomic_write(out / "evaluation.json", lambda tmp: Path(tmp).write_text(payload, encoding="utf-8"))
     text = report.table() + "\n\n" + report.confusion_text() + "\n"
-    atomic_write(out / "evaluation.txt", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(out / "evaluation.txt", lambda tmp: Path(tmp).write_text(text, encoding="utf-8",
+                                                                          errors="surrogateescape"))
     plot_confusion(result.scores.confusion, report.classes, out / "confusion.png", result.name)
     return out
 
@@ -665,6 +667,7 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    classes, title = [displayable(c) for c in classes], displayable(title)  # class folders not named in UTF-8
     m = confusion.float()
     rates = m / m.sum(1, keepdim=True).clamp(min=1)
     n = len(classes)
