@@ -64,6 +64,12 @@ def api_train(tmp: Path, given_model: Any = None, **fields: Any) -> None:
                                   "progress": False, **fields}), model=given_model)
 
 
+def with_classifier(outputs: int) -> torch.nn.Module:
+    model = convnets.create_model("lenet5")
+    model.head.fc = torch.nn.Linear(model.head.fc.in_features, outputs)
+    return model
+
+
 C = Case
 CASES = [
     # --- ranges of command-line options (the library checks them: the Python API gets the same)
@@ -287,7 +293,22 @@ CASES = [
       expect=r"the builder of mine returned a Linear, not a ConvNet", after=no_run),
     C("api-train-module-other-classes", 3,
       call=lambda tmp: api_train(tmp, model="mine", given_model=convnets.create_model("lenet5", num_classes=3)),
-      expect=r"the model given for mine has 3 classes and 1 input channels, the data 10 and 1", after=no_run),
+      expect=r"the model given for mine has 3 classes and 1 input channels; the data has 10 classes and 1 input "
+             r"channels: build it for the data, or pass a builder", after=no_run),
+    # A classifier swapped after building keeps the old num_classes: an IndexError at the first batch (fewer
+    # outputs) or a refused weights file after the whole run (more).
+    C("api-train-module-classifier-replaced-narrower", 3,
+      call=lambda tmp: api_train(tmp, model="mine", given_model=with_classifier(7)),
+      expect=r"the model given for mine has 10 classes but a classifier of 7 outputs and 1 input channels; the "
+             r"data has 10 classes", after=no_run),
+    C("api-train-module-classifier-replaced-wider", 3,
+      call=lambda tmp: api_train(tmp, model="mine", given_model=with_classifier(13)),
+      expect=r"has 10 classes but a classifier of 13 outputs", after=no_run),
+    C("api-train-builder-ignores-num-classes", 3,
+      call=lambda tmp: api_train(tmp, model="mine", given_model=lambda **kw: convnets.create_model("lenet5",
+                                                                                                  num_classes=4)),
+      expect=r"the model given for mine has 4 classes and 1 input channels; the builder of mine was asked for 10 "
+             r"classes and 1 input channels: build what it is asked for", after=no_run),
 ]
 
 

@@ -428,18 +428,35 @@ class ModelSource:
             return _checked(self.builder(num_classes=PROBE_CLASSES, in_chans=3, **model_kwargs), self.name)
 
     def build(self, num_classes: int, in_chans: int, model_kwargs: dict[str, Any]) -> ConvNet:
-        """The network to train, for the data's classes and channels."""
+        """The network to train, for the data's classes and channels.
+
+        Raises:
+            ConfigMismatchError: a given network (or a builder's) has other classes or channels, or a classifier
+                of another width than its ``num_classes`` says.
+        """
+        from torch import nn
+
         if self.registered:
             from convnets.registry import create_model
 
             return create_model(self.name, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
         if self.module is None:
-            return _checked(self.builder(num_classes=num_classes, in_chans=in_chans, **model_kwargs), self.name)
-        if (self.module.num_classes, self.module.in_chans) != (num_classes, in_chans):
-            raise ConfigMismatchError(f"the model given for {self.name} has {self.module.num_classes} classes and "
-                                      f"{self.module.in_chans} input channels, the data {num_classes} and {in_chans}: "
-                                      "build it for the data, or pass a builder")
-        return self.module
+            model = _checked(self.builder(num_classes=num_classes, in_chans=in_chans, **model_kwargs), self.name)
+            given = f"the builder of {self.name} was asked for {num_classes} classes and {in_chans} input channels"
+            fix = "build what it is asked for"
+        else:
+            model, given = self.module, f"the data has {num_classes} classes and {in_chans} input channels"
+            fix = "build it for the data, or pass a builder"
+        fc = model.classifier()
+        # A classifier replaced after building (model.head.fc = nn.Linear(...)) leaves num_classes as it was: the
+        # loss then failed at the first batch (IndexError) or, with more outputs, the weights at the end of the run.
+        outputs = fc.out_features if isinstance(fc, nn.Linear) else model.num_classes
+        if (model.num_classes, outputs, model.in_chans) != (num_classes, num_classes, in_chans):
+            says = f"has {model.num_classes} classes" + (
+                f" but a classifier of {outputs} outputs" if outputs != model.num_classes else "")
+            raise ConfigMismatchError(f"the model given for {self.name} {says} and {model.in_chans} input "
+                                      f"channels; {given}: {fix}")
+        return model
 
 
 def model_source(name: str, model: Any = None) -> ModelSource:
