@@ -344,6 +344,10 @@ CASES = [
     C("experiment-out-under-a-file", 2, ["experiment", "one-by-one", "--budget", "tiny", "--out",
                                          "{tmp}/notes.txt/exp"], r"notes\.txt is a file, not a folder",
       **unchanged(write("notes.txt", "mine"))),
+    C("out-inside-a-class-folder", 2, ["train", "lenet5", "--data", "{tmp}/pets", "--out", "{tmp}/pets/dark/run"],
+      r"--out .*pets/dark/run is inside the image folder .*pets: its files \(curves\.png\.\.\.\) would be read as "
+      r"training images, its folder as a class; choose an --out outside the data",
+      setup=lambda tmp: pets(tmp / "pets"), after=nothing_at("pets/dark/run")),
     # --- 8: no leftovers from a refused command
     C("refused-experiment-data-leaves-nothing", 8, ["experiment", "classic", "--budget", "tiny", "--data",
                                                     "{tmp}/no-such-data", "--out", "{tmp}/exp"],
@@ -739,3 +743,12 @@ def test_a_data_folder_and_a_class_not_named_in_utf8_train_and_evaluate(tmp_path
     assert status == 0, err
     assert b"cl\xe4r" in (tmp_path / "eval" / "evaluation.txt").read_bytes()
     assert (tmp_path / "eval" / "confusion.png").is_file()
+
+
+def test_training_on_the_current_folder_says_where_the_run_cannot_go(tmp_path, capsys, monkeypatch) -> None:
+    """``convnets train lenet5 --data .`` in a data folder: the default runs/... made a class 'runs' with no images."""
+    pets(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_cli(["train", "lenet5", "--data", ".", "--no-progress"], capsys)
+    assert status == 2 and "--out runs/lenet5-" in err and "is inside the image folder ." in err, err
+    assert not (tmp_path / "runs").exists()

@@ -568,6 +568,7 @@ def _validate(c: TrainConfig, source: ModelSource) -> None:
                                   f"all-but-head, or auto on little data); got freeze={c.freeze!r}")
     if c.cache_features and c.cache_dir and Path(c.cache_dir).exists() and not Path(c.cache_dir).is_dir():
         raise ConfigError(f"cache_dir {c.cache_dir} is not a folder: the cached features are files in a folder")
+    _check_out_beside_images(c)
     probe = source.probe(c.model_kwargs)
     if c.freeze not in (None, "auto"):
         from convnets.transfer import freeze_paths
@@ -580,6 +581,25 @@ def _validate(c: TrainConfig, source: ModelSource) -> None:
         if size is not None:
             check_input_size(c.model, probe, size, f"--image-size {size[0]} gives")
             smallest_batch(c.model, probe, c.batch_size, size)
+
+
+def _check_out_beside_images(c: TrainConfig) -> None:
+    """A ConfigMismatchError when the run directory lies inside the image folder it trains on.
+
+    The scan would take the run's folder for a class (``--data .`` with the default ``runs/...``), or, inside a
+    class folder, its curves.png for a training image of that class in every later run.
+    """
+    from convnets.data.datasets import DATASET_NAMES
+    from convnets.data.formats import cifar, idx
+
+    data = Path(c.data).expanduser()
+    if c.data in DATASET_NAMES or not data.is_dir() or cifar.recognise(data) or idx.recognise(data):
+        return
+    root, out = data.resolve(), Path(c.out).expanduser().resolve()
+    if out == root or root in out.parents:
+        raise ConfigMismatchError(f"--out {c.out} is inside the image folder {c.data}: its files (curves.png...) "
+                                  "would be read as training images, its folder as a class; choose an --out "
+                                  "outside the data")
 
 
 def has_tensorboard() -> bool:
