@@ -444,6 +444,18 @@ def test_swapping_two_class_folders_misses_the_feature_cache(tmp_path, capsys) -
     assert not torch.allclose(second["train.x"], first["train.x"], atol=1e-3)
 
 
+def test_files_not_named_in_utf8_are_keyed_by_their_bytes(tmp_path) -> None:
+    """A Latin-1 file name (an old archive's) made --cache-features a UnicodeEncodeError traceback."""
+    from convnets.data.images import ImageFolderSplit
+    from convnets.transfer import split_fingerprint
+
+    names = [os.fsdecode(bytes(tmp_path) + name) for name in (b"/caf\xe9.png", b"/caf\xe8.png")]
+    for name in names:
+        Path(name).write_bytes(b"x")
+    keys = {split_fingerprint(ImageFolderSplit([(name, 0)], (8, 8), 3)) for name in names}
+    assert len(keys) == 2
+
+
 def test_in_memory_data_is_keyed_by_its_images_and_labels() -> None:
     from convnets.data.datasets import TensorSplit
     from convnets.transfer import split_fingerprint

@@ -151,7 +151,8 @@ def split_fingerprint(split: object) -> str:
             stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
         except OSError:  # gone since the scan: the loader will report it
             stamp = "missing"
-        digest.update(f"{path}\0{label}\0{stamp}\n".encode())
+        # surrogateescape: a file name that is not UTF-8 is hashed as its bytes.
+        digest.update(f"{path}\0{label}\0{stamp}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
