@@ -728,21 +728,23 @@ def test_sigterm_to_the_whole_job_with_decoding_workers_stops_with_a_checkpoint(
     assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] > 0
 
 
-def test_a_data_folder_and_a_class_not_named_in_utf8_train_and_evaluate(tmp_path, capsys) -> None:
+def test_a_data_folder_and_a_class_not_named_in_utf8_train_and_evaluate(tmp_path, capsys, monkeypatch) -> None:
     """Folders named in Latin-1 by an old archive: the run trained, then its curves' title (a TypeError in
-    matplotlib) and evaluate's evaluation.txt (UnicodeEncodeError) ended it with a traceback, the report lost."""
+    matplotlib) and evaluate's evaluation.txt (UnicodeEncodeError) ended it with a traceback, the report lost;
+    a run folder so named could not be evaluated (safetensors refused the path, its report's name a traceback)."""
     root = Path(os.fsdecode(bytes(tmp_path) + b"/p\xe9ts"))
     pets(root)
     (root / "light").rename(Path(os.fsdecode(bytes(root) + b"/cl\xe4r")))
-    run = tmp_path / "run"
+    run = Path(os.fsdecode(bytes(tmp_path) + b"/r\xe9n"))
     status, _, err = run_cli(["train", "lenet5", "--data", str(root), "--epochs", "1", "--batch-size", "4",
                               "--no-progress", "--out", str(run)], capsys)
     assert status == 0, err
     assert (run / "curves.png").is_file() and b"# lenet5 on " + bytes(root) in (run / "report.md").read_bytes()
-    status, _, err = run_cli(["evaluate", str(run), "--data", str(root), "--out", str(tmp_path / "eval")], capsys)
+    monkeypatch.chdir(tmp_path)  # the report goes to runs/evaluate/RUN_NAME
+    status, _, err = run_cli(["evaluate", str(run), "--data", str(root)], capsys)
     assert status == 0, err
-    assert b"cl\xe4r" in (tmp_path / "eval" / "evaluation.txt").read_bytes()
-    assert (tmp_path / "eval" / "confusion.png").is_file()
+    report = Path("runs", "evaluate", run.name)
+    assert b"cl\xe4r" in (report / "evaluation.txt").read_bytes() and (report / "confusion.png").is_file()
 
 
 def test_training_on_the_current_folder_says_where_the_run_cannot_go(tmp_path, capsys, monkeypatch) -> None:

@@ -565,12 +565,13 @@ _NAME_BYTES = 200
 
 def _capped(name: str, count: int) -> str:
     """``name``, or when over :data:`_NAME_BYTES` its first part, ``+N-more`` and a hash of the whole name."""
-    if len(name.encode()) <= _NAME_BYTES:
+    # surrogateescape: a run folder not named in UTF-8 counts, and hashes, as its bytes.
+    if len(name.encode("utf-8", "surrogateescape")) <= _NAME_BYTES:
         return name
     import hashlib
 
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    first = name.split("+")[0].encode()[:_NAME_BYTES - 32].decode(errors="ignore")
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    first = name.split("+")[0].encode("utf-8", "surrogateescape")[:_NAME_BYTES - 32].decode(errors="ignore")
     return f"{first}+{count - 1}-more-{digest}" if count > 1 else f"{first}-{digest}"
 
 

@@ -9,11 +9,13 @@ model is built: a file saying ``num_classes = 10**9`` is refused, not allocated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,23 @@ def _format_words(path: Path, kind: str) -> str:
     return _FORMAT_WORDS.get(kind, "damaged, truncated or another format")
 
 
+@contextlib.contextmanager
+def safetensors_path(path: str | Path) -> Iterator[str]:
+    """``path`` as safetensors can open it: a name that is not UTF-8 (a folder named in Latin-1, which Python holds
+    with surrogates) is refused by its Rust code, so the file is opened here and its descriptor's name passed."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            yield f"/dev/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield name
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata stored with a safetensors weights file, decoded from JSON and checked.
 
@@ -136,7 +155,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if kind != "safetensors":
         raise WeightsError(f"{path}: not a readable safetensors file: {_format_words(path, kind)}")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safetensors_path(path) as name, safe_open(name, framework="pt") as f:
             raw = f.metadata() or {}
             names = f.keys()
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in names if k.startswith("head.fc.")}
@@ -257,7 +276,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            with safetensors_path(path) as name:
+                return load_file(name)
         except Exception as err:
             raise WeightsError(f"{path}: damaged or truncated safetensors file, or another format ({err})") from err
     if kind == "unknown" and path.suffix == ".safetensors":
