@@ -481,3 +481,16 @@ def test_a_backend_that_fails_at_the_first_step_is_one_line_and_the_folder_can_b
     status, _, err = run_cli(["train", "lenet5", "--data", "digits", "--max-steps", "2", "--out", out,
                               "--no-progress"], capsys)
     assert status == 0, err
+
+
+def test_numpy_numbers_from_a_sweep_are_taken_as_their_values() -> None:
+    """np.arange seeds and np.float32 rates were refused as "must be a whole number >= 1; got np.int64(3)"."""
+    import numpy as np
+
+    config = TrainConfig(model="lenet5", epochs=np.int64(3), seed=np.arange(5)[4], lr=np.float32(0.5),
+                         ema=np.float32(0.75), deterministic=np.bool_(True), num_workers=np.int32(0))
+    assert (config.epochs, config.seed, config.lr, config.ema, config.deterministic) == (3, 4, 0.5, 0.75, True)
+    assert type(config.epochs) is int and type(config.lr) is float and type(config.deterministic) is bool
+    json.dumps(config.to_dict())  # what config.json holds
+    with pytest.raises(ConfigError, match=r"epochs must be a whole number >= 1.*got 0"):
+        TrainConfig(model="lenet5", epochs=np.int64(0))

@@ -173,7 +173,13 @@ class TrainConfig:
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
         for f in dataclasses.fields(self):
-            check_field(f.name, getattr(self, f.name))
+            value = getattr(self, f.name)
+            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+                # A NumPy number from a sweep (np.arange(...) seeds, np.float32 rates) is its Python value:
+                # the checks took np.int64(3) for no whole number, and config.json could not hold it.
+                value = value.item()
+                setattr(self, f.name, value)
+            check_field(f.name, value)
         # A shell expands ~ only where it stands unquoted; from a config file or the Python API
         # "~/runs/x" would otherwise become a folder named "~" in the current directory.
         for name in ("data", "data_dir", "out", "cache_dir"):
