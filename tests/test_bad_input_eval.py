@@ -443,3 +443,17 @@ def test_a_read_only_out_is_refused_before_the_evaluation(tmp_path: Path, monkey
         expect_cli_error(["evaluate", str(tmp_path / "run"), "--out", str(out)],
                          rf"{out}: Read-only file system \(choose a writable --out\)", capsys)
     assert list((tmp_path / "ro").iterdir()) == []
+
+
+def test_the_confusion_picture_of_a_thousand_classes_stays_small(tmp_path: Path) -> None:
+    """ImageNet's 1000 classes sized the figure by its cells: a 60,610 x 55,080 pixel canvas, 13 GB to draw
+    after the whole evaluation (past 65,536 pixels matplotlib refuses it with a traceback)."""
+    from convnets.evaluate import CONFUSION_LABELLED, plot_confusion
+
+    n = 1000
+    confusion = torch.zeros(n, n, dtype=torch.int64)
+    confusion[torch.arange(n), torch.arange(n)] = 5
+    confusion[0, 1] = 2
+    path = plot_confusion(confusion, [f"class {i}" for i in range(n)], tmp_path / "confusion.png", "resnet18")
+    with Image.open(path) as image:
+        assert max(image.size) <= (1.0 + 0.55 * CONFUSION_LABELLED) * 110 + 1

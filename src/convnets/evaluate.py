@@ -662,6 +662,10 @@ def write_report(report: EvalReport, out: str | Path, force: bool = False) -> Pa
     return out
 
 
+# The most classes the confusion picture names and counts cell by cell (see plot_confusion).
+CONFUSION_LABELLED = 60
+
+
 def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, title: str) -> Path:
     import matplotlib
 
@@ -672,16 +676,24 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, titl
     m = confusion.float()
     rates = m / m.sum(1, keepdim=True).clamp(min=1)
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    # A cell per class pair grows the figure with n: ImageNet's 1000 classes made a 60,000-pixel square (13 GB
+    # to draw) after the whole evaluation. Past CONFUSION_LABELLED classes the figure stops growing and shows
+    # the rates alone, by class index; evaluation.txt and evaluation.json hold the counts.
+    side = min(n, CONFUSION_LABELLED)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * side, 0.8 + 0.5 * side))
     ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
-    for i in range(n):
-        for j in range(n):
-            if confusion[i, j]:
-                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n), classes, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true", title=f"{title}: confusion matrix")
+    if n <= CONFUSION_LABELLED:
+        for i in range(n):
+            for j in range(n):
+                if confusion[i, j]:
+                    ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+        ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), classes, fontsize=8)
+        ax.set(xlabel="predicted", ylabel="true")
+    else:
+        ax.set(xlabel=f"predicted (class index of {n})", ylabel="true (class index)")
+    ax.set(title=f"{title}: confusion matrix")
     with warnings.catch_warnings():
         # Class names in a script the font lacks (CJK) are drawn as boxes; the text report has them.
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
