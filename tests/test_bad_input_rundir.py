@@ -615,3 +615,35 @@ def test_every_option_a_resume_error_names_is_an_option_of_convnets_train() -> N
     named = {f.name: checkpoint_module.option_name(f.name) for f in dataclasses.fields(TrainConfig)}
     assert {k: v for k, v in named.items() if v not in options and k not in api_only} == {}
     assert named["weights_layout"] == "--layout"
+
+
+def test_a_run_on_a_relative_data_folder_resumes_from_another_folder(tmp_path, capsys, monkeypatch) -> None:
+    """config.json kept ``--data pets`` as typed: resumed from elsewhere, it was "unknown dataset 'pets'"."""
+    image_folder(tmp_path / "pets", per_class=8)
+    monkeypatch.chdir(tmp_path)
+    start = ["train", "lenet5", "--data", "pets", "--epochs", "2", "--batch-size", "4", "--no-progress"]
+    status, _, err = run_cli([*start, "--out", "run", "--max-steps", "2"], capsys)
+    assert status == 0, err
+    assert json.loads(Path("run", "config.json").read_text())["data"] == str(tmp_path / "pets")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    status, _, err = run_cli(["train", "lenet5", "--resume", "--out", "../run", "--no-progress"], capsys)
+    assert status == 0, err
+
+
+def test_a_run_that_recorded_a_relative_data_folder_resumes_when_told_where_it_is(tmp_path, capsys,
+                                                                                   monkeypatch) -> None:
+    image_folder(tmp_path / "pets", per_class=8)
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_cli(["train", "lenet5", "--data", "pets", "--epochs", "2", "--batch-size", "4",
+                              "--no-progress", "--out", "run", "--max-steps", "2"], capsys)
+    assert status == 0, err
+    config = Path("run", "config.json")
+    config.write_text(config.read_text().replace(str(tmp_path / "pets"), "pets"))  # as runs before the fix wrote it
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    resume = ["train", "lenet5", "--resume", "--out", "../run", "--no-progress"]
+    expect_cli_error(resume, r"run was trained on --data pets, a path relative to the folder the run began in, and "
+                             r"nothing is there from here: resume from that folder, or pass --data", capsys)
+    status, _, err = run_cli([*resume, "--data", "../pets"], capsys)
+    assert status == 0, err

@@ -106,6 +106,7 @@ def resumed_config(config: TrainConfig, out: Path, given_names: Collection[str] 
                 for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in config.to_dict().items()
              if k not in ("model", "out", "resume") and (k in given_names or v != defaults[k])}
+    _find_relative_data(saved, given.get("data"), out)
     conflicts = [f"{option_name(k)} {shown(v)} (the run has {shown(saved.get(k))})" for k, v in given.items()
                  if k not in RESUME_MAY_CHANGE and not _same(saved.get(k), v)]
     if conflicts:
@@ -116,6 +117,28 @@ def resumed_config(config: TrainConfig, out: Path, given_names: Collection[str] 
               "max_steps": config.max_steps, "resume": True, "out": str(out)}
     changed = {k: (saved.get(k), values[k]) for k in RESUME_MAY_CHANGE if not _same(saved.get(k), values[k])}
     return TrainConfig(**values), changed
+
+
+def _find_relative_data(saved: dict[str, Any], given: Any, out: Path) -> None:
+    """Point ``saved["data"]`` at the folder ``given`` names, when the run recorded it relative to the folder it
+    began in (runs before data paths were made absolute) and that path finds nothing from here.
+
+    The data's identity (classes, files, labels) is still checked against the checkpoint once it is read.
+
+    Raises:
+        ConfigMismatchError: no ``given`` folder to take instead.
+    """
+    from convnets.data.datasets import DATASET_NAMES
+
+    data = saved.get("data")
+    if not isinstance(data, str) or data in DATASET_NAMES or Path(data).is_absolute() or Path(data).exists():
+        return
+    if isinstance(given, str) and Path(given).expanduser().is_dir():
+        saved["data"] = given
+        return
+    raise ConfigMismatchError(f"{out} was trained on --data {data}, a path relative to the folder the run began in, "
+                              "and nothing is there from here: resume from that folder, or pass --data with the "
+                              "data's path")
 
 
 def saved_model(out: Path) -> str | None:

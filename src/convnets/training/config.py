@@ -514,9 +514,30 @@ def resolve(config: TrainConfig, source: ModelSource | None = None) -> TrainConf
                 values[key] = min(value, (values["epochs"] or recipe["epochs"]) / 5)
     if values["out"] is None:
         values["out"] = str(default_out(config.model, config.data, resume=config.resume))
+    values.update(_absolute_paths(values))
     resolved = TrainConfig(**values)
     _validate(resolved, source)
     return resolved
+
+
+def _absolute_paths(values: dict[str, Any]) -> dict[str, str]:
+    """The data folder, data_dir and weights file of a run as absolute paths, where they are paths on this disk.
+
+    config.json records them for --resume, evaluate and export, which may run from another folder: a relative
+    ``--data pets`` then named nothing there ("unknown dataset 'pets'"), or another folder of that name.
+    """
+    from convnets.data.datasets import DATASET_NAMES
+    from convnets.weights.io import is_url
+
+    found = {}
+    for key in ("data", "data_dir", "weights"):
+        value = values.get(key)
+        if not isinstance(value, str) or (key == "data" and value in DATASET_NAMES) or is_url(value):
+            continue
+        path = Path(value).expanduser()
+        if (path.is_file() if key == "weights" else path.is_dir()) and not path.is_absolute():
+            found[key] = os.path.abspath(path)
+    return found
 
 
 # torch.compile backends torch lists whether or not their package is installed: (module, what pip installs).
