@@ -149,17 +149,23 @@ def _stats_of_folder(
     return channel_stats(torch.cat(images))
 
 
-def _probe_size(samples: Sequence[tuple[str, int]], cap: int = 224) -> int:
-    """The shorter side of the first readable image, at most ``cap``."""
-    for path, _ in samples[:64]:
+def _probe_size(samples: Sequence[tuple[str, int]], cap: int = 224, probes: int = 64) -> int:
+    """The median shorter side of up to ``probes`` readable images spread over the split (headers only), at most
+    ``cap``.
+
+    Not the first image's alone: a thumbnail or a 1x1 tracking pixel sorted first set the size of the whole run
+    (a folder of photos trained at 1x1, or refused as "gives 1x1").
+    """
+    sides = []
+    for path, _ in samples[:: max(1, len(samples) // probes)][:probes]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(path) as image:
-                    return min(min(image.size), cap)
+                    sides.append(min(image.size))
         except DECODE_ERRORS:
             continue
-    return cap
+    return min(int(np.median(sides)), cap) if sides else cap
 
 
 # Split folder names, matched in any case (Kaggle's Train/ and Test/ as well as train/ and val/), most usual first.
@@ -199,8 +205,8 @@ def load_image_folder(
         root: The folder. With ``train/`` and ``val/`` (or ``test/``; any case, and the other names of
             :data:`TRAIN_FOLDERS` and :data:`HELD_OUT_FOLDERS`) subfolders those are the splits; otherwise
             a stratified ``val_fraction`` of every class is held out, chosen by ``seed``.
-        image_size: Output (height, width) or side; by default the shorter side of the first
-            image, at most 224. Images are scaled to cover it and centre-cropped.
+        image_size: Output (height, width) or side; by default the median shorter side of up to 64
+            training images spread over the folder, at most 224. Images are scaled to cover it and centre-cropped.
         channels: 1 (grey) or 3 (RGB, the default); other modes (palette, RGBA, CMYK) are converted.
         seed: Seed of the held-out split and of the subset used for statistics.
         val_fraction: Fraction of each class held out when there are no split folders, in [0, 1).
