@@ -179,6 +179,17 @@ def relabelled(tmp: Path) -> None:
     (root / "light" / "5.png").rename(root / "dark" / "l5.png")
 
 
+def resized_in_place(tmp: Path) -> None:
+    """A resnet20 run at the folder's own size (12x12), stopped; then its images resized where they lie."""
+    pets(tmp / "pets", per_class=8)
+    train(TrainConfig(model="resnet20", data=str(tmp / "pets"), batch_size=4, epochs=2, max_steps=2, progress=False,
+                      out=str(tmp / "run")))
+    for path in (tmp / "pets").glob("*/*.png"):
+        with Image.open(path) as image:
+            bigger = image.resize((24, 24))
+        bigger.save(path)
+
+
 def experiment_at_tiny(tmp: Path) -> None:
     convnets.experiments.run_experiment("one-by-one", "tiny", tmp / "exp")
 
@@ -326,6 +337,9 @@ CASES = [
       r"now 7 and 3\); a resumed run must see the same data", setup=fewer_images),
     C("resume-renamed-class", 7, ["train", "lenet5", "--out", "{tmp}/run", "--resume", "--no-progress"],
       r"\(its classes were dark, light, now bright, dark\)", setup=renamed_class),
+    C("resume-images-resized-in-place", 7, ["train", "resnet20", "--out", "{tmp}/run", "--resume", "--no-progress"],
+      r"the data .*pets changed since the run began \(its images came out at 3x12x12, now 3x24x24\)",
+      setup=resized_in_place),
     C("resume-relabelled-images", 7, ["train", "lenet5", "--out", "{tmp}/run", "--resume", "--no-progress"],
       r"\(as many images, but other files or labels\)", setup=relabelled),
     C("experiment-other-budget", 7, ["experiment", "one-by-one", "--budget", "small", "--out", "{tmp}/exp"],

@@ -157,7 +157,10 @@ def data_identity(dataset: Any) -> dict[str, Any]:
     Cheap (no file is read or stat'ed): it catches images added, removed or moved to another class
     and renamed classes, which would otherwise shift the resumed epoch or swap what the model learnt.
     """
-    identity: dict[str, Any] = {"classes": [str(c) for c in dataset.classes]}
+    # The size an image folder's images come out at is decided from the images when no --image-size is given:
+    # recorded, so that images resized in place do not silently change the resolution of a resumed run.
+    identity: dict[str, Any] = {"classes": [str(c) for c in dataset.classes],
+                                "image_size": [dataset.channels, *dataset.image_size]}
     for split in ("train", "test"):
         part = getattr(dataset, split)
         digest = hashlib.sha256(part.labels.cpu().numpy().astype("<i8").tobytes())
@@ -168,7 +171,11 @@ def data_identity(dataset: Any) -> dict[str, Any]:
 
 
 def check_same_data(saved: dict[str, Any], now: dict[str, Any], data: str, out: Path) -> None:
-    """A ConfigMismatchError saying what changed when the data of a resumed run is not what it began with."""
+    """A ConfigMismatchError saying what changed when the data of a resumed run is not what it began with.
+
+    What a checkpoint did not record (written by an earlier version) is not compared.
+    """
+    now = {k: v for k, v in now.items() if k in saved}
     if saved == now:
         return
 
@@ -180,6 +187,9 @@ def check_same_data(saved: dict[str, Any], now: dict[str, Any], data: str, out: 
     elif sizes(saved) != sizes(now):
         (train_was, test_was), (train_now, test_now) = sizes(saved), sizes(now)
         what = f"it had {train_was} training and {test_was} test images, now {train_now} and {test_now}"
+    elif saved.get("image_size") != now.get("image_size"):
+        (c, h, w), (c_now, h_now, w_now) = saved["image_size"], now["image_size"]
+        what = f"its images came out at {c}x{h}x{w}, now {c_now}x{h_now}x{w_now}"
     else:
         what = "as many images, but other files or labels"
     raise ConfigMismatchError(f"cannot resume {out}: the data {data} changed since the run began ({what}); a "
