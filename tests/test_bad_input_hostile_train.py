@@ -276,6 +276,12 @@ CASES = [
       r"batch_size must be a whole number from 1 to 16,777,216.*got 99999999999999999999", after=nothing_at("run")),
     C("api-make-loader-batch-past-2-to-the-64", 3, call=lambda tmp: make_loader(digits(), batch_size=10**20),
       expect=r"batch_size must be a whole number from 1 to 16777216"),
+    # Cached features are computed once from the images as they are: the augmentation asked for was ignored.
+    C("cache-features-with-augment", 3, ["transfer", "resnet20", "--weights", "fashion-mnist", "--data", MISSING,
+                                         "--cache-features", "--freeze", "all-but-head", "--augment", "heavy",
+                                         "--out", "{tmp}/run"],
+      r"--augment heavy cannot apply to cached features: the frozen trunk sees each image once, unaugmented",
+      after=nothing_at("run")),
     C("cache-dir-a-device", 3, ["transfer", "resnet20", "--weights", "fashion-mnist", "--data", MISSING,
                                 "--cache-features", "--freeze", "all-but-head", "--cache-dir", "/dev/null",
                                 "--out", "{tmp}/run"],

@@ -507,6 +507,14 @@ def resolve(config: TrainConfig, source: ModelSource | None = None) -> TrainConf
         model_entry(config.model)  # an unknown name is reported before anything else, with close names
     recipe = next(r for pattern, r in RECIPES if fnmatch.fnmatchcase(config.model, pattern))
     values = config.to_dict()
+    if config.cache_features:
+        # The trunk's features are computed once, from the images as they are: no augmentation reaches them.
+        if config.augment not in (None, "none") and not config.resume:
+            raise ConfigMismatchError(f"--augment {config.augment} cannot apply to cached features: the frozen "
+                                      "trunk sees each image once, unaugmented; leave out --augment, or "
+                                      "--cache-features to train on augmented images")
+        if values["augment"] is None:
+            values["augment"] = "none"  # what the run does, for its config.json and report, not the recipe's
     for key, value in recipe.items():
         if values[key] is None:
             values[key] = value
