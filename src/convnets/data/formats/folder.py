@@ -88,17 +88,24 @@ def _scan_class_folders(root: Path, bad: BadFileLog) -> tuple[list[str], list[tu
     samples = []
     for label, class_dir in enumerate(class_dirs):
         images = []
+        others: dict[str, int] = {}  # extension -> files: annotations beside images (.xml, .json) are no damage
         for path in _files_under(class_dir, bad):
             if path.is_symlink() and not path.exists():
                 bad.add(path, "broken link")
             elif not path.is_file():
                 continue
             elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-                bad.add(path, f"not an image file (extension {path.suffix or 'none'})")
+                bad.add(path, f"not an image file (extension {path.suffix or 'none'})", warn=False)
+                others[path.suffix.lower() or "none"] = others.get(path.suffix.lower() or "none", 0) + 1
             elif path.stat().st_size == 0:
                 bad.add(path, "empty file (0 bytes)")
             else:
                 images.append(path)
+        if others:  # one line a folder, not one a file (a folder of 10,000 annotations printed 10,000)
+            logger.warning("skipped %d file%s in %s that %s not images (%s); listed in bad_files.tsv",
+                           sum(others.values()), "s" * (sum(others.values()) > 1), class_dir,
+                           "are" if sum(others.values()) > 1 else "is",
+                           ", ".join(f"{n} {ext}" for ext, n in sorted(others.items())))
         if not images:
             raise DataError(f"class folder {class_dir} has no images")
         failure = _none_decodes(images, bad)
