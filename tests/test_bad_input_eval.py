@@ -242,6 +242,10 @@ CASES = [
     Case("export-directory-not-a-run", 3, ["export", "{tmp}/notes"], r"without best\.safetensors",
          file_with("notes/todo.txt", MINE), after=nothing_but("notes")),
     Case("export-missing-path", 3, ["export", "{tmp}/runs/nope"], r"no such run directory or weights file"),
+    # A folder named in Latin-1 (held with surrogates): PyTorch's exporter refused the path with a TypeError.
+    Case("export-out-not-utf8", 3, ["export", "lenet5", "--out", "{tmp}/e\udce9"],
+         r"e\\xe9: the ONNX tools cannot write into a folder whose name is not UTF-8; choose another --out",
+         after=nothing_but()),
     Case("export-unknown-model", 3, ["export", "lenet6", "--out", "{tmp}/x"], r"unknown model 'lenet6'",
          after=nothing_but()),
     Case("export-model-arg-on-weights", 3, ["export", RUN, "--model-arg", "width=2"], r"--model-arg.*width",
