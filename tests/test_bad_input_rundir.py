@@ -647,3 +647,17 @@ def test_a_run_that_recorded_a_relative_data_folder_resumes_when_told_where_it_i
                              r"nothing is there from here: resume from that folder, or pass --data", capsys)
     status, _, err = run_cli([*resume, "--data", "../pets"], capsys)
     assert status == 0, err
+
+
+def test_a_transfer_from_a_relative_weights_file_resumes_from_another_folder(tmp_path, capsys, monkeypatch) -> None:
+    """A resumed transfer reads its weights' preprocessing again: ``--weights w.safetensors`` named nothing there."""
+    _lenet_weights(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_cli(["transfer", "lenet5", "--weights", "w.safetensors", "--data", "digits", "--epochs", "2",
+                              "--max-steps", "2", "--no-progress", "--out", "run"], capsys)
+    assert status == 0, err
+    assert json.loads(Path("run", "config.json").read_text())["weights"] == str(tmp_path / "w.safetensors")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    status, _, err = run_cli(["train", "lenet5", "--resume", "--out", "../run", "--no-progress"], capsys)
+    assert status == 0, err

@@ -529,7 +529,8 @@ def resolve(config: TrainConfig, source: ModelSource | None = None) -> TrainConf
 
 
 def _absolute_paths(values: dict[str, Any]) -> dict[str, str]:
-    """The data folder, data_dir and weights file of a run as absolute paths, where they are paths on this disk.
+    """The data folder, data_dir and weights (a file or a run) of a run as absolute paths, where they are paths on
+    this disk (an existing path is a path, not a registered tag, to the weights too).
 
     config.json records them for --resume, evaluate and export, which may run from another folder: a relative
     ``--data pets`` then named nothing there ("unknown dataset 'pets'"), or another folder of that name.
@@ -543,7 +544,7 @@ def _absolute_paths(values: dict[str, Any]) -> dict[str, str]:
         if not isinstance(value, str) or (key == "data" and value in DATASET_NAMES) or is_url(value):
             continue
         path = Path(value).expanduser()
-        if (path.is_file() if key == "weights" else path.is_dir()) and not path.is_absolute():
+        if (path.exists() if key == "weights" else path.is_dir()) and not path.is_absolute():
             found[key] = os.path.abspath(path)
     return found
 
