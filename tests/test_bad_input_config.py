@@ -64,6 +64,12 @@ def api_train(tmp: Path, given_model: Any = None, **fields: Any) -> None:
                                   "progress": False, **fields}), model=given_model)
 
 
+def with_classifier(outputs: int) -> torch.nn.Module:
+    model = convnets.create_model("lenet5")
+    model.head.fc = torch.nn.Linear(model.head.fc.in_features, outputs)
+    return model
+
+
 C = Case
 CASES = [
     # --- ranges of command-line options (the library checks them: the Python API gets the same)
@@ -294,7 +300,22 @@ CASES = [
       expect=r"the builder of mine returned a Linear, not a ConvNet", after=no_run),
     C("api-train-module-other-classes", 3,
       call=lambda tmp: api_train(tmp, model="mine", given_model=convnets.create_model("lenet5", num_classes=3)),
-      expect=r"the model given for mine has 3 classes and 1 input channels, the data 10 and 1", after=no_run),
+      expect=r"the model given for mine has 3 classes and 1 input channels; the data has 10 classes and 1 input "
+             r"channels: build it for the data, or pass a builder", after=no_run),
+    # A classifier swapped after building keeps the old num_classes: an IndexError at the first batch (fewer
+    # outputs) or a refused weights file after the whole run (more).
+    C("api-train-module-classifier-replaced-narrower", 3,
+      call=lambda tmp: api_train(tmp, model="mine", given_model=with_classifier(7)),
+      expect=r"the model given for mine has 10 classes but a classifier of 7 outputs and 1 input channels; the "
+             r"data has 10 classes", after=no_run),
+    C("api-train-module-classifier-replaced-wider", 3,
+      call=lambda tmp: api_train(tmp, model="mine", given_model=with_classifier(13)),
+      expect=r"has 10 classes but a classifier of 13 outputs", after=no_run),
+    C("api-train-builder-ignores-num-classes", 3,
+      call=lambda tmp: api_train(tmp, model="mine", given_model=lambda **kw: convnets.create_model("lenet5",
+                                                                                                  num_classes=4)),
+      expect=r"the model given for mine has 4 classes and 1 input channels; the builder of mine was asked for 10 "
+             r"classes and 1 input channels: build what it is asked for", after=no_run),
 ]
 
 
@@ -447,3 +468,44 @@ def test_options_are_checked_before_joining_the_process_group(monkeypatch: pytes
     expect_cli_error(["train", "lenet5", "--data", "digits", "--compile", "nosuch", "--out", str(tmp_path / "run")],
                      "nosuch", capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_backend_whose_package_is_missing_is_refused_before_the_data(tmp_path: Path, capsys, monkeypatch) -> None:
+    # torch lists tvm and openxla whether or not their packages are installed; they failed at the first step.
+    monkeypatch.setattr(convnets.training.config, "_installed", lambda module: module != "tvm")
+    expect_cli_error(["train", "lenet5", "--data", str(tmp_path / "no-such-data"), "--compile", "tvm", "--out",
+                      str(tmp_path / "run")], r"--compile tvm needs the tvm package, which is not installed: pip "
+                                              r"install apache-tvm, or choose another backend", capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_backend_that_fails_at_the_first_step_is_one_line_and_the_folder_can_be_reused(tmp_path: Path,
+                                                                                        capsys) -> None:
+    import torch._dynamo
+
+    def no_compiler(graph: Any, inputs: Any) -> Any:
+        raise ImportError("no C++ compiler found")
+
+    if "convnets_test_no_compiler" not in torch._dynamo.list_backends(exclude_tags=()):
+        torch._dynamo.register_backend(no_compiler, name="convnets_test_no_compiler")
+    out = str(tmp_path / "run")
+    expect_cli_error(["train", "lenet5", "--data", "digits", "--max-steps", "2", "--compile",
+                      "convnets_test_no_compiler", "--out", out, "--no-progress"],
+                     r"--compile convnets_test_no_compiler: torch.compile could not compile lenet5 \(ImportError: "
+                     r"no C\+\+ compiler found\); choose another backend or leave out --compile", capsys)
+    status, _, err = run_cli(["train", "lenet5", "--data", "digits", "--max-steps", "2", "--out", out,
+                              "--no-progress"], capsys)
+    assert status == 0, err
+
+
+def test_numpy_numbers_from_a_sweep_are_taken_as_their_values() -> None:
+    """np.arange seeds and np.float32 rates were refused as "must be a whole number >= 1; got np.int64(3)"."""
+    import numpy as np
+
+    config = TrainConfig(model="lenet5", epochs=np.int64(3), seed=np.arange(5)[4], lr=np.float32(0.5),
+                         ema=np.float32(0.75), deterministic=np.bool_(True), num_workers=np.int32(0))
+    assert (config.epochs, config.seed, config.lr, config.ema, config.deterministic) == (3, 4, 0.5, 0.75, True)
+    assert type(config.epochs) is int and type(config.lr) is float and type(config.deterministic) is bool
+    json.dumps(config.to_dict())  # what config.json holds
+    with pytest.raises(ConfigError, match=r"epochs must be a whole number >= 1.*got 0"):
+        TrainConfig(model="lenet5", epochs=np.int64(0))

@@ -248,6 +248,10 @@ CASES = [
     Case("export-directory-not-a-run", 3, ["export", "{tmp}/notes"], r"without best\.safetensors",
          file_with("notes/todo.txt", MINE), after=nothing_but("notes")),
     Case("export-missing-path", 3, ["export", "{tmp}/runs/nope"], r"no such run directory or weights file"),
+    # A folder named in Latin-1 (held with surrogates): PyTorch's exporter refused the path with a TypeError.
+    Case("export-out-not-utf8", 3, ["export", "lenet5", "--out", "{tmp}/e\udce9"],
+         r"e\\xe9: the ONNX tools cannot write into a folder whose name is not UTF-8; choose another --out",
+         after=nothing_but()),
     Case("export-unknown-model", 3, ["export", "lenet6", "--out", "{tmp}/x"], r"unknown model 'lenet6'",
          after=nothing_but()),
     Case("export-model-arg-on-weights", 3, ["export", RUN, "--model-arg", "width=2"], r"--model-arg.*width",
@@ -449,3 +453,17 @@ def test_a_read_only_out_is_refused_before_the_evaluation(tmp_path: Path, monkey
         expect_cli_error(["evaluate", str(tmp_path / "run"), "--out", str(out)],
                          rf"{out}: Read-only file system \(choose a writable --out\)", capsys)
     assert list((tmp_path / "ro").iterdir()) == []
+
+
+def test_the_confusion_picture_of_a_thousand_classes_stays_small(tmp_path: Path) -> None:
+    """ImageNet's 1000 classes sized the figure by its cells: a 60,610 x 55,080 pixel canvas, 13 GB to draw
+    after the whole evaluation (past 65,536 pixels matplotlib refuses it with a traceback)."""
+    from convnets.evaluate import CONFUSION_LABELLED, plot_confusion
+
+    n = 1000
+    confusion = torch.zeros(n, n, dtype=torch.int64)
+    confusion[torch.arange(n), torch.arange(n)] = 5
+    confusion[0, 1] = 2
+    path = plot_confusion(confusion, [f"class {i}" for i in range(n)], tmp_path / "confusion.png", "resnet18")
+    with Image.open(path) as image:
+        assert max(image.size) <= (1.0 + 0.55 * CONFUSION_LABELLED) * 110 + 1

@@ -179,6 +179,17 @@ def relabelled(tmp: Path) -> None:
     (root / "light" / "5.png").rename(root / "dark" / "l5.png")
 
 
+def resized_in_place(tmp: Path) -> None:
+    """A resnet20 run at the folder's own size (12x12), stopped; then its images resized where they lie."""
+    pets(tmp / "pets", per_class=8)
+    train(TrainConfig(model="resnet20", data=str(tmp / "pets"), batch_size=4, epochs=2, max_steps=2, progress=False,
+                      out=str(tmp / "run")))
+    for path in (tmp / "pets").glob("*/*.png"):
+        with Image.open(path) as image:
+            bigger = image.resize((24, 24))
+        bigger.save(path)
+
+
 def experiment_at_tiny(tmp: Path) -> None:
     convnets.experiments.run_experiment("one-by-one", "tiny", tmp / "exp")
 
@@ -265,6 +276,12 @@ CASES = [
       r"batch_size must be a whole number from 1 to 16,777,216.*got 99999999999999999999", after=nothing_at("run")),
     C("api-make-loader-batch-past-2-to-the-64", 3, call=lambda tmp: make_loader(digits(), batch_size=10**20),
       expect=r"batch_size must be a whole number from 1 to 16777216"),
+    # Cached features are computed once from the images as they are: the augmentation asked for was ignored.
+    C("cache-features-with-augment", 3, ["transfer", "resnet20", "--weights", "fashion-mnist", "--data", MISSING,
+                                         "--cache-features", "--freeze", "all-but-head", "--augment", "heavy",
+                                         "--out", "{tmp}/run"],
+      r"--augment heavy cannot apply to cached features: the frozen trunk sees each image once, unaugmented",
+      after=nothing_at("run")),
     C("cache-dir-a-device", 3, ["transfer", "resnet20", "--weights", "fashion-mnist", "--data", MISSING,
                                 "--cache-features", "--freeze", "all-but-head", "--cache-dir", "/dev/null",
                                 "--out", "{tmp}/run"],
@@ -326,6 +343,9 @@ CASES = [
       r"now 7 and 3\); a resumed run must see the same data", setup=fewer_images),
     C("resume-renamed-class", 7, ["train", "lenet5", "--out", "{tmp}/run", "--resume", "--no-progress"],
       r"\(its classes were dark, light, now bright, dark\)", setup=renamed_class),
+    C("resume-images-resized-in-place", 7, ["train", "resnet20", "--out", "{tmp}/run", "--resume", "--no-progress"],
+      r"the data .*pets changed since the run began \(its images came out at 3x12x12, now 3x24x24\)",
+      setup=resized_in_place),
     C("resume-relabelled-images", 7, ["train", "lenet5", "--out", "{tmp}/run", "--resume", "--no-progress"],
       r"\(as many images, but other files or labels\)", setup=relabelled),
     C("experiment-other-budget", 7, ["experiment", "one-by-one", "--budget", "small", "--out", "{tmp}/exp"],
@@ -344,6 +364,10 @@ CASES = [
     C("experiment-out-under-a-file", 2, ["experiment", "one-by-one", "--budget", "tiny", "--out",
                                          "{tmp}/notes.txt/exp"], r"notes\.txt is a file, not a folder",
       **unchanged(write("notes.txt", "mine"))),
+    C("out-inside-a-class-folder", 2, ["train", "lenet5", "--data", "{tmp}/pets", "--out", "{tmp}/pets/dark/run"],
+      r"--out .*pets/dark/run is inside the image folder .*pets: its files \(curves\.png\.\.\.\) would be read as "
+      r"training images, its folder as a class; choose an --out outside the data",
+      setup=lambda tmp: pets(tmp / "pets"), after=nothing_at("pets/dark/run")),
     # --- 8: no leftovers from a refused command
     C("refused-experiment-data-leaves-nothing", 8, ["experiment", "classic", "--budget", "tiny", "--data",
                                                     "{tmp}/no-such-data", "--out", "{tmp}/exp"],
@@ -722,3 +746,31 @@ def test_sigterm_to_the_whole_job_with_decoding_workers_stops_with_a_checkpoint(
     assert proc.returncode == 130, err[-2000:]  # was: "DataLoader worker ... exited unexpectedly", no checkpoint
     assert "stopped at step" in out and "Traceback" not in err
     assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] > 0
+
+
+def test_a_data_folder_and_a_class_not_named_in_utf8_train_and_evaluate(tmp_path, capsys, monkeypatch) -> None:
+    """Folders named in Latin-1 by an old archive: the run trained, then its curves' title (a TypeError in
+    matplotlib) and evaluate's evaluation.txt (UnicodeEncodeError) ended it with a traceback, the report lost;
+    a run folder so named could not be evaluated (safetensors refused the path, its report's name a traceback)."""
+    root = Path(os.fsdecode(bytes(tmp_path) + b"/p\xe9ts"))
+    pets(root)
+    (root / "light").rename(Path(os.fsdecode(bytes(root) + b"/cl\xe4r")))
+    run = Path(os.fsdecode(bytes(tmp_path) + b"/r\xe9n"))
+    status, _, err = run_cli(["train", "lenet5", "--data", str(root), "--epochs", "1", "--batch-size", "4",
+                              "--no-progress", "--out", str(run)], capsys)
+    assert status == 0, err
+    assert (run / "curves.png").is_file() and b"# lenet5 on " + bytes(root) in (run / "report.md").read_bytes()
+    monkeypatch.chdir(tmp_path)  # the report goes to runs/evaluate/RUN_NAME
+    status, _, err = run_cli(["evaluate", str(run), "--data", str(root)], capsys)
+    assert status == 0, err
+    report = Path("runs", "evaluate", run.name)
+    assert b"cl\xe4r" in (report / "evaluation.txt").read_bytes() and (report / "confusion.png").is_file()
+
+
+def test_training_on_the_current_folder_says_where_the_run_cannot_go(tmp_path, capsys, monkeypatch) -> None:
+    """``convnets train lenet5 --data .`` in a data folder: the default runs/... made a class 'runs' with no images."""
+    pets(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_cli(["train", "lenet5", "--data", ".", "--no-progress"], capsys)
+    assert status == 2 and "--out runs/lenet5-" in err and f"is inside the image folder {tmp_path}:" in err, err
+    assert not (tmp_path / "runs").exists()

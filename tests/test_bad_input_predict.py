@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -248,3 +249,22 @@ def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path: Path, capsys: py
     assert out.startswith(str(tmp_path / "we ird \\u200b$(x)\\n.png") + ": ")
     [entry] = json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))["predictions"]
     assert entry["path"] == str(odd) and entry["error"] is None
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv"])
+def test_a_name_that_is_not_utf8_is_written_not_a_traceback(tmp_path: Path, suffix: str, capsys) -> None:
+    """An image (or class folder) named in Latin-1 by an old archive: writing the predictions file raised
+    UnicodeEncodeError. JSON escapes the name (valid UTF-8, json.load gives it back); CSV keeps its bytes."""
+    from badinput import run_cli
+
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.png"))
+    Image.new("RGB", (40, 30), (200, 120, 40)).save(odd)
+    out = tmp_path / f"p{suffix}"
+    for _ in range(2):  # and the file written is recognised as ours, to be replaced by the next run
+        status, _, err = run_cli(["predict", SOURCE, str(odd), "--out", str(out)], capsys)
+        assert status == 0, err
+    if suffix == ".json":
+        [entry] = json.loads(out.read_text(encoding="utf-8"))["predictions"]
+        assert entry["path"] == str(odd) and entry["error"] is None
+    else:
+        assert b"/caf\xe9.png," in out.read_bytes()

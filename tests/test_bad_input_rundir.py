@@ -98,6 +98,18 @@ def _state_truncated(tmp: Path) -> None:
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
 
 
+def _state_cut_early(tmp: Path) -> None:
+    """Cut inside the first tensor: PyTorch's zip reader then fails with a bare EINVAL naming no file."""
+    make_run(tmp)
+    state = tmp / "run" / "state.pt"
+    state.write_bytes(state.read_bytes()[:5000])
+
+
+def _state_random_bytes(tmp: Path) -> None:
+    make_run(tmp)
+    (tmp / "run" / "state.pt").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
+
+
 def _state_of_something_else(tmp: Path) -> None:
     make_run(tmp)
     torch.save({"weights": torch.zeros(3)}, tmp / "run" / "state.pt")
@@ -189,6 +201,14 @@ CASES = [
          rf"run is being written by process {os.getpid()} \(.*\): wait for it to end", setup=_held, after=_released),
     Case("state-truncated", 2, [*TRAIN, "--out", "{tmp}/run", "--resume"],
          r"state\.pt cannot be resumed: it is not a readable training state", **unchanged(_state_truncated)),
+    Case("state-cut-early", 2, [*TRAIN, "--out", "{tmp}/run", "--resume"],
+         r"state\.pt cannot be resumed: it is not a readable training state \(truncated: Invalid argument\)",
+         **unchanged(_state_cut_early)),
+    # PyTorch's own first line advises loading with weights_only=False, which would run what the file holds.
+    Case("state-random-bytes", 2, [*TRAIN, "--out", "{tmp}/run", "--resume"],
+         r"state\.pt cannot be resumed: it is not a readable training state \(PyTorch's safe loader refused it "
+         r"\(Unsupported operand \d+\): it is damaged, or not a PyTorch checkpoint\); the run's weights",
+         **unchanged(_state_random_bytes)),
     Case("state-of-something-else", 2, [*TRAIN, "--out", "{tmp}/run", "--resume"],
          r"state\.pt is not a convnets training state \(it has no best, ", **unchanged(_state_of_something_else)),
     Case("state-config-truncated", 2, [*TRAIN, "--out", "{tmp}/run", "--resume"],
@@ -424,6 +444,18 @@ def test_swapping_two_class_folders_misses_the_feature_cache(tmp_path, capsys) -
     assert not torch.allclose(second["train.x"], first["train.x"], atol=1e-3)
 
 
+def test_files_not_named_in_utf8_are_keyed_by_their_bytes(tmp_path) -> None:
+    """A Latin-1 file name (an old archive's) made --cache-features a UnicodeEncodeError traceback."""
+    from convnets.data.images import ImageFolderSplit
+    from convnets.transfer import split_fingerprint
+
+    names = [os.fsdecode(bytes(tmp_path) + name) for name in (b"/caf\xe9.png", b"/caf\xe8.png")]
+    for name in names:
+        Path(name).write_bytes(b"x")
+    keys = {split_fingerprint(ImageFolderSplit([(name, 0)], (8, 8), 3)) for name in names}
+    assert len(keys) == 2
+
+
 def test_in_memory_data_is_keyed_by_its_images_and_labels() -> None:
     from convnets.data.datasets import TensorSplit
     from convnets.transfer import split_fingerprint
@@ -583,3 +615,49 @@ def test_every_option_a_resume_error_names_is_an_option_of_convnets_train() -> N
     named = {f.name: checkpoint_module.option_name(f.name) for f in dataclasses.fields(TrainConfig)}
     assert {k: v for k, v in named.items() if v not in options and k not in api_only} == {}
     assert named["weights_layout"] == "--layout"
+
+
+def test_a_run_on_a_relative_data_folder_resumes_from_another_folder(tmp_path, capsys, monkeypatch) -> None:
+    """config.json kept ``--data pets`` as typed: resumed from elsewhere, it was "unknown dataset 'pets'"."""
+    image_folder(tmp_path / "pets", per_class=8)
+    monkeypatch.chdir(tmp_path)
+    start = ["train", "lenet5", "--data", "pets", "--epochs", "2", "--batch-size", "4", "--no-progress"]
+    status, _, err = run_cli([*start, "--out", "run", "--max-steps", "2"], capsys)
+    assert status == 0, err
+    assert json.loads(Path("run", "config.json").read_text())["data"] == str(tmp_path / "pets")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    status, _, err = run_cli(["train", "lenet5", "--resume", "--out", "../run", "--no-progress"], capsys)
+    assert status == 0, err
+
+
+def test_a_run_that_recorded_a_relative_data_folder_resumes_when_told_where_it_is(tmp_path, capsys,
+                                                                                   monkeypatch) -> None:
+    image_folder(tmp_path / "pets", per_class=8)
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_cli(["train", "lenet5", "--data", "pets", "--epochs", "2", "--batch-size", "4",
+                              "--no-progress", "--out", "run", "--max-steps", "2"], capsys)
+    assert status == 0, err
+    config = Path("run", "config.json")
+    config.write_text(config.read_text().replace(str(tmp_path / "pets"), "pets"))  # as runs before the fix wrote it
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    resume = ["train", "lenet5", "--resume", "--out", "../run", "--no-progress"]
+    expect_cli_error(resume, r"run was trained on --data pets, a path relative to the folder the run began in, and "
+                             r"nothing is there from here: resume from that folder, or pass --data", capsys)
+    status, _, err = run_cli([*resume, "--data", "../pets"], capsys)
+    assert status == 0, err
+
+
+def test_a_transfer_from_a_relative_weights_file_resumes_from_another_folder(tmp_path, capsys, monkeypatch) -> None:
+    """A resumed transfer reads its weights' preprocessing again: ``--weights w.safetensors`` named nothing there."""
+    _lenet_weights(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_cli(["transfer", "lenet5", "--weights", "w.safetensors", "--data", "digits", "--epochs", "2",
+                              "--max-steps", "2", "--no-progress", "--out", "run"], capsys)
+    assert status == 0, err
+    assert json.loads(Path("run", "config.json").read_text())["weights"] == str(tmp_path / "w.safetensors")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    status, _, err = run_cli(["train", "lenet5", "--resume", "--out", "../run", "--no-progress"], capsys)
+    assert status == 0, err

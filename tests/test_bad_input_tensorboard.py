@@ -25,6 +25,20 @@ def without_tensorboard(tmp):
         TensorBoardLog(tmp / "tb")
 
 
+def with_a_broken_tensorboard(tmp):
+    """Installed, but its import fails, as with a protobuf of another major version."""
+    real = __import__
+
+    def refuse(name, *args, **kwargs):
+        if name == "torch.utils.tensorboard":
+            raise ImportError("cannot import name 'builder' from 'google.protobuf.internal'")
+        return real(name, *args, **kwargs)
+
+    with mock.patch.dict(sys.modules), mock.patch("builtins.__import__", refuse):
+        sys.modules.pop("torch.utils.tensorboard", None)
+        TensorBoardLog(tmp / "tb")
+
+
 def logged(action):
     def call(tmp):
         with TensorBoardLog(tmp / "tb") as log:
@@ -50,6 +64,9 @@ GREY = np.zeros((8, 8, 1), np.uint8)
 CASES = [
     Case("tensorboard-missing", 3, call=without_tensorboard,
          expect=r"tensorboard.*pip install 'convnets\[tensorboard\]'"),
+    Case("tensorboard-installed-but-broken", 3, call=with_a_broken_tensorboard,
+         expect=r"--tensorboard: the tensorboard package is installed but cannot be imported \(ImportError: cannot "
+                r"import name 'builder' from 'google\.protobuf\.internal'\); repair that installation"),
     Case("step-negative", 3, call=logged(lambda log: log.step(-1, {"loss": 1.0})),
          expect=r"step must be a whole number >= 0; got -1"),
     Case("step-bool", 3, call=logged(lambda log: log.step(True, {"loss": 1.0})),

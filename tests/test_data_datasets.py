@@ -192,3 +192,17 @@ def test_subsample_per_class_keeps_n_of_each_class_and_the_test_split():
     again = subsample_per_class(full, 10, seed=3)
     assert torch.equal(again.train.images, small.train.images)  # seeded: the same choice every time
     assert not torch.equal(subsample_per_class(full, 10, seed=4).train.images, small.train.images)
+
+
+def test_files_beside_the_images_are_summed_up_not_listed_one_by_one(tmp_path, caplog):
+    """A detection dataset's annotations (.xml, .json) beside its images printed one warning line each."""
+    root = make_folder(tmp_path / "pets", per_class=5)
+    for i in range(40):
+        (root / "cat" / f"{i}.xml").write_text("<annotation/>")
+    (root / "cat" / "labels.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="convnets.data"):
+        data = load_image_folder(root, image_size=8, num_workers=0)
+    lines = [r.getMessage() for r in caplog.records if "not images" in r.getMessage() or ".xml" in r.getMessage()]
+    assert lines == [f"skipped 41 files in {root / 'cat'} that are not images (1 .json, 40 .xml); listed in "
+                     "bad_files.tsv"]
+    assert len(data.bad_files) == 41  # each still in the log bad_files.tsv is written from

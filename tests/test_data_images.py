@@ -262,3 +262,14 @@ def test_an_image_already_in_the_wanted_mode_is_not_copied():
     rgb, grey = Image.new("RGB", (6, 4), (10, 20, 30)), Image.new("L", (6, 4), 7)
     assert to_mode(rgb, 3) is rgb and to_mode(grey, 1) is grey
     assert to_mode(rgb, 1).mode == "L" and to_mode(grey, 3).mode == "RGB"
+
+
+def test_the_default_size_is_the_folders_not_its_first_files(tmp_path):
+    """A 1x1 tracking pixel sorted first set the size of the whole folder: photos trained at 1x1."""
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(6):
+            Image.new("RGB", (40, 30), (30 * i, 0, 0)).save(tmp_path / name / f"{i}.png")
+    Image.new("RGB", (1, 1)).save(tmp_path / "cat" / "!pixel.png")
+    Image.new("RGB", (4000, 8)).save(tmp_path / "cat" / "!banner.png")
+    assert load_image_folder(tmp_path, num_workers=0).image_size == (30, 30)

@@ -358,6 +358,17 @@ def test_train_takes_a_builder_or_a_module_and_leaves_the_registry_alone(tmp_pat
     assert read_metadata(tmp_path / "built" / "last.safetensors")["network"] == "lenet5_mine"
 
 
+def test_a_builder_whose_classes_and_channels_are_required_arguments_trains(tmp_path: Path) -> None:
+    """``def build(num_classes, in_chans)``, the signature the docs give: it was probed before the data was read
+    without them, a TypeError traceback."""
+    def build(num_classes: int, in_chans: int) -> nn.Module:
+        return lenet5(num_classes=num_classes, in_chans=in_chans)
+
+    result = train(TrainConfig(**{**LENET, "model": "mine", "epochs": 1}, max_steps=2, out=str(tmp_path / "run")),
+                   model=build)
+    assert result.model.num_classes == 10 and result.steps == 2
+
+
 # ------------------------------------------------------------------ the model interface and schedules
 
 

@@ -31,6 +31,7 @@ from convnets.data.preprocess import Preprocessing
 from convnets.data.views import TTA_VIEWS, tta_views
 from convnets.device import resolve_device
 from convnets.errors import ConfigError, ConfigMismatchError, DataError, RunDirectoryError, WeightsError
+from convnets.training.report import displayable
 from convnets.training.rundir import kind_of
 from convnets.weights import WeightSpec, atomic_write, get_weights, load, load_weights, read_metadata
 from convnets.weights.io import check_writable
@@ -581,12 +582,13 @@ _NAME_BYTES = 200
 
 def _capped(name: str, count: int) -> str:
     """``name``, or when over :data:`_NAME_BYTES` its first part, ``+N-more`` and a hash of the whole name."""
-    if len(name.encode()) <= _NAME_BYTES:
+    # surrogateescape: a run folder not named in UTF-8 counts, and hashes, as its bytes.
+    if len(name.encode("utf-8", "surrogateescape")) <= _NAME_BYTES:
         return name
     import hashlib
 
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    first = name.split("+")[0].encode()[:_NAME_BYTES - 32].decode(errors="ignore")
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    first = name.split("+")[0].encode("utf-8", "surrogateescape")[:_NAME_BYTES - 32].decode(errors="ignore")
     return f"{first}+{count - 1}-more-{digest}" if count > 1 else f"{first}-{digest}"
 
 
@@ -680,9 +682,14 @@ def write_report(report: EvalReport, out: str | Path, force: bool = False) -> Pa
     payload = json.dumps(report.to_dict(), indent=2) + "\n"
     atomic_write(out / "evaluation.json", lambda tmp: Path(tmp).write_text(payload, encoding="utf-8"))
     text = report.table() + "\n\n" + report.confusion_text() + "\n"
-    atomic_write(out / "evaluation.txt", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(out / "evaluation.txt", lambda tmp: Path(tmp).write_text(text, encoding="utf-8",
+                                                                          errors="surrogateescape"))
     plot_confusion(result.scores.confusion, report.classes, out / "confusion.png", result.name)
     return out
+
+
+# The most classes the confusion picture names and counts cell by cell (see plot_confusion).
+CONFUSION_LABELLED = 60
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, title: str) -> Path:
@@ -691,19 +698,28 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    classes, title = [displayable(c) for c in classes], displayable(title)  # class folders not named in UTF-8
     m = confusion.float()
     rates = m / m.sum(1, keepdim=True).clamp(min=1)
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    # A cell per class pair grows the figure with n: ImageNet's 1000 classes made a 60,000-pixel square (13 GB
+    # to draw) after the whole evaluation. Past CONFUSION_LABELLED classes the figure stops growing and shows
+    # the rates alone, by class index; evaluation.txt and evaluation.json hold the counts.
+    side = min(n, CONFUSION_LABELLED)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * side, 0.8 + 0.5 * side))
     ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
-    for i in range(n):
-        for j in range(n):
-            if confusion[i, j]:
-                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n), classes, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true", title=f"{title}: confusion matrix")
+    if n <= CONFUSION_LABELLED:
+        for i in range(n):
+            for j in range(n):
+                if confusion[i, j]:
+                    ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+        ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), classes, fontsize=8)
+        ax.set(xlabel="predicted", ylabel="true")
+    else:
+        ax.set(xlabel=f"predicted (class index of {n})", ylabel="true (class index)")
+    ax.set(title=f"{title}: confusion matrix")
     with warnings.catch_warnings():
         # Class names in a script the font lacks (CJK) are drawn as boxes; the text report has them.
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")

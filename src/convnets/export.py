@@ -114,6 +114,12 @@ def check_export_targets(*paths: str | Path) -> None:
     for path in paths:
         if not isinstance(path, (str, os.PathLike)) or Path(path).suffix.lower() != ".onnx":
             raise ConfigError(f"an ONNX export is written to a path ending in .onnx; got {path!r}")
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:  # a folder named in Latin-1: PyTorch's exporter and ONNX Runtime take only UTF-8
+            shown = os.fsencode(Path(path).parent).decode("utf-8", "backslashreplace")
+            raise ConfigError(f"{shown}: the ONNX tools cannot write into a folder whose name is not UTF-8; choose "
+                              "another --out") from None
     for path in map(Path, paths):
         if path.parent.exists() and not path.parent.is_dir():
             raise RunDirectoryError(f"{path.parent}: the output directory (--out) is a file")

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -340,7 +341,7 @@ def _result(name: str, member: Member, probs: list[float], indices: list[int]) -
 def _is_ours(path: Path) -> bool:
     """Whether ``path`` is a predictions file written by :func:`write_predictions`."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             if path.suffix.lower() == ".csv":
                 return next(csv.reader(f), [])[:2] == CSV_HEAD
             payload = json.load(f)
@@ -396,7 +397,11 @@ def write_predictions(predictions: Sequence[Prediction], out: str | Path, *, sou
                            "predictions": [{"path": p.path, "classes": p.classes, "indices": p.indices,
                                             "probabilities": p.probabilities, "error": p.error}
                                            for p in predictions]}, indent=1, ensure_ascii=False) + "\n"
-    atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline=""))
+        # A file or class-folder name that is not UTF-8 holds lone surrogates (Python's surrogateescape): JSON
+        # escapes them, so the file stays valid UTF-8 and json.load gives the name back as Python holds it.
+        text = re.sub("[\udc80-\udcff]", lambda m: f"\\u{ord(m[0]):04x}", text)
+    # In a CSV such a name is written as its original bytes, as bad_files.tsv writes it.
+    atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", errors="surrogateescape", newline=""))
     return out
 
 

@@ -151,7 +151,8 @@ def split_fingerprint(split: object) -> str:
             stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
         except OSError:  # gone since the scan: the loader will report it
             stamp = "missing"
-        digest.update(f"{path}\0{label}\0{stamp}\n".encode())
+        # surrogateescape: a file name that is not UTF-8 is hashed as its bytes.
+        digest.update(f"{path}\0{label}\0{stamp}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
 
@@ -170,13 +171,14 @@ def cached_features(model: ConvNet, loaders: dict, device: torch.device, cache_d
     from safetensors.torch import save
 
     from convnets.weights import atomic_write, remove_stale_temporaries
+    from convnets.weights.files import safetensors_path
 
     remove_stale_temporaries(cache_dir, names="features-*.safetensors")
     path = Path(cache_dir) / f"features-{cache_key(**key_parts)}.safetensors"
     stored_key = json.dumps(key_parts, default=str)
     if path.exists():
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with safetensors_path(path) as name, safe_open(name, framework="pt") as f:
                 if (f.metadata() or {}).get("key") != stored_key:
                     raise ValueError("written for other data")
                 tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is no dict)

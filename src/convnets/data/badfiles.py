@@ -23,12 +23,14 @@ class BadFileLog:
         self._items: dict[str, str] = {}
         self.extend(items)
 
-    def add(self, path: str | Path, reason: str) -> None:
-        """Record one skipped file and log a warning the first time it is seen."""
+    def add(self, path: str | Path, reason: str, *, warn: bool = True) -> None:
+        """Record one skipped file and, unless ``warn`` is False (the caller sums such files up), log a
+        warning the first time it is seen."""
         key = str(path)
         if key not in self._items:
             self._items[key] = reason
-            logger.warning("skipped %s: %s", key, reason)
+            if warn:
+                logger.warning("skipped %s: %s", key, reason)
 
     def extend(self, items: Iterable[tuple[str, str]]) -> None:
         """Record several (path, reason) pairs."""

@@ -95,7 +95,8 @@ def _labels(batches: Batches) -> torch.Tensor:
 # The four regimes, from training everything anew to reusing everything but the classifier.
 TRANSFER_REGIMES: dict[str, dict[str, Any]] = {
     "scratch": {},
-    "frozen + new head (cached)": dict(freeze="all-but-head", cache_features=True),
+    # Cached features are computed once, from unaugmented images: no augmentation can reach them.
+    "frozen + new head (cached)": dict(freeze="all-but-head", cache_features=True, augment="none"),
     "fine-tune last stage": dict(freeze="2", pretrained_lr_scale=0.1),  # stem and first two of three stages frozen
     "fine-tune all": dict(freeze="none", pretrained_lr_scale=0.1),
 }
@@ -131,9 +132,10 @@ def transfer(setting: Setting) -> Result:
         for regime, extra in TRANSFER_REGIMES.items():
             pretrained = {"weights": weights} if regime != "scratch" else {}
             planned += [Run(f"{_slug(regime)}-{_size_label(per_class)}", seed, model,
-                            dict(data=target, image_size=28, batch_size=batch, epochs=epochs,
-                                 train_per_class=per_class, test_per_class=test_per_class, augment="light", seed=seed,
-                                 cache_dir=str(setting.out / "runs" / "features"), **pretrained, **extra))
+                            {**dict(data=target, image_size=28, batch_size=batch, epochs=epochs,
+                                    train_per_class=per_class, test_per_class=test_per_class, augment="light",
+                                    seed=seed, cache_dir=str(setting.out / "runs" / "features"), **pretrained),
+                             **extra})
                         for seed in seeds]
     runs = setting.run_all(planned, "transfer")
     regime_of = {_slug(regime): regime for regime in TRANSFER_REGIMES}
@@ -268,9 +270,9 @@ def transfer_split(setting: Setting) -> Result:
         for regime in SPLIT_REGIMES:
             extra = {**TRANSFER_REGIMES[regime], **({"weights": weights} if regime != "scratch" else {})}
             planned += [Run(f"{_slug(regime)}-{per_class}", seed, model,
-                            dict(data=str(target), batch_size=batch, epochs=epochs, train_per_class=per_class,
-                                 test_per_class=setting.pick(2, 20, 100), augment="standard", seed=seed,
-                                 cache_dir=str(setting.out / "runs" / "features"), **extra))
+                            {**dict(data=str(target), batch_size=batch, epochs=epochs, train_per_class=per_class,
+                                    test_per_class=setting.pick(2, 20, 100), augment="standard", seed=seed,
+                                    cache_dir=str(setting.out / "runs" / "features")), **extra})
                         for seed in setting.seed_list]
     runs = setting.run_all(planned, "transfer-split")
     # Each run on every target test image, prepared as it trained (pretrained runs normalise by the source's

@@ -21,6 +21,7 @@ import torch
 from convnets.errors import ConfigMismatchError, RunDirectoryError
 from convnets.training.config import TrainConfig
 from convnets.weights import atomic_write
+from convnets.weights.files import describe_refusal
 
 STATE_FILE = "state.pt"
 STATE_KEYS = frozenset({"model_name", "model", "optimizer", "scheduler", "scaler", "epoch", "position", "step",
@@ -55,10 +56,15 @@ def read_state(out: Path, device: torch.device, model_name: str, *, needs: Colle
     path = out / STATE_FILE
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except OSError:
-        raise
+    except OSError as err:
+        if err.filename is not None:  # the file itself was refused (missing, unreadable, a folder): the OS says why
+            raise
+        # The zip reader's seek past the end of a file cut short: a bare EINVAL that names nothing.
+        raise RunDirectoryError(f"{path} cannot be resumed: it is not a readable training state (truncated: "
+                                f"{err.strerror or err}); the run's weights are in best.safetensors and "
+                                "last.safetensors if it wrote them") from err
     except Exception as err:  # torch reports a damaged or unsafe file with many types; all mean "unusable"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = describe_refusal(path, err)
         raise RunDirectoryError(f"{path} cannot be resumed: it is not a readable training state ({reason}); the "
                                 "run's weights are in best.safetensors and last.safetensors if it wrote them"
                                 ) from err
@@ -100,6 +106,7 @@ def resumed_config(config: TrainConfig, out: Path, given_names: Collection[str] 
                 for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in config.to_dict().items()
              if k not in ("model", "out", "resume") and (k in given_names or v != defaults[k])}
+    _find_relative_data(saved, given.get("data"), out)
     conflicts = [f"{option_name(k)} {shown(v)} (the run has {shown(saved.get(k))})" for k, v in given.items()
                  if k not in RESUME_MAY_CHANGE and not _same(saved.get(k), v)]
     if conflicts:
@@ -110,6 +117,28 @@ def resumed_config(config: TrainConfig, out: Path, given_names: Collection[str] 
               "max_steps": config.max_steps, "resume": True, "out": str(out)}
     changed = {k: (saved.get(k), values[k]) for k in RESUME_MAY_CHANGE if not _same(saved.get(k), values[k])}
     return TrainConfig(**values), changed
+
+
+def _find_relative_data(saved: dict[str, Any], given: Any, out: Path) -> None:
+    """Point ``saved["data"]`` at the folder ``given`` names, when the run recorded it relative to the folder it
+    began in (runs before data paths were made absolute) and that path finds nothing from here.
+
+    The data's identity (classes, files, labels) is still checked against the checkpoint once it is read.
+
+    Raises:
+        ConfigMismatchError: no ``given`` folder to take instead.
+    """
+    from convnets.data.datasets import DATASET_NAMES
+
+    data = saved.get("data")
+    if not isinstance(data, str) or data in DATASET_NAMES or Path(data).is_absolute() or Path(data).exists():
+        return
+    if isinstance(given, str) and Path(given).expanduser().is_dir():
+        saved["data"] = given
+        return
+    raise ConfigMismatchError(f"{out} was trained on --data {data}, a path relative to the folder the run began in, "
+                              "and nothing is there from here: resume from that folder, or pass --data with the "
+                              "data's path")
 
 
 def saved_model(out: Path) -> str | None:
@@ -128,7 +157,10 @@ def data_identity(dataset: Any) -> dict[str, Any]:
     Cheap (no file is read or stat'ed): it catches images added, removed or moved to another class
     and renamed classes, which would otherwise shift the resumed epoch or swap what the model learnt.
     """
-    identity: dict[str, Any] = {"classes": [str(c) for c in dataset.classes]}
+    # The size an image folder's images come out at is decided from the images when no --image-size is given:
+    # recorded, so that images resized in place do not silently change the resolution of a resumed run.
+    identity: dict[str, Any] = {"classes": [str(c) for c in dataset.classes],
+                                "image_size": [dataset.channels, *dataset.image_size]}
     for split in ("train", "test"):
         part = getattr(dataset, split)
         digest = hashlib.sha256(part.labels.cpu().numpy().astype("<i8").tobytes())
@@ -139,7 +171,11 @@ def data_identity(dataset: Any) -> dict[str, Any]:
 
 
 def check_same_data(saved: dict[str, Any], now: dict[str, Any], data: str, out: Path) -> None:
-    """A ConfigMismatchError saying what changed when the data of a resumed run is not what it began with."""
+    """A ConfigMismatchError saying what changed when the data of a resumed run is not what it began with.
+
+    What a checkpoint did not record (written by an earlier version) is not compared.
+    """
+    now = {k: v for k, v in now.items() if k in saved}
     if saved == now:
         return
 
@@ -151,6 +187,9 @@ def check_same_data(saved: dict[str, Any], now: dict[str, Any], data: str, out: 
     elif sizes(saved) != sizes(now):
         (train_was, test_was), (train_now, test_now) = sizes(saved), sizes(now)
         what = f"it had {train_was} training and {test_was} test images, now {train_now} and {test_now}"
+    elif saved.get("image_size") != now.get("image_size"):
+        (c, h, w), (c_now, h_now, w_now) = saved["image_size"], now["image_size"]
+        what = f"its images came out at {c}x{h}x{w}, now {c_now}x{h_now}x{w_now}"
     else:
         what = "as many images, but other files or labels"
     raise ConfigMismatchError(f"cannot resume {out}: the data {data} changed since the run began ({what}); a "

@@ -173,7 +173,13 @@ class TrainConfig:
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
         for f in dataclasses.fields(self):
-            check_field(f.name, getattr(self, f.name))
+            value = getattr(self, f.name)
+            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+                # A NumPy number from a sweep (np.arange(...) seeds, np.float32 rates) is its Python value:
+                # the checks took np.int64(3) for no whole number, and config.json could not hold it.
+                value = value.item()
+                setattr(self, f.name, value)
+            check_field(f.name, value)
         # "LeNet5" and " lenet-5" build lenet5: they also take its recipe (fnmatch on the name as typed gave
         # them the generic one, SGD at 0.01), its run directory name and its metadata.
         self.model = registered_spelling(self.model)
@@ -425,22 +431,41 @@ class ModelSource:
 
         if self.module is not None:
             return copy.deepcopy(self.module).to("meta")
+        # Called as build() calls it, before the data is read: the classes and channels are stand-ins (a meta
+        # network's structure, all the probe is for, does not depend on them).
         with torch.device("meta"):
-            return _checked(self.builder(**model_kwargs), self.name)
+            return _checked(self.builder(num_classes=PROBE_CLASSES, in_chans=3, **model_kwargs), self.name)
 
     def build(self, num_classes: int, in_chans: int, model_kwargs: dict[str, Any]) -> ConvNet:
-        """The network to train, for the data's classes and channels."""
+        """The network to train, for the data's classes and channels.
+
+        Raises:
+            ConfigMismatchError: a given network (or a builder's) has other classes or channels, or a classifier
+                of another width than its ``num_classes`` says.
+        """
+        from torch import nn
+
         if self.registered:
             from convnets.registry import create_model
 
             return create_model(self.name, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
         if self.module is None:
-            return _checked(self.builder(num_classes=num_classes, in_chans=in_chans, **model_kwargs), self.name)
-        if (self.module.num_classes, self.module.in_chans) != (num_classes, in_chans):
-            raise ConfigMismatchError(f"the model given for {self.name} has {self.module.num_classes} classes and "
-                                      f"{self.module.in_chans} input channels, the data {num_classes} and {in_chans}: "
-                                      "build it for the data, or pass a builder")
-        return self.module
+            model = _checked(self.builder(num_classes=num_classes, in_chans=in_chans, **model_kwargs), self.name)
+            given = f"the builder of {self.name} was asked for {num_classes} classes and {in_chans} input channels"
+            fix = "build what it is asked for"
+        else:
+            model, given = self.module, f"the data has {num_classes} classes and {in_chans} input channels"
+            fix = "build it for the data, or pass a builder"
+        fc = model.classifier()
+        # A classifier replaced after building (model.head.fc = nn.Linear(...)) leaves num_classes as it was: the
+        # loss then failed at the first batch (IndexError) or, with more outputs, the weights at the end of the run.
+        outputs = fc.out_features if isinstance(fc, nn.Linear) else model.num_classes
+        if (model.num_classes, outputs, model.in_chans) != (num_classes, num_classes, in_chans):
+            says = f"has {model.num_classes} classes" + (
+                f" but a classifier of {outputs} outputs" if outputs != model.num_classes else "")
+            raise ConfigMismatchError(f"the model given for {self.name} {says} and {model.in_chans} input "
+                                      f"channels; {given}: {fix}")
+        return model
 
 
 def model_source(name: str, model: Any = None) -> ModelSource:
@@ -496,6 +521,14 @@ def resolve(config: TrainConfig, source: ModelSource | None = None) -> TrainConf
         model_entry(config.model)  # an unknown name is reported before anything else, with close names
     recipe = next(r for pattern, r in RECIPES if fnmatch.fnmatchcase(config.model, pattern))
     values = config.to_dict()
+    if config.cache_features:
+        # The trunk's features are computed once, from the images as they are: no augmentation reaches them.
+        if config.augment not in (None, "none") and not config.resume:
+            raise ConfigMismatchError(f"--augment {config.augment} cannot apply to cached features: the frozen "
+                                      "trunk sees each image once, unaugmented; leave out --augment, or "
+                                      "--cache-features to train on augmented images")
+        if values["augment"] is None:
+            values["augment"] = "none"  # what the run does, for its config.json and report, not the recipe's
     for key, value in recipe.items():
         if values[key] is None:
             values[key] = value
@@ -503,11 +536,39 @@ def resolve(config: TrainConfig, source: ModelSource | None = None) -> TrainConf
                 values[key] = min(value, (values["epochs"] or recipe["epochs"]) / 5)
     if values["out"] is None:
         values["out"] = str(default_out(config.model, config.data, resume=config.resume))
+    values.update(_absolute_paths(values))
     resolved = TrainConfig(**values)
     _validate(resolved, source)
     return resolved
 
 
+def _absolute_paths(values: dict[str, Any]) -> dict[str, str]:
+    """The data folder, data_dir and weights (a file or a run) of a run as absolute paths, where they are paths on
+    this disk (an existing path is a path, not a registered tag, to the weights too).
+
+    config.json records them for --resume, evaluate and export, which may run from another folder: a relative
+    ``--data pets`` then named nothing there ("unknown dataset 'pets'"), or another folder of that name.
+    """
+    from convnets.data.datasets import DATASET_NAMES
+    from convnets.weights.io import is_url
+
+    found = {}
+    for key in ("data", "data_dir", "weights"):
+        value = values.get(key)
+        if not isinstance(value, str) or (key == "data" and value in DATASET_NAMES) or is_url(value):
+            continue
+        path = Path(value).expanduser()
+        if (path.exists() if key == "weights" else path.is_dir()) and not path.is_absolute():
+            found[key] = os.path.abspath(path)
+    return found
+
+
+# torch.compile backends torch lists whether or not their package is installed: (module, what pip installs).
+# Without it the backend fails at the first step, after the data was read.
+COMPILE_PACKAGES = {"tvm": ("tvm", "apache-tvm"), "openxla": ("torch_xla", "torch-xla"),
+                    "openxla_eval": ("torch_xla", "torch-xla")}
+# The classes a builder given to train() is probed with before the data says how many.
+PROBE_CLASSES = 10
 # Builder arguments a training run takes from the data, never from model_kwargs.
 FROM_DATA = ("num_classes", "in_chans")
 # Freeze specs that leave exactly the classifier training, as cached features need.
@@ -542,6 +603,12 @@ def _validate(c: TrainConfig, source: ModelSource) -> None:
             raise ConfigError(f"compile {c.compile!r} is not a torch.compile backend; known: "
                               f"{', '.join(torch._dynamo.list_backends())}, and for debugging eager, aot_eager "
                               "(--compile alone means inductor)")
+        package = COMPILE_PACKAGES.get(c.compile)
+        if package is not None and not _installed(package[0]):
+            from convnets.errors import MissingDependencyError
+
+            raise MissingDependencyError(f"--compile {c.compile} needs the {package[0]} package, which is not "
+                                         f"installed: pip install {package[1]}, or choose another backend")
     if c.weights_layout is not None and (c.weights is None or is_tag(c.weights)):
         raise ConfigMismatchError(f"weights_layout {c.weights_layout!r} (--layout) is the layout of a weights file; "
                                   + ("give the file with --weights" if c.weights is None else
@@ -551,6 +618,7 @@ def _validate(c: TrainConfig, source: ModelSource) -> None:
                                   f"all-but-head, or auto on little data); got freeze={c.freeze!r}")
     if c.cache_features and c.cache_dir and Path(c.cache_dir).exists() and not Path(c.cache_dir).is_dir():
         raise ConfigError(f"cache_dir {c.cache_dir} is not a folder: the cached features are files in a folder")
+    _check_out_beside_images(c)
     probe = source.probe(c.model_kwargs)
     if c.freeze not in (None, "auto"):
         from convnets.transfer import freeze_paths
@@ -565,11 +633,34 @@ def _validate(c: TrainConfig, source: ModelSource) -> None:
             smallest_batch(c.model, probe, c.batch_size, size)
 
 
+def _check_out_beside_images(c: TrainConfig) -> None:
+    """A ConfigMismatchError when the run directory lies inside the image folder it trains on.
+
+    The scan would take the run's folder for a class (``--data .`` with the default ``runs/...``), or, inside a
+    class folder, its curves.png for a training image of that class in every later run.
+    """
+    from convnets.data.datasets import DATASET_NAMES
+    from convnets.data.formats import cifar, idx
+
+    data = Path(c.data).expanduser()
+    if c.data in DATASET_NAMES or not data.is_dir() or cifar.recognise(data) or idx.recognise(data):
+        return
+    root, out = data.resolve(), Path(c.out).expanduser().resolve()
+    if out == root or root in out.parents:
+        raise ConfigMismatchError(f"--out {c.out} is inside the image folder {c.data}: its files (curves.png...) "
+                                  "would be read as training images, its folder as a class; choose an --out "
+                                  "outside the data")
+
+
 def has_tensorboard() -> bool:
     """Whether the ``tensorboard`` package is installed (found, not imported: importing it takes seconds)."""
+    return _installed("tensorboard")
+
+
+def _installed(module: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("tensorboard") is not None
+    return importlib.util.find_spec(module) is not None
 
 
 def probe_model(name: str, model_kwargs: dict[str, Any]) -> ConvNet:

@@ -137,6 +137,14 @@ def train(config: TrainConfig, *, given: Collection[str] = (),
             distributed.teardown(ctx)
 
 
+def _failed_to_compile(err: BaseException) -> bool:
+    """Whether ``err`` is torch.compile's backend failing on its first call (a backend's missing package, no C++
+    compiler for inductor): a choice of --compile the machine cannot honour, not a bug of the run."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    return isinstance(err, BackendCompilerFailed)
+
+
 @contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     """Let SIGTERM stop the setup (reading data, loading weights) as Ctrl-C does, so that the run directory
@@ -479,7 +487,16 @@ class Trainer:
         was skipped (looking every step) and the window's step with it."""
         cfg, setup = self.cfg, self.setup
         with self._autocast():
-            logits, aux_logits = setup.train_net(x)
+            try:
+                logits, aux_logits = setup.train_net(x)
+            except Exception as err:
+                if cfg.compile is None or not _failed_to_compile(err):
+                    raise
+                inner = getattr(err, "inner_exception", None) or err
+                reason = (str(inner).strip().splitlines() or [type(inner).__name__])[0][:200]
+                raise ConfigError(f"--compile {cfg.compile}: torch.compile could not compile {cfg.model} "
+                                  f"({type(inner).__name__}: {reason}); choose another backend or leave out "
+                                  "--compile") from None
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             for aux in aux_logits:
                 loss = loss + self.model.aux_loss_weight * F.cross_entropy(aux, y, label_smoothing=cfg.label_smoothing)

@@ -12,8 +12,20 @@ from convnets.weights import atomic_write
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write a text file atomically: a kill or a full disk leaves the previous version, and the error names ``path``."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    """Write a text file atomically: a kill or a full disk leaves the previous version, and the error names ``path``.
+
+    UTF-8 whatever the locale; a name that is not UTF-8 (a data folder named in Latin-1, held by Python with
+    surrogates) is written as its original bytes, as ``bad_files.tsv`` writes it.
+    """
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", errors="surrogateescape"))
+
+
+def displayable(text: str) -> str:
+    """``text`` with what is not UTF-8 in a name escaped (``p\\xe9ts``), as a picture's title or label can show it.
+
+    Python holds such bytes of a file name as lone surrogates, which matplotlib refuses (a TypeError).
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class MetricsLog:
@@ -63,7 +75,7 @@ def plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> Path | No
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(title)
+    fig.suptitle(displayable(title))
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)

@@ -41,7 +41,13 @@ def summary_writer_class() -> type:
         import tensorboard  # noqa: F401
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
-        raise MissingDependencyError(f"--tensorboard needs the tensorboard package: {INSTALL}") from err
+        if isinstance(err, ModuleNotFoundError) and err.name in ("tensorboard", None):
+            raise MissingDependencyError(f"--tensorboard needs the tensorboard package: {INSTALL}") from err
+        # Installed, but one of its own imports fails (a protobuf of another major version is the usual one):
+        # installing it again as the message above says would change nothing.
+        raise MissingDependencyError(f"--tensorboard: the tensorboard package is installed but cannot be imported "
+                                     f"({type(err).__name__}: {err}); repair that installation or leave out "
+                                     "--tensorboard") from err
     return SummaryWriter
 
 

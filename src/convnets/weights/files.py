@@ -9,11 +9,13 @@ model is built: a file saying ``num_classes = 10**9`` is refused, not allocated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,23 @@ def _format_words(path: Path, kind: str) -> str:
     return _FORMAT_WORDS.get(kind, "damaged, truncated or another format")
 
 
+@contextlib.contextmanager
+def safetensors_path(path: str | Path) -> Iterator[str]:
+    """``path`` as safetensors can open it: a name that is not UTF-8 (a folder named in Latin-1, which Python holds
+    with surrogates) is refused by its Rust code, so the file is opened here and its descriptor's name passed."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            yield f"/dev/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield name
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata stored with a safetensors weights file, decoded from JSON and checked.
 
@@ -144,7 +163,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if kind != "safetensors":
         raise WeightsError(f"{path}: not a readable safetensors file: {_format_words(path, kind)}")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safetensors_path(path) as name, safe_open(name, framework="pt") as f:
             raw = f.metadata() or {}
             names = f.keys()
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in names if k.startswith("head.fc.")}
@@ -265,7 +284,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            with safetensors_path(path) as name:
+                return load_file(name)
         except Exception as err:
             raise WeightsError(f"{path}: damaged or truncated safetensors file, or another format ({err})") from err
     if kind == "unknown" and path.suffix == ".safetensors":
@@ -275,11 +295,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises UnpicklingError, RuntimeError or others for a file it refuses
-        raise WeightsError(f"{path}: cannot be read as a plain tensor checkpoint: {_refusal(path, err)}") from err
+        raise WeightsError(f"{path}: cannot be read as a plain tensor checkpoint: {describe_refusal(path, err)}"
+                           ) from err
     return tensors_of(state, str(path))
 
 
-def _refusal(path: Path, err: Exception) -> str:
+def describe_refusal(path: Path, err: Exception) -> str:
     """Why ``torch.load(path, weights_only=True)`` refused a file, in a sentence: the objects its pickle asks
     for (read without running them), else the first line of PyTorch's own message."""
     try:
@@ -287,8 +308,13 @@ def _refusal(path: Path, err: Exception) -> str:
     except Exception:  # a legacy or damaged file: its globals cannot be listed
         wanted = []
     if not wanted:
-        first = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
-        return first[0][:200] if first else type(err).__name__
+        lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines() if line.strip()]
+        if lines and lines[0].startswith("Weights only load failed"):
+            # PyTorch's first line advises weights_only=False, which would run whatever a damaged file holds.
+            detail = next((line for line in lines[1:] if not line.startswith(("Please file", "Check the"))), "")
+            return (f"PyTorch's safe loader refused it{f' ({detail[:100]})' if detail else ''}: it is damaged, or "
+                    "not a PyTorch checkpoint")
+        return lines[0][:200] if lines else type(err).__name__
     if any(name.startswith(("torch.nn.modules.", "convnets.models.")) for name in wanted):
         what = ("a whole pickled model (torch.save(model)); save its weights instead: "
                 "torch.save(model.state_dict(), PATH) or convnets.weights.save_weights(model, PATH)")

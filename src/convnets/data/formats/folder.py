@@ -88,17 +88,24 @@ def _scan_class_folders(root: Path, bad: BadFileLog) -> tuple[list[str], list[tu
     samples = []
     for label, class_dir in enumerate(class_dirs):
         images = []
+        others: dict[str, int] = {}  # extension -> files: annotations beside images (.xml, .json) are no damage
         for path in _files_under(class_dir, bad):
             if path.is_symlink() and not path.exists():
                 bad.add(path, "broken link")
             elif not path.is_file():
                 continue
             elif path.suffix.lower() not in IMAGE_EXTENSIONS:
-                bad.add(path, f"not an image file (extension {path.suffix or 'none'})")
+                bad.add(path, f"not an image file (extension {path.suffix or 'none'})", warn=False)
+                others[path.suffix.lower() or "none"] = others.get(path.suffix.lower() or "none", 0) + 1
             elif path.stat().st_size == 0:
                 bad.add(path, "empty file (0 bytes)")
             else:
                 images.append(path)
+        if others:  # one line a folder, not one a file (a folder of 10,000 annotations printed 10,000)
+            logger.warning("skipped %d file%s in %s that %s not images (%s); listed in bad_files.tsv",
+                           sum(others.values()), "s" * (sum(others.values()) > 1), class_dir,
+                           "are" if sum(others.values()) > 1 else "is",
+                           ", ".join(f"{n} {ext}" for ext, n in sorted(others.items())))
         if not images:
             raise DataError(f"class folder {class_dir} has no images")
         failure = _none_decodes(images, bad)
@@ -149,17 +156,23 @@ def _stats_of_folder(
     return channel_stats(torch.cat(images))
 
 
-def _probe_size(samples: Sequence[tuple[str, int]], cap: int = 224) -> int:
-    """The shorter side of the first readable image, at most ``cap``."""
-    for path, _ in samples[:64]:
+def _probe_size(samples: Sequence[tuple[str, int]], cap: int = 224, probes: int = 64) -> int:
+    """The median shorter side of up to ``probes`` readable images spread over the split (headers only), at most
+    ``cap``.
+
+    Not the first image's alone: a thumbnail or a 1x1 tracking pixel sorted first set the size of the whole run
+    (a folder of photos trained at 1x1, or refused as "gives 1x1").
+    """
+    sides = []
+    for path, _ in samples[:: max(1, len(samples) // probes)][:probes]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 with Image.open(path) as image:
-                    return min(min(image.size), cap)
+                    sides.append(min(image.size))
         except DECODE_ERRORS:
             continue
-    return cap
+    return min(int(np.median(sides)), cap) if sides else cap
 
 
 # Split folder names, matched in any case (Kaggle's Train/ and Test/ as well as train/ and val/), most usual first.
@@ -199,8 +212,8 @@ def load_image_folder(
         root: The folder. With ``train/`` and ``val/`` (or ``test/``; any case, and the other names of
             :data:`TRAIN_FOLDERS` and :data:`HELD_OUT_FOLDERS`) subfolders those are the splits; otherwise
             a stratified ``val_fraction`` of every class is held out, chosen by ``seed``.
-        image_size: Output (height, width) or side; by default the shorter side of the first
-            image, at most 224. Images are scaled to cover it and centre-cropped.
+        image_size: Output (height, width) or side; by default the median shorter side of up to 64
+            training images spread over the folder, at most 224. Images are scaled to cover it and centre-cropped.
         channels: 1 (grey) or 3 (RGB, the default); other modes (palette, RGBA, CMYK) are converted.
         seed: Seed of the held-out split and of the subset used for statistics.
         val_fraction: Fraction of each class held out when there are no split folders, in [0, 1).
