@@ -110,9 +110,12 @@ def compare(name: str, spec: dict, batch: int, seconds: float, rounds: int) -> d
     for r in range(rounds):
         for m in modes if r % 2 == 0 else reversed(modes):
             speed[m].append(images_per_second(steps_of[m], batch, steps))
-    ratio = {m: statistics.median(s / f for s, f in zip(speed[m], speed["fp32"], strict=True)) for m in modes[1:]}
+    per_round = {m: [s / f for s, f in zip(speed[m], speed["fp32"], strict=True)] for m in modes[1:]}
+    ratio = {m: statistics.median(r) for m, r in per_round.items()}
+    # The spread of the per-round ratios says whether a median near 1 is a difference or noise.
     return {"model": name, "fp32_images_per_s": round(statistics.median(speed["fp32"]), 1),
-            "bf16_all_vs_fp32": round(ratio["bf16-all"], 3), "auto_vs_fp32": round(ratio["auto"], 3)}
+            "bf16_all_vs_fp32": round(ratio["bf16-all"], 3), "auto_vs_fp32": round(ratio["auto"], 3),
+            "auto_vs_fp32_range": [round(min(per_round["auto"]), 3), round(max(per_round["auto"]), 3)]}
 
 
 def depthwise_layer(rounds: int) -> dict:
@@ -152,12 +155,13 @@ def main() -> None:
     print(f"machine: {machine}")
     print(f"--precision auto here: {autocast_dtype('auto', torch.device('cpu'))}\n")
     rows = []
-    print(f"{'model':<24} {'fp32 images/s':>13} {'bf16-all / fp32':>15} {'auto / fp32':>11}")
+    print(f"{'model':<24} {'fp32 images/s':>13} {'bf16-all / fp32':>15} {'auto / fp32':>11} {'(rounds)':>13}")
     for name in args.models:
         row = compare(name, MODELS[name], args.batch, args.seconds, args.rounds)
         rows.append(row)
+        low, high = row["auto_vs_fp32_range"]
         print(f"{name:<24} {row['fp32_images_per_s']:>13,.0f} {row['bf16_all_vs_fp32']:>14.2f}x "
-              f"{row['auto_vs_fp32']:>10.2f}x", flush=True)
+              f"{row['auto_vs_fp32']:>10.2f}x {f'{low:.2f}-{high:.2f}x':>13}", flush=True)
     result = {"machine": machine, "batch": args.batch, "rounds": args.rounds, "rows": rows}
     if args.depthwise:
         result["depthwise_stride2_ms"] = depthwise_layer(args.rounds)
