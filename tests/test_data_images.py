@@ -208,6 +208,16 @@ def test_broken_links_are_recorded(tmp_path):
     assert dict(data.bad_files.items) == {str(root / "cat" / "gone.png"): "broken link"}
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_pipes_are_recorded_not_read(tmp_path):
+    root = _folder(tmp_path / "d")
+    os.mkfifo(root / "cat" / "pipe.png")  # nobody writes it: opening it would wait for ever
+    (root / "cat" / "up").symlink_to(root, target_is_directory=True)  # a link to a folder: neither read nor listed
+    data = load_image_folder(root, image_size=8, num_workers=0)
+    assert dict(data.bad_files.items) == {str(root / "cat" / "pipe.png"): "not a regular file (a pipe, socket or "
+                                          "device)"}
+
+
 def test_a_class_of_unreadable_files_is_named_with_each_file(tmp_path):
     root = _folder(tmp_path / "d")
     for i, content in enumerate([b"", b"GIF89a broken", b"\xff\xd8\xff\xe0 not a jpeg"]):

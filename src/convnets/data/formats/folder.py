@@ -92,7 +92,9 @@ def _scan_class_folders(root: Path, bad: BadFileLog) -> tuple[list[str], list[tu
         for path in _files_under(class_dir, bad):
             if path.is_symlink() and not path.exists():
                 bad.add(path, "broken link")
-            elif not path.is_file():
+            elif not path.is_file():  # a pipe, socket or device: reading it could wait for ever
+                if not path.is_dir():  # a link to a folder is not followed (a link to .. would loop), nor listed
+                    bad.add(path, "not a regular file (a pipe, socket or device)")
                 continue
             elif path.suffix.lower() not in IMAGE_EXTENSIONS:
                 bad.add(path, f"not an image file (extension {path.suffix or 'none'})", warn=False)
