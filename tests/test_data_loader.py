@@ -117,6 +117,26 @@ def test_resume_on_an_image_folder_with_workers(tmp_path):
     assert len(full) == 5 and _same(resumed, full[3:])  # and the number of workers changes nothing
 
 
+def test_no_more_decoding_processes_than_batches(tmp_path, monkeypatch):
+    for k, name in enumerate(["a", "b", "c"]):
+        (tmp_path / "f" / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (10, 14), (40 * k + 5 * i, 80, 120)).save(tmp_path / "f" / name / f"{i}.png")
+    data = load_image_folder(tmp_path / "f", image_size=(8, 6), val_fraction=0, num_workers=0)
+    started = []
+    real = torch.utils.data.DataLoader
+
+    def spy(*args, **kwargs):
+        started.append(kwargs["num_workers"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", spy)
+    many = _epoch(make_loader(data, batch_size=9, seed=2, num_workers=16), 0)  # 18 images: 2 batches
+    tail = _epoch(make_loader(data, batch_size=9, seed=2, num_workers=16), 0, 1)  # resumed before the last one
+    assert started == [2, 1]
+    assert _same(many, _epoch(make_loader(data, batch_size=9, seed=2, num_workers=0), 0)) and _same(tail, many[1:])
+
+
 @pytest.mark.parametrize(("n", "world", "drop_last"), [(50, 4, False), (50, 4, True), (48, 3, False)])
 def test_distributed_shards_are_disjoint_and_cover_the_epoch(n, world, drop_last):
     split = _split(n)

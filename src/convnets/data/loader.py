@@ -203,7 +203,8 @@ class BatchLoader:
         loader = torch.utils.data.DataLoader(
             _BatchTagged(self.split),
             batch_sampler=[[(b, i) for i in batch.tolist()] for b, batch in enumerate(batches[start:], start)],
-            num_workers=self.num_workers,
+            # A worker decodes whole batches: more workers than batches left would only start idle processes.
+            num_workers=min(self.num_workers, len(batches) - start),
             collate_fn=self._collate,
             pin_memory=self.device.type == "cuda",
             worker_init_fn=leave_signals_to_the_main_process,
