@@ -661,3 +661,16 @@ def test_a_transfer_from_a_relative_weights_file_resumes_from_another_folder(tmp
     monkeypatch.chdir(tmp_path / "elsewhere")
     status, _, err = run_cli(["train", "lenet5", "--resume", "--out", "../run", "--no-progress"], capsys)
     assert status == 0, err
+
+
+def test_resume_of_a_run_that_recorded_the_model_as_typed(tmp_path):
+    # Runs begun before train stored the registry's spelling recorded "LeNet5" as typed in config.json and
+    # state.pt; TrainConfig now holds "lenet5", and the resume was refused: "is a run of LeNet5, not lenet5".
+    make_run(tmp_path)
+    run = tmp_path / "run"
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "model": "LeNet5"}))
+    state = torch.load(run / "state.pt", weights_only=True)
+    torch.save({**state, "model_name": "LeNet5"}, run / "state.pt")
+    train(TrainConfig(**{**LENET, "model": "LeNet5"}, epochs=3, out=str(run), resume=True))
+    assert torch.load(run / "state.pt", weights_only=True)["epoch"] == 3

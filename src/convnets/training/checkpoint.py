@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from convnets.errors import ConfigMismatchError, RunDirectoryError
-from convnets.training.config import TrainConfig
+from convnets.training.config import TrainConfig, registered_spelling
 from convnets.weights import atomic_write
 from convnets.weights.files import describe_refusal
 
@@ -71,7 +71,8 @@ def read_state(out: Path, device: torch.device, model_name: str, *, needs: Colle
     missing = sorted((STATE_KEYS | set(needs)) - set(state)) if isinstance(state, dict) else sorted(STATE_KEYS)
     if missing:
         raise RunDirectoryError(f"{path} is not a convnets training state (it has no {', '.join(missing)})")
-    if state["model_name"] != model_name:
+    # A run begun before names were stored as the registry spells them recorded the name as typed ("LeNet5").
+    if registered_spelling(str(state["model_name"])) != registered_spelling(model_name):
         raise ConfigMismatchError(f"{path} is a run of {state['model_name']}, not {model_name}")
     return state
 
@@ -100,7 +101,8 @@ def resumed_config(config: TrainConfig, out: Path, given_names: Collection[str] 
         The configuration to continue with, and the fields it changes as ``{name: (old, new)}``.
     """
     saved = _saved_config(out)
-    if saved.get("model") != config.model:
+    # A run begun before names were stored as the registry spells them recorded the name as typed ("LeNet5").
+    if not isinstance(saved.get("model"), str) or registered_spelling(saved["model"]) != config.model:
         raise ConfigMismatchError(f"{out} is a run of {saved.get('model')}, not {config.model}")
     defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
                 for f in dataclasses.fields(TrainConfig)}
