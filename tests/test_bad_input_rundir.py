@@ -674,3 +674,20 @@ def test_resume_of_a_run_that_recorded_the_model_as_typed(tmp_path):
     torch.save({**state, "model_name": "LeNet5"}, run / "state.pt")
     train(TrainConfig(**{**LENET, "model": "LeNet5"}, epochs=3, out=str(run), resume=True))
     assert torch.load(run / "state.pt", weights_only=True)["epoch"] == 3
+
+
+def test_resume_of_a_cached_run_that_recorded_its_recipes_augmentation(tmp_path) -> None:
+    # Cached runs begun before they recorded augment none hold "light" (the recipe's, never applied to the cached
+    # features); the practice experiments' cached regime now asks for augment none, and the resume was refused:
+    # "cannot resume ... --augment none (the run has light)".
+    _lenet_weights(tmp_path)
+    data = image_folder(tmp_path / "data", splits=True)
+    cfg = dict(model="lenet5", data=str(data), weights=str(tmp_path / "w.safetensors"), freeze="all-but-head",
+               cache_features=True, cache_dir=str(tmp_path / "cache"), epochs=2, progress=False, device="cpu",
+               out=str(tmp_path / "run"))
+    train(TrainConfig(**cfg, max_steps=1))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**config, "augment": "light"}))
+    result = train(TrainConfig(**cfg, augment="none", resume=True))
+    assert result.steps > 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["augment"] == "none"

@@ -109,6 +109,11 @@ def resumed_config(config: TrainConfig, out: Path, given_names: Collection[str] 
     given = {k: v for k, v in config.to_dict().items()
              if k not in ("model", "out", "resume") and (k in given_names or v != defaults[k])}
     _find_relative_data(saved, given.get("data"), out)
+    if saved.get("cache_features") and saved.get("augment") not in (None, "none"):
+        # A cached run begun before cached runs recorded augment none holds its recipe's augmentation, which never
+        # reached its features: what it did is none, and a resume asking for none (the practice experiments' cached
+        # regime now does) was refused as another setting.
+        saved["augment"] = "none"
     conflicts = [f"{option_name(k)} {shown(v)} (the run has {shown(saved.get(k))})" for k, v in given.items()
                  if k not in RESUME_MAY_CHANGE and not _same(saved.get(k), v)]
     if conflicts:
