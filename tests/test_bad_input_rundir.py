@@ -691,3 +691,19 @@ def test_resume_of_a_cached_run_that_recorded_its_recipes_augmentation(tmp_path)
     result = train(TrainConfig(**cfg, augment="none", resume=True))
     assert result.steps > 1
     assert json.loads((tmp_path / "run" / "config.json").read_text())["augment"] == "none"
+
+
+def test_resume_of_an_older_folder_run_keeps_the_size_it_trained_at(tmp_path) -> None:
+    # An image folder's default size was its first image's shorter side and is now the median of several; a
+    # checkpoint written before the size was recorded had nothing to compare, and the run went on at 18x18.
+    data = image_folder(tmp_path / "data")
+    Image.fromarray(np.full((24, 24, 3), 40, np.uint8)).save(data / "dark" / "7.png")
+    cfg = dict(model="resnet20", data=str(data), progress=False, device="cpu", out=str(tmp_path / "run"), epochs=2)
+    train(TrainConfig(**cfg, max_steps=1))  # 12x12 by the median
+    for i in range(1, 7):  # images resized in place: the default is now 18
+        Image.fromarray(np.full((24, 24, 3), 200, np.uint8)).save(data / "light" / f"{i}.png")
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    del state["data"]["image_size"]  # as written before the size was part of the data's identity
+    torch.save(state, tmp_path / "run" / "state.pt")
+    train(TrainConfig(**cfg, resume=True))
+    assert convnets.weights.read_metadata(tmp_path / "run" / "last.safetensors")["input_size"] == [3, 12, 12]

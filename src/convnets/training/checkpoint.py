@@ -109,6 +109,8 @@ def resumed_config(config: TrainConfig, out: Path, given_names: Collection[str] 
     given = {k: v for k, v in config.to_dict().items()
              if k not in ("model", "out", "resume") and (k in given_names or v != defaults[k])}
     _find_relative_data(saved, given.get("data"), out)
+    if saved.get("image_size") is None and "image_size" not in given:
+        saved["image_size"] = _size_of_an_older_run(out, saved)
     if saved.get("cache_features") and saved.get("augment") not in (None, "none"):
         # A cached run begun before cached runs recorded augment none holds its recipe's augmentation, which never
         # reached its features: what it did is none, and a resume asking for none (the practice experiments' cached
@@ -124,6 +126,29 @@ def resumed_config(config: TrainConfig, out: Path, given_names: Collection[str] 
               "max_steps": config.max_steps, "resume": True, "out": str(out)}
     changed = {k: (saved.get(k), values[k]) for k in RESUME_MAY_CHANGE if not _same(saved.get(k), values[k])}
     return TrainConfig(**values), changed
+
+
+def _size_of_an_older_run(out: Path, saved: dict[str, Any]) -> int | None:
+    """The side an image-folder run trained at, from its weights' metadata, when its checkpoint predates recording
+    the size in the data's identity; else None (the data decides it, and the checkpoint's record is checked).
+
+    An image folder's default size was once its first image's shorter side and is now the median of several: without
+    this such a run resumed at another resolution, silently (its checkpoint had nothing to compare).
+    """
+    from convnets.data.datasets import DATASET_NAMES
+    from convnets.weights import read_metadata
+
+    if not isinstance(saved.get("data"), str) or saved["data"] in DATASET_NAMES:
+        return None
+    try:
+        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+        recorded = "image_size" in state["data"]
+        size = read_metadata(out / "last.safetensors").get("input_size")
+    except Exception:  # nothing to go by: read_state and the data's check report what is wrong
+        return None
+    if recorded or not isinstance(size, list) or len(size) != 3 or size[1] != size[2]:
+        return None
+    return int(size[1])
 
 
 def _find_relative_data(saved: dict[str, Any], given: Any, out: Path) -> None:
