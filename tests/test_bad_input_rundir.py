@@ -663,6 +663,27 @@ def test_a_transfer_from_a_relative_weights_file_resumes_from_another_folder(tmp
     assert status == 0, err
 
 
+def test_a_transfer_that_recorded_a_relative_weights_file_resumes_when_told_where_it_is(tmp_path, capsys,
+                                                                                       monkeypatch) -> None:
+    # Only --data was looked for: a run that recorded --weights w.safetensors was "no weights file at
+    # w.safetensors" from elsewhere, and --weights ../w.safetensors was refused as another setting.
+    _lenet_weights(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_cli(["transfer", "lenet5", "--weights", "w.safetensors", "--data", "digits", "--epochs", "2",
+                              "--max-steps", "2", "--no-progress", "--out", "run"], capsys)
+    assert status == 0, err
+    config = Path("run", "config.json")
+    config.write_text(config.read_text().replace(str(tmp_path / "w.safetensors"), "w.safetensors"))  # as before
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    resume = ["train", "lenet5", "--resume", "--out", "../run", "--no-progress"]
+    expect_cli_error(resume, r"run was trained on --weights w\.safetensors, a path relative to the folder the run "
+                             r"began in, and nothing is there from here: resume from that folder, or pass --weights",
+                     capsys)
+    status, _, err = run_cli([*resume, "--weights", "../w.safetensors"], capsys)
+    assert status == 0, err
+
+
 def test_resume_of_a_run_that_recorded_the_model_as_typed(tmp_path):
     # Runs begun before train stored the registry's spelling recorded "LeNet5" as typed in config.json and
     # state.pt; TrainConfig now holds "lenet5", and the resume was refused: "is a run of LeNet5, not lenet5".

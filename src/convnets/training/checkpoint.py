@@ -108,7 +108,7 @@ def resumed_config(config: TrainConfig, out: Path, given_names: Collection[str] 
                 for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in config.to_dict().items()
              if k not in ("model", "out", "resume") and (k in given_names or v != defaults[k])}
-    _find_relative_data(saved, given.get("data"), out)
+    _find_relative_data(saved, given, out)
     if saved.get("image_size") is None and "image_size" not in given:
         saved["image_size"] = _size_of_an_older_run(out, saved)
     if saved.get("cache_features") and saved.get("augment") not in (None, "none"):
@@ -151,26 +151,33 @@ def _size_of_an_older_run(out: Path, saved: dict[str, Any]) -> int | None:
     return int(size[1])
 
 
-def _find_relative_data(saved: dict[str, Any], given: Any, out: Path) -> None:
-    """Point ``saved["data"]`` at the folder ``given`` names, when the run recorded it relative to the folder it
-    began in (runs before data paths were made absolute) and that path finds nothing from here.
+def _find_relative_data(saved: dict[str, Any], given: dict[str, Any], out: Path) -> None:
+    """Point the run's data folder, data_dir and weights file at the paths ``given`` names, where the run recorded
+    them relative to the folder it began in (runs before those paths were made absolute) and they find nothing
+    from here.
 
     The data's identity (classes, files, labels) is still checked against the checkpoint once it is read.
 
     Raises:
-        ConfigMismatchError: no ``given`` folder to take instead.
+        ConfigMismatchError: no given path to take instead.
     """
     from convnets.data.datasets import DATASET_NAMES
+    from convnets.weights import is_tag
+    from convnets.weights.io import is_url
 
-    data = saved.get("data")
-    if not isinstance(data, str) or data in DATASET_NAMES or Path(data).is_absolute() or Path(data).exists():
-        return
-    if isinstance(given, str) and Path(given).expanduser().is_dir():
-        saved["data"] = given
-        return
-    raise ConfigMismatchError(f"{out} was trained on --data {data}, a path relative to the folder the run began in, "
-                              "and nothing is there from here: resume from that folder, or pass --data with the "
-                              "data's path")
+    for key in ("data", "data_dir", "weights"):
+        value = saved.get(key)
+        if (not isinstance(value, str) or (key == "data" and value in DATASET_NAMES) or Path(value).is_absolute()
+                or Path(value).exists() or (key == "weights" and (is_tag(value) or is_url(value)))):
+            continue
+        instead = given.get(key)
+        if isinstance(instead, str) and (Path(instead).expanduser().exists() if key == "weights" else
+                                         Path(instead).expanduser().is_dir()):
+            saved[key] = instead
+            continue
+        raise ConfigMismatchError(f"{out} was trained on {option_name(key)} {value}, a path relative to the folder "
+                                  f"the run began in, and nothing is there from here: resume from that folder, or "
+                                  f"pass {option_name(key)} with its path")
 
 
 def saved_model(out: Path) -> str | None:
