@@ -173,12 +173,10 @@ class TrainConfig:
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
-                # A NumPy number from a sweep (np.arange(...) seeds, np.float32 rates) is its Python value:
-                # the checks took np.int64(3) for no whole number, and config.json could not hold it.
-                value = value.item()
-                setattr(self, f.name, value)
+            value = _python_value(getattr(self, f.name))
+            if f.name == "model_kwargs" and isinstance(value, dict):  # {"width": np.float32(0.5)} from a sweep too
+                value = {k: _python_value(v) for k, v in value.items()}
+            setattr(self, f.name, value)
             check_field(f.name, value)
         # "LeNet5" and " lenet-5" build lenet5: they also take its recipe (fnmatch on the name as typed gave
         # them the generic one, SGD at 0.01), its run directory name and its metadata.
@@ -485,6 +483,14 @@ def model_source(name: str, model: Any = None) -> ModelSource:
     if callable(model) and not isinstance(model, nn.Module):  # a module that is no ConvNet lacks what training needs
         return ModelSource(name, builder=model)
     raise ConfigError(f"train(model=...) takes a ConvNet or a builder returning one, not {type(model).__name__}")
+
+
+def _python_value(value: Any) -> Any:
+    """A NumPy number from a sweep (np.arange(...) seeds, np.float32 rates) as its Python value: the checks took
+    np.int64(3) for no whole number, and config.json could not hold np.float32; anything else as it is."""
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
 
 
 def registered_spelling(name: str) -> str:
