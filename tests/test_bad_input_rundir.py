@@ -728,3 +728,16 @@ def test_resume_of_an_older_folder_run_keeps_the_size_it_trained_at(tmp_path) ->
     torch.save(state, tmp_path / "run" / "state.pt")
     train(TrainConfig(**cfg, resume=True))
     assert convnets.weights.read_metadata(tmp_path / "run" / "last.safetensors")["input_size"] == [3, 12, 12]
+
+
+def test_resume_without_out_finds_a_run_named_as_the_model_was_typed(tmp_path, monkeypatch) -> None:
+    # Before run directories took the registry's spelling, `convnets train LeNet5` wrote runs/LeNet5-digits; the
+    # same command with --resume now looked in runs/lenet5-digits: "nothing to resume".
+    monkeypatch.chdir(tmp_path)
+    train(TrainConfig(**LENET, epochs=2, max_steps=3))
+    Path("runs", "lenet5-digits").rename(Path("runs", "LeNet5-digits"))
+    config = Path("runs", "LeNet5-digits", "config.json")
+    config.write_text(config.read_text().replace('"model": "lenet5"', '"model": "LeNet5"'))
+    result = train(TrainConfig(**{**LENET, "model": "LeNet5"}, epochs=2, resume=True))
+    assert Path(result.out) == Path("runs", "LeNet5-digits") and result.epochs == 2
+    assert not Path("runs", "lenet5-digits").exists()

@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import fnmatch
 import functools
+import glob
 import json
 import os
 import stat
@@ -393,12 +394,26 @@ def default_out(model: str, data: str, *, resume: bool = False, skip: Collection
     taken = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 1000)]
     existing = [p for p in taken if (p / "config.json").exists()]
     if resume:
-        return existing[-1] if existing else base
+        return existing[-1] if existing else (_runs_named_as_typed(model, name) or [base])[-1]
     free = (p for p in taken if not (p / "config.json").exists() and p not in skip)
     found = next(free, None)
     if found is None:
         raise ConfigError(f"{base} and its 998 numbered siblings are all taken: pass --out")
     return found
+
+
+def _runs_named_as_typed(model: str, name: str) -> list[Path]:
+    """Runs of ``model`` on ``name`` begun before run directories took the registry's spelling of the model
+    (``runs/LeNet5-digits`` for lenet5), in the order of their numbers: ``--resume`` without ``--out`` found none."""
+    import re
+
+    found = []
+    for path in Path("runs").glob(f"*-{glob.escape(name)}*"):
+        typed, sep, number = path.name.partition(f"-{name}")
+        if (sep and typed != model and re.fullmatch(r"(-[0-9]+)?", number) and (path / "config.json").exists()
+                and registered_spelling(typed) == model):
+            found.append((int(number[1:] or 1), path))
+    return [path for _, path in sorted(found)]
 
 
 @dataclass(frozen=True)
