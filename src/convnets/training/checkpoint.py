@@ -138,8 +138,8 @@ def _size_of_an_older_run(out: Path, saved: dict[str, Any]) -> int | None:
     from convnets.data.datasets import DATASET_NAMES
     from convnets.weights import read_metadata
 
-    if not isinstance(saved.get("data"), str) or saved["data"] in DATASET_NAMES:
-        return None
+    if not isinstance(saved.get("data"), str) or saved["data"] in DATASET_NAMES or saved.get("weights"):
+        return None  # a dataset's size, or pretrained weights' (with their resize and crop), never changed
     try:
         state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
         recorded = "image_size" in state["data"]
