@@ -509,3 +509,13 @@ def test_numpy_numbers_from_a_sweep_are_taken_as_their_values() -> None:
     json.dumps(config.to_dict())  # what config.json holds
     with pytest.raises(ConfigError, match=r"epochs must be a whole number >= 1.*got 0"):
         TrainConfig(model="lenet5", epochs=np.int64(0))
+
+
+def test_numpy_numbers_in_model_kwargs_are_taken_as_their_values() -> None:
+    # Only the fields themselves were converted: a swept width was "width must be > 0 and <= 4 ...; got
+    # np.float32(0.5)", and config.json could not hold it.
+    import numpy as np
+
+    config = resolve(TrainConfig(model="mobilenet_v2", model_kwargs={"width": np.float32(0.5)}))
+    assert config.model_kwargs == {"width": 0.5} and type(config.model_kwargs["width"]) is float
+    json.dumps(config.to_dict())

@@ -182,10 +182,14 @@ CASES = [
     # 3: Keras weights where a file saved by convnets is needed: said so (was "damaged, truncated or another format",
     # export after loading the whole model).
     *[Case(f"keras-file-to-{cmd}", 3, [cmd, "{tmp}/v.h5", *more], r"v\.h5: not a readable safetensors file: it is "
-           r"Keras weights .*convnets transfer MODEL --weights PATH", setup=writes("v.h5", vgg_like(13)),
-           after=nothing_written)
+           r"HDF5 or a \.keras archive, as Keras weights are: .*convnets transfer MODEL --weights PATH",
+           setup=writes("v.h5", vgg_like(13)), after=nothing_written)
       for cmd, more in [("predict", ["{tmp}/v.h5"]), ("evaluate", ["--out", "{tmp}/report"]),
                         ("export", ["--out", "{tmp}/export"])]],
+    # Any HDF5 file starts as Keras's do: it was called "Keras weights" outright.
+    Case("hdf5-not-keras-to-predict", 3, ["predict", "{tmp}/data.h5", "{tmp}/data.h5"],
+         r"data\.h5: not a readable safetensors file: it is HDF5 or a \.keras archive, as Keras weights are",
+         setup=plain_hdf5),
     Case("keras3-without-layer-names", 3, [], r"does not record its layers' names.*save it again",
          setup=keras3_without_names, call=lambda tmp: load(tmp / "old.weights.h5")),
     Case("resnet-v2", 3, [], r"a Keras ResNetV2 \(pre-activation\): convnets has the original ResNet only",

@@ -661,3 +661,83 @@ def test_a_transfer_from_a_relative_weights_file_resumes_from_another_folder(tmp
     monkeypatch.chdir(tmp_path / "elsewhere")
     status, _, err = run_cli(["train", "lenet5", "--resume", "--out", "../run", "--no-progress"], capsys)
     assert status == 0, err
+
+
+def test_a_transfer_that_recorded_a_relative_weights_file_resumes_when_told_where_it_is(tmp_path, capsys,
+                                                                                       monkeypatch) -> None:
+    # Only --data was looked for: a run that recorded --weights w.safetensors was "no weights file at
+    # w.safetensors" from elsewhere, and --weights ../w.safetensors was refused as another setting.
+    _lenet_weights(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_cli(["transfer", "lenet5", "--weights", "w.safetensors", "--data", "digits", "--epochs", "2",
+                              "--max-steps", "2", "--no-progress", "--out", "run"], capsys)
+    assert status == 0, err
+    config = Path("run", "config.json")
+    config.write_text(config.read_text().replace(str(tmp_path / "w.safetensors"), "w.safetensors"))  # as before
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    resume = ["train", "lenet5", "--resume", "--out", "../run", "--no-progress"]
+    expect_cli_error(resume, r"run was trained on --weights w\.safetensors, a path relative to the folder the run "
+                             r"began in, and nothing is there from here: resume from that folder, or pass --weights",
+                     capsys)
+    status, _, err = run_cli([*resume, "--weights", "../w.safetensors"], capsys)
+    assert status == 0, err
+
+
+def test_resume_of_a_run_that_recorded_the_model_as_typed(tmp_path):
+    # Runs begun before train stored the registry's spelling recorded "LeNet5" as typed in config.json and
+    # state.pt; TrainConfig now holds "lenet5", and the resume was refused: "is a run of LeNet5, not lenet5".
+    make_run(tmp_path)
+    run = tmp_path / "run"
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "model": "LeNet5"}))
+    state = torch.load(run / "state.pt", weights_only=True)
+    torch.save({**state, "model_name": "LeNet5"}, run / "state.pt")
+    train(TrainConfig(**{**LENET, "model": "LeNet5"}, epochs=3, out=str(run), resume=True))
+    assert torch.load(run / "state.pt", weights_only=True)["epoch"] == 3
+
+
+def test_resume_of_a_cached_run_that_recorded_its_recipes_augmentation(tmp_path) -> None:
+    # Cached runs begun before they recorded augment none hold "light" (the recipe's, never applied to the cached
+    # features); the practice experiments' cached regime now asks for augment none, and the resume was refused:
+    # "cannot resume ... --augment none (the run has light)".
+    _lenet_weights(tmp_path)
+    data = image_folder(tmp_path / "data", splits=True)
+    cfg = dict(model="lenet5", data=str(data), weights=str(tmp_path / "w.safetensors"), freeze="all-but-head",
+               cache_features=True, cache_dir=str(tmp_path / "cache"), epochs=2, progress=False, device="cpu",
+               out=str(tmp_path / "run"))
+    train(TrainConfig(**cfg, max_steps=1))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**config, "augment": "light"}))
+    result = train(TrainConfig(**cfg, augment="none", resume=True))
+    assert result.steps > 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["augment"] == "none"
+
+
+def test_resume_of_an_older_folder_run_keeps_the_size_it_trained_at(tmp_path) -> None:
+    # An image folder's default size was its first image's shorter side and is now the median of several; a
+    # checkpoint written before the size was recorded had nothing to compare, and the run went on at 18x18.
+    data = image_folder(tmp_path / "data")
+    Image.fromarray(np.full((24, 24, 3), 40, np.uint8)).save(data / "dark" / "7.png")
+    cfg = dict(model="resnet20", data=str(data), progress=False, device="cpu", out=str(tmp_path / "run"), epochs=2)
+    train(TrainConfig(**cfg, max_steps=1))  # 12x12 by the median
+    for i in range(1, 7):  # images resized in place: the default is now 18
+        Image.fromarray(np.full((24, 24, 3), 200, np.uint8)).save(data / "light" / f"{i}.png")
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    del state["data"]["image_size"]  # as written before the size was part of the data's identity
+    torch.save(state, tmp_path / "run" / "state.pt")
+    train(TrainConfig(**cfg, resume=True))
+    assert convnets.weights.read_metadata(tmp_path / "run" / "last.safetensors")["input_size"] == [3, 12, 12]
+
+
+def test_resume_without_out_finds_a_run_named_as_the_model_was_typed(tmp_path, monkeypatch) -> None:
+    # Before run directories took the registry's spelling, `convnets train LeNet5` wrote runs/LeNet5-digits; the
+    # same command with --resume now looked in runs/lenet5-digits: "nothing to resume".
+    monkeypatch.chdir(tmp_path)
+    train(TrainConfig(**LENET, epochs=2, max_steps=3))
+    Path("runs", "lenet5-digits").rename(Path("runs", "LeNet5-digits"))
+    config = Path("runs", "LeNet5-digits", "config.json")
+    config.write_text(config.read_text().replace('"model": "lenet5"', '"model": "LeNet5"'))
+    result = train(TrainConfig(**{**LENET, "model": "LeNet5"}, epochs=2, resume=True))
+    assert Path(result.out) == Path("runs", "LeNet5-digits") and result.epochs == 2
+    assert not Path("runs", "lenet5-digits").exists()

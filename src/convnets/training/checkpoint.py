@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from convnets.errors import ConfigMismatchError, RunDirectoryError
-from convnets.training.config import TrainConfig
+from convnets.training.config import TrainConfig, registered_spelling
 from convnets.weights import atomic_write
 from convnets.weights.files import describe_refusal
 
@@ -71,7 +71,8 @@ def read_state(out: Path, device: torch.device, model_name: str, *, needs: Colle
     missing = sorted((STATE_KEYS | set(needs)) - set(state)) if isinstance(state, dict) else sorted(STATE_KEYS)
     if missing:
         raise RunDirectoryError(f"{path} is not a convnets training state (it has no {', '.join(missing)})")
-    if state["model_name"] != model_name:
+    # A run begun before names were stored as the registry spells them recorded the name as typed ("LeNet5").
+    if registered_spelling(str(state["model_name"])) != registered_spelling(model_name):
         raise ConfigMismatchError(f"{path} is a run of {state['model_name']}, not {model_name}")
     return state
 
@@ -100,13 +101,21 @@ def resumed_config(config: TrainConfig, out: Path, given_names: Collection[str] 
         The configuration to continue with, and the fields it changes as ``{name: (old, new)}``.
     """
     saved = _saved_config(out)
-    if saved.get("model") != config.model:
+    # A run begun before names were stored as the registry spells them recorded the name as typed ("LeNet5").
+    if not isinstance(saved.get("model"), str) or registered_spelling(saved["model"]) != config.model:
         raise ConfigMismatchError(f"{out} is a run of {saved.get('model')}, not {config.model}")
     defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
                 for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in config.to_dict().items()
              if k not in ("model", "out", "resume") and (k in given_names or v != defaults[k])}
-    _find_relative_data(saved, given.get("data"), out)
+    _find_relative_data(saved, given, out)
+    if saved.get("image_size") is None and "image_size" not in given:
+        saved["image_size"] = _size_of_an_older_run(out, saved)
+    if saved.get("cache_features") and saved.get("augment") not in (None, "none"):
+        # A cached run begun before cached runs recorded augment none holds its recipe's augmentation, which never
+        # reached its features: what it did is none, and a resume asking for none (the practice experiments' cached
+        # regime now does) was refused as another setting.
+        saved["augment"] = "none"
     conflicts = [f"{option_name(k)} {shown(v)} (the run has {shown(saved.get(k))})" for k, v in given.items()
                  if k not in RESUME_MAY_CHANGE and not _same(saved.get(k), v)]
     if conflicts:
@@ -119,26 +128,56 @@ def resumed_config(config: TrainConfig, out: Path, given_names: Collection[str] 
     return TrainConfig(**values), changed
 
 
-def _find_relative_data(saved: dict[str, Any], given: Any, out: Path) -> None:
-    """Point ``saved["data"]`` at the folder ``given`` names, when the run recorded it relative to the folder it
-    began in (runs before data paths were made absolute) and that path finds nothing from here.
+def _size_of_an_older_run(out: Path, saved: dict[str, Any]) -> int | None:
+    """The side an image-folder run trained at, from its weights' metadata, when its checkpoint predates recording
+    the size in the data's identity; else None (the data decides it, and the checkpoint's record is checked).
+
+    An image folder's default size was once its first image's shorter side and is now the median of several: without
+    this such a run resumed at another resolution, silently (its checkpoint had nothing to compare).
+    """
+    from convnets.data.datasets import DATASET_NAMES
+    from convnets.weights import read_metadata
+
+    if not isinstance(saved.get("data"), str) or saved["data"] in DATASET_NAMES or saved.get("weights"):
+        return None  # a dataset's size, or pretrained weights' (with their resize and crop), never changed
+    try:
+        state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+        recorded = "image_size" in state["data"]
+        size = read_metadata(out / "last.safetensors").get("input_size")
+    except Exception:  # nothing to go by: read_state and the data's check report what is wrong
+        return None
+    if recorded or not isinstance(size, list) or len(size) != 3 or size[1] != size[2]:
+        return None
+    return int(size[1])
+
+
+def _find_relative_data(saved: dict[str, Any], given: dict[str, Any], out: Path) -> None:
+    """Point the run's data folder, data_dir and weights file at the paths ``given`` names, where the run recorded
+    them relative to the folder it began in (runs before those paths were made absolute) and they find nothing
+    from here.
 
     The data's identity (classes, files, labels) is still checked against the checkpoint once it is read.
 
     Raises:
-        ConfigMismatchError: no ``given`` folder to take instead.
+        ConfigMismatchError: no given path to take instead.
     """
     from convnets.data.datasets import DATASET_NAMES
+    from convnets.weights import is_tag
+    from convnets.weights.io import is_url
 
-    data = saved.get("data")
-    if not isinstance(data, str) or data in DATASET_NAMES or Path(data).is_absolute() or Path(data).exists():
-        return
-    if isinstance(given, str) and Path(given).expanduser().is_dir():
-        saved["data"] = given
-        return
-    raise ConfigMismatchError(f"{out} was trained on --data {data}, a path relative to the folder the run began in, "
-                              "and nothing is there from here: resume from that folder, or pass --data with the "
-                              "data's path")
+    for key in ("data", "data_dir", "weights"):
+        value = saved.get(key)
+        if (not isinstance(value, str) or (key == "data" and value in DATASET_NAMES) or Path(value).is_absolute()
+                or Path(value).exists() or (key == "weights" and (is_tag(value) or is_url(value)))):
+            continue
+        instead = given.get(key)
+        if isinstance(instead, str) and (Path(instead).expanduser().exists() if key == "weights" else
+                                         Path(instead).expanduser().is_dir()):
+            saved[key] = instead
+            continue
+        raise ConfigMismatchError(f"{out} was trained on {option_name(key)} {value}, a path relative to the folder "
+                                  f"the run began in, and nothing is there from here: resume from that folder, or "
+                                  f"pass {option_name(key)} with its path")
 
 
 def saved_model(out: Path) -> str | None:

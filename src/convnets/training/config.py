@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import fnmatch
 import functools
+import glob
 import json
 import os
 import stat
@@ -173,12 +174,10 @@ class TrainConfig:
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
-                # A NumPy number from a sweep (np.arange(...) seeds, np.float32 rates) is its Python value:
-                # the checks took np.int64(3) for no whole number, and config.json could not hold it.
-                value = value.item()
-                setattr(self, f.name, value)
+            value = _python_value(getattr(self, f.name))
+            if f.name == "model_kwargs" and isinstance(value, dict):  # {"width": np.float32(0.5)} from a sweep too
+                value = {k: _python_value(v) for k, v in value.items()}
+            setattr(self, f.name, value)
             check_field(f.name, value)
         # "LeNet5" and " lenet-5" build lenet5: they also take its recipe (fnmatch on the name as typed gave
         # them the generic one, SGD at 0.01), its run directory name and its metadata.
@@ -395,12 +394,26 @@ def default_out(model: str, data: str, *, resume: bool = False, skip: Collection
     taken = [base] + [base.with_name(f"{base.name}-{i}") for i in range(2, 1000)]
     existing = [p for p in taken if (p / "config.json").exists()]
     if resume:
-        return existing[-1] if existing else base
+        return existing[-1] if existing else (_runs_named_as_typed(model, name) or [base])[-1]
     free = (p for p in taken if not (p / "config.json").exists() and p not in skip)
     found = next(free, None)
     if found is None:
         raise ConfigError(f"{base} and its 998 numbered siblings are all taken: pass --out")
     return found
+
+
+def _runs_named_as_typed(model: str, name: str) -> list[Path]:
+    """Runs of ``model`` on ``name`` begun before run directories took the registry's spelling of the model
+    (``runs/LeNet5-digits`` for lenet5), in the order of their numbers: ``--resume`` without ``--out`` found none."""
+    import re
+
+    found = []
+    for path in Path("runs").glob(f"*-{glob.escape(name)}*"):
+        typed, sep, number = path.name.partition(f"-{name}")
+        if (sep and typed != model and re.fullmatch(r"(-[0-9]+)?", number) and (path / "config.json").exists()
+                and registered_spelling(typed) == model):
+            found.append((int(number[1:] or 1), path))
+    return [path for _, path in sorted(found)]
 
 
 @dataclass(frozen=True)
@@ -485,6 +498,14 @@ def model_source(name: str, model: Any = None) -> ModelSource:
     if callable(model) and not isinstance(model, nn.Module):  # a module that is no ConvNet lacks what training needs
         return ModelSource(name, builder=model)
     raise ConfigError(f"train(model=...) takes a ConvNet or a builder returning one, not {type(model).__name__}")
+
+
+def _python_value(value: Any) -> Any:
+    """A NumPy number from a sweep (np.arange(...) seeds, np.float32 rates) as its Python value: the checks took
+    np.int64(3) for no whole number, and config.json could not hold np.float32; anything else as it is."""
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
 
 
 def registered_spelling(name: str) -> str:

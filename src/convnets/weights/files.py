@@ -116,9 +116,10 @@ def file_format(path: str | Path) -> str:
 _FORMAT_WORDS = {
     "torch": "it is a PyTorch checkpoint, saved with torch.save; weights saved by convnets are .safetensors files "
              "such as a run's best.safetensors",
-    "keras": "it is Keras weights (HDF5 or a .keras archive), which convnets.weights.load(PATH) reads and "
-             "convnets transfer MODEL --weights PATH fine-tunes from; evaluate, predict and export take the run "
-             "that writes (or a file saved by convnets)",
+    # Told by its first bytes: any HDF5 file is one, not only Keras's (h5py is not needed to say this much).
+    "keras": "it is HDF5 or a .keras archive, as Keras weights are: convnets.weights.load(PATH) reads Keras weights "
+             "and convnets transfer MODEL --weights PATH fine-tunes from them; evaluate, predict and export take "
+             "the run that writes (or a file saved by convnets)",
     "zip": "it is a zip archive that is not a PyTorch checkpoint, a NumPy .npz perhaps",
     "html": "it is a web page (HTML), not weights: a login or error page saved in place of the file?",
     "json": "it is JSON text, not weights: a run's config.json? Give the run directory or its best.safetensors",
