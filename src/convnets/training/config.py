@@ -9,6 +9,7 @@ import functools
 import glob
 import json
 import os
+import re
 import stat
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -405,8 +406,6 @@ def default_out(model: str, data: str, *, resume: bool = False, skip: Collection
 def _runs_named_as_typed(model: str, name: str) -> list[Path]:
     """Runs of ``model`` on ``name`` begun before run directories took the registry's spelling of the model
     (``runs/LeNet5-digits`` for lenet5), in the order of their numbers: ``--resume`` without ``--out`` found none."""
-    import re
-
     found = []
     for path in Path("runs").glob(f"*-{glob.escape(name)}*"):
         typed, sep, number = path.name.partition(f"-{name}")
